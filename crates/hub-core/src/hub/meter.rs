@@ -1,0 +1,240 @@
+//! Metering: usage records for every outcome, and the stream meter that records a stream exactly
+//! once (before its terminator, or from `Drop` when the caller went away).
+
+use futures::{Stream, StreamExt};
+
+use super::dispatch::Attempted;
+use super::{CallContext, Hub, StreamItem};
+use crate::error::HubError;
+use crate::providers::EventStream;
+use crate::store::{CallStatus, UsageRecord};
+use crate::tokenize;
+use crate::types::{ChatRequest, ChatResponse, StreamEvent, Usage};
+
+impl Hub {
+    pub(crate) fn record(
+        &self,
+        ctx: &CallContext,
+        endpoint: &str,
+        model: &str,
+        stream: bool,
+    ) -> UsageRecord {
+        UsageRecord {
+            id: ctx.request_id.clone(),
+            created_at_ms: ctx.started_ms,
+            client_request_id: ctx.client_request_id.clone(),
+            principal: ctx.principal.key_id.clone(),
+            user_id: ctx.principal.user_id.clone(),
+            team_id: ctx.principal.team_id.clone(),
+            app: ctx.app.clone(),
+            ingress: ctx.ingress.to_string(),
+            endpoint: endpoint.to_string(),
+            requested_model: model.to_string(),
+            provider: None,
+            credential: None,
+            upstream_model: None,
+            stream,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            images: 0,
+            estimated: false,
+            latency_ms: ctx.started.elapsed().as_millis() as u64,
+            ttfb_ms: None,
+            status: CallStatus::Success,
+            http_status: 200,
+            error_class: None,
+            error_message: None,
+            provider_cost: None,
+            attempts: 0,
+        }
+    }
+
+    /// Commits a record; the caller must not see the end of the response unless this succeeded.
+    pub(crate) async fn commit(&self, record: UsageRecord) -> Result<(), HubError> {
+        self.inner.writer.commit(record).await.map_err(|e| {
+            tracing::error!(error = %e, "usage record could not be committed");
+            HubError::internal("the call could not be metered; it was not delivered")
+        })
+    }
+
+    /// Records a call that failed before reaching a provider (e.g. a body the ingress rejected).
+    pub async fn record_rejected(
+        &self,
+        ctx: &CallContext,
+        endpoint: &str,
+        model: &str,
+        stream: bool,
+        err: &HubError,
+    ) {
+        let mut rec = self.record(ctx, endpoint, model, stream);
+        fail(&mut rec, err);
+        let _ = self.commit(rec).await;
+    }
+}
+
+pub(crate) fn apply_attempt(rec: &mut UsageRecord, att: &Attempted) {
+    rec.provider = att.provider.map(|p| p.name().to_string());
+    rec.credential = att.credential.clone();
+    rec.upstream_model = att.upstream_model.clone();
+    rec.attempts = att.attempts;
+    rec.ttfb_ms = att.ttfb_ms;
+}
+
+pub(crate) fn apply_usage(rec: &mut UsageRecord, u: &Usage) {
+    rec.prompt_tokens = u.prompt_tokens;
+    rec.completion_tokens = u.completion_tokens;
+    rec.cache_read_tokens = u.cache_read_tokens;
+    rec.cache_write_tokens = u.cache_write_tokens;
+    rec.reasoning_tokens = u.reasoning_tokens;
+    rec.images = u.images;
+    rec.estimated = u.estimated;
+}
+
+pub(crate) fn fail(rec: &mut UsageRecord, e: &HubError) {
+    rec.status = CallStatus::Failed;
+    rec.http_status = e.status();
+    rec.error_class = Some(e.class_name().to_string());
+    let mut msg = e.message.clone();
+    if msg.len() > 1000 {
+        let mut end = 1000;
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+    }
+    rec.error_message = Some(msg);
+}
+
+pub(crate) fn estimate_chat_usage(req: &ChatRequest, resp: &ChatResponse) -> Usage {
+    let mut text = resp.output.content.clone().unwrap_or_default();
+    if let Some(r) = &resp.output.reasoning {
+        text.push_str(r);
+    }
+    for c in &resp.output.tool_calls {
+        text.push_str(&c.name);
+        text.push_str(&c.arguments);
+    }
+    Usage {
+        prompt_tokens: tokenize::estimate_prompt(req),
+        completion_tokens: tokenize::count(&text),
+        estimated: true,
+        ..Usage::default()
+    }
+}
+
+/// Meters one stream: sees every event, and records the call exactly once, either when the stream
+/// ends (awaited, before the terminator) or, if the caller goes away, from `Drop`.
+pub(crate) struct StreamMeter {
+    pub(crate) hub: Hub,
+    pub(crate) ctx: CallContext,
+    pub(crate) req: ChatRequest,
+    pub(crate) record: Option<UsageRecord>,
+    pub(crate) usage: Option<Usage>,
+    /// Delivered output text, kept for estimation while the provider has sent no usage.
+    pub(crate) output: String,
+}
+
+impl StreamMeter {
+    fn observe(&mut self, ev: &StreamEvent) {
+        match ev {
+            StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => {
+                if self.usage.is_none() {
+                    self.output.push_str(text);
+                }
+            }
+            StreamEvent::ToolCallDelta {
+                name, arguments, ..
+            } => {
+                if self.usage.is_none() {
+                    if let Some(n) = name {
+                        self.output.push_str(n);
+                    }
+                    self.output.push_str(arguments);
+                }
+            }
+            StreamEvent::Usage { usage } => self.usage = Some(*usage),
+            StreamEvent::Start { .. } | StreamEvent::Finish { .. } => {}
+        }
+    }
+
+    /// The record as of now, with usage (reported, or estimated from what was delivered).
+    fn take_record(
+        &mut self,
+        status: CallStatus,
+        err: Option<&HubError>,
+    ) -> Option<(UsageRecord, Usage)> {
+        let mut rec = self.record.take()?;
+        let usage = match self.usage {
+            Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
+            _ => Usage {
+                prompt_tokens: tokenize::estimate_prompt(&self.req),
+                completion_tokens: tokenize::count(&self.output),
+                estimated: true,
+                ..Usage::default()
+            },
+        };
+        apply_usage(&mut rec, &usage);
+        rec.latency_ms = self.ctx.started.elapsed().as_millis() as u64;
+        rec.status = status;
+        if let Some(e) = err {
+            fail(&mut rec, e);
+        } else if status == CallStatus::Cancelled {
+            rec.http_status = 499;
+            rec.error_class = Some("client_closed".to_string());
+        }
+        Some((rec, usage))
+    }
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        // Reached with a record still open only when the caller went away mid-stream: meter what
+        // was delivered.
+        if let Some((rec, _)) = self.take_record(CallStatus::Cancelled, None) {
+            self.hub.inner.writer.submit(rec);
+        }
+    }
+}
+
+pub(crate) fn metered_stream(
+    mut meter: StreamMeter,
+    mut upstream: EventStream,
+    first: StreamEvent,
+    provider: String,
+) -> impl Stream<Item = StreamItem> + Send {
+    async_stream::stream! {
+        meter.observe(&first);
+        yield StreamItem::Event(first);
+        loop {
+            match upstream.next().await {
+                Some(Ok(ev)) => {
+                    meter.observe(&ev);
+                    yield StreamItem::Event(ev);
+                }
+                Some(Err(e)) => {
+                    drop(upstream);
+                    let err = HubError::from_provider(&provider, &e);
+                    if let Some((rec, _)) = meter.take_record(CallStatus::Failed, Some(&err)) {
+                        let _ = meter.hub.commit(rec).await;
+                    }
+                    yield StreamItem::Error(err);
+                    return;
+                }
+                None => {
+                    drop(upstream);
+                    match meter.take_record(CallStatus::Success, None) {
+                        Some((rec, usage)) => match meter.hub.commit(rec).await {
+                            Ok(()) => yield StreamItem::Done { usage },
+                            Err(e) => yield StreamItem::Error(e),
+                        },
+                        None => yield StreamItem::Error(HubError::internal("stream already settled")),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}

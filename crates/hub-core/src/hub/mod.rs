@@ -1,0 +1,422 @@
+//! The engine: steps 2–7 of design.md §3 (authenticate, route, dispatch with fallback, meter,
+//! record) for every ingress. Transport-free: hub-server and hub-node call these methods.
+//!
+//! `snapshot` builds the in-memory configuration (providers, credentials, keys); `dispatch` picks
+//! candidates and retries; `meter` turns outcomes into usage records, committed before the caller
+//! sees the end of a response.
+
+mod dispatch;
+mod meter;
+mod snapshot;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::auth::Principal;
+use crate::config::{EnvProvider, HubOptions};
+use crate::error::HubError;
+use crate::providers::ProviderKind;
+use crate::router::Catalog;
+use crate::store::{Store, StoreError};
+use crate::types::{
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImagesRequest,
+    ImagesResponse, ModelInfo, ModelType, StreamEvent, Usage,
+};
+use crate::usage::UsageWriter;
+use crate::vault::{Vault, VaultError};
+
+use dispatch::{Attempted, Op, OpOut};
+use meter::{StreamMeter, apply_attempt, apply_usage, estimate_chat_usage, fail, metered_stream};
+use snapshot::{Snapshot, bootstrap, load_snapshot};
+pub use snapshot::{open_credential, open_store_and_vault, seal_credential};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new request id (UUID v7: time-ordered).
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Why the hub could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "cannot decrypt stored credential {id} ({provider}): {source}. Start with the master key it was written with (HUB_MASTER_KEY / HUB_MASTER_KEY_FILE / <data-dir>/master.key)."
+    )]
+    Undecryptable {
+        id: String,
+        provider: String,
+        #[source]
+        source: VaultError,
+    },
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// What the caller sent besides the body: identity and attribution.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub principal: Arc<Principal>,
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    pub app: Option<String>,
+    /// `openai`, `anthropic`, `aigne`, `native`.
+    pub ingress: &'static str,
+    pub started: Instant,
+    pub started_ms: i64,
+}
+
+impl CallContext {
+    pub fn new(principal: Arc<Principal>, ingress: &'static str) -> CallContext {
+        CallContext {
+            principal,
+            request_id: new_request_id(),
+            client_request_id: None,
+            app: None,
+            ingress,
+            started: Instant::now(),
+            started_ms: now_ms(),
+        }
+    }
+}
+
+/// One item of a metered stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    Event(StreamEvent),
+    /// The stream ended and its usage record is committed: send the terminator now.
+    Done {
+        usage: Usage,
+    },
+    /// The stream failed after it started (already recorded): render in the stream's format and end.
+    Error(HubError),
+}
+
+pub type HubStream = Pin<Box<dyn Stream<Item = StreamItem> + Send>>;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    vault: Vault,
+    snapshot: ArcSwap<Snapshot>,
+    writer: UsageWriter,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    reloader: Mutex<Option<JoinHandle<()>>>,
+    env_providers: Vec<EnvProvider>,
+    http: reqwest::Client,
+    catalog: Catalog,
+    public_url: Option<String>,
+    version: AtomicI64,
+    request_timeout: Duration,
+}
+
+/// The hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+/// Result of opening: the hub, and the owner key when one was generated now (print it once).
+pub struct Opened {
+    pub hub: Hub,
+    pub new_owner_key: Option<String>,
+}
+
+impl Hub {
+    /// Opens the hub on a data dir: store, vault (refusing undecryptable credentials), bootstrap,
+    /// snapshot, usage writer.
+    pub async fn open(opts: HubOptions) -> Result<Opened, OpenError> {
+        let (store, vault) = open_store_and_vault(&opts)?;
+        let new_owner_key = bootstrap(store.as_ref(), opts.admin_key.as_ref()).await?;
+        let version = store.config_version().await?;
+        let snapshot = load_snapshot(
+            store.as_ref(),
+            &vault,
+            &opts.env_providers,
+            &opts.public_url,
+        )
+        .await?;
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(opts.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build()
+            .map_err(|e| OpenError::Http(e.to_string()))?;
+        let (writer, writer_task) = UsageWriter::start(store.clone());
+        let inner = Arc::new(Inner {
+            store,
+            vault,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            writer,
+            writer_task: Mutex::new(Some(writer_task)),
+            reloader: Mutex::new(None),
+            env_providers: opts.env_providers,
+            http,
+            catalog: Catalog::builtin(),
+            public_url: opts.public_url,
+            version: AtomicI64::new(version),
+            request_timeout: opts.request_timeout,
+        });
+        let hub = Hub { inner };
+        hub.spawn_reloader(opts.reload_interval);
+        Ok(Opened { hub, new_owner_key })
+    }
+
+    /// Polls the store's config version and reloads when another process changed configuration.
+    fn spawn_reloader(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let hub = Hub { inner };
+                if let Err(e) = hub.reload_if_changed().await {
+                    tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration");
+                }
+            }
+        });
+        *self.inner.reloader.lock() = Some(task);
+    }
+
+    /// Reloads configuration if the store's version moved. Returns whether it reloaded.
+    pub async fn reload_if_changed(&self) -> Result<bool, OpenError> {
+        let v = self.inner.store.config_version().await?;
+        if v == self.inner.version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let snap = load_snapshot(
+            self.inner.store.as_ref(),
+            &self.inner.vault,
+            &self.inner.env_providers,
+            &self.inner.public_url,
+        )
+        .await?;
+        self.inner.snapshot.store(Arc::new(snap));
+        self.inner.version.store(v, Ordering::Release);
+        tracing::info!(version = v, "configuration reloaded");
+        Ok(true)
+    }
+
+    /// Stops background tasks and flushes queued usage records.
+    pub async fn close(&self) {
+        if let Some(t) = self.inner.reloader.lock().take() {
+            t.abort();
+        }
+        // Everything queued so far (including records of cancelled streams) is committed.
+        let flushed = tokio::time::timeout(Duration::from_secs(10), self.inner.writer.flush())
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_string()));
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "usage flush at close failed");
+        }
+        let _ = self.inner.writer_task.lock().take();
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
+    }
+
+    /// Is the store reachable?
+    pub async fn ready(&self) -> bool {
+        self.inner.store.ping().await.is_ok()
+    }
+
+    /// Resolves a bearer token to a principal, from memory.
+    pub fn authenticate(&self, token: &str) -> Result<Arc<Principal>, HubError> {
+        if token.is_empty() {
+            return Err(HubError::unauthenticated(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            ));
+        }
+        self.inner
+            .snapshot
+            .load()
+            .keys
+            .lookup(token)
+            .ok_or_else(|| HubError::unauthenticated("Incorrect API key provided."))
+    }
+
+    /// Providers currently configured and usable.
+    pub fn configured_providers(&self) -> Vec<ProviderKind> {
+        let mut v: Vec<ProviderKind> = self
+            .inner
+            .snapshot
+            .load()
+            .providers
+            .keys()
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Models callers can use, as `provider/model`.
+    pub fn models(&self, model_type: Option<ModelType>) -> Vec<ModelInfo> {
+        self.inner
+            .catalog
+            .list(&self.configured_providers(), model_type)
+    }
+
+    /// Non-streaming chat, metered and recorded before it returns.
+    pub async fn chat(
+        &self,
+        ctx: &CallContext,
+        req: ChatRequest,
+    ) -> Result<ChatResponse, HubError> {
+        let mut att = Attempted::default();
+        let result = self.dispatch(&req.model, Op::Chat(&req), &mut att).await;
+        let mut rec = self.record(ctx, "chat", &req.model, false);
+        apply_attempt(&mut rec, &att);
+        match result {
+            Ok(OpOut::Chat(mut resp)) => {
+                if resp.usage.estimated {
+                    resp.usage = estimate_chat_usage(&req, &resp);
+                }
+                apply_usage(&mut rec, &resp.usage);
+                rec.provider_cost = resp.provider_cost.clone();
+                self.commit(rec).await?;
+                Ok(resp)
+            }
+            Ok(_) => Err(HubError::internal(
+                "provider returned the wrong kind of result",
+            )),
+            Err(e) => {
+                fail(&mut rec, &e);
+                self.commit(rec).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Streaming chat. Returns after the first upstream event (so fallback covers time to first
+    /// token); the stream's final item comes only after its usage record is committed.
+    pub async fn chat_stream(
+        &self,
+        ctx: CallContext,
+        req: ChatRequest,
+    ) -> Result<HubStream, HubError> {
+        let mut att = Attempted::default();
+        let result = self.dispatch(&req.model, Op::Stream(&req), &mut att).await;
+        let mut rec = self.record(&ctx, "chat", &req.model, true);
+        apply_attempt(&mut rec, &att);
+        let (upstream, first) = match result {
+            Ok(OpOut::Stream(s, first)) => (s, first),
+            Ok(_) => {
+                return Err(HubError::internal(
+                    "provider returned the wrong kind of result",
+                ));
+            }
+            Err(e) => {
+                fail(&mut rec, &e);
+                self.commit(rec).await?;
+                return Err(e);
+            }
+        };
+        let provider = att
+            .provider
+            .map(|p| p.name().to_string())
+            .unwrap_or_default();
+        let meter = StreamMeter {
+            hub: self.clone(),
+            ctx,
+            req,
+            record: Some(rec),
+            usage: None,
+            output: String::new(),
+        };
+        Ok(Box::pin(metered_stream(meter, upstream, first, provider)))
+    }
+
+    pub async fn embeddings(
+        &self,
+        ctx: &CallContext,
+        req: EmbeddingsRequest,
+    ) -> Result<EmbeddingsResponse, HubError> {
+        let mut att = Attempted::default();
+        let result = self
+            .dispatch(&req.model, Op::Embeddings(&req), &mut att)
+            .await;
+        let mut rec = self.record(ctx, "embeddings", &req.model, false);
+        apply_attempt(&mut rec, &att);
+        match result {
+            Ok(OpOut::Embeddings(mut resp)) => {
+                if resp.usage.estimated {
+                    resp.usage.prompt_tokens =
+                        req.texts().iter().map(|t| crate::tokenize::count(t)).sum();
+                }
+                apply_usage(&mut rec, &resp.usage);
+                self.commit(rec).await?;
+                Ok(resp)
+            }
+            Ok(_) => Err(HubError::internal(
+                "provider returned the wrong kind of result",
+            )),
+            Err(e) => {
+                fail(&mut rec, &e);
+                self.commit(rec).await?;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn images(
+        &self,
+        ctx: &CallContext,
+        req: ImagesRequest,
+    ) -> Result<ImagesResponse, HubError> {
+        let mut att = Attempted::default();
+        let result = self.dispatch(&req.model, Op::Images(&req), &mut att).await;
+        let mut rec = self.record(ctx, "images", &req.model, false);
+        apply_attempt(&mut rec, &att);
+        match result {
+            Ok(OpOut::Images(resp)) => {
+                apply_usage(&mut rec, &resp.usage);
+                self.commit(rec).await?;
+                Ok(resp)
+            }
+            Ok(_) => Err(HubError::internal(
+                "provider returned the wrong kind of result",
+            )),
+            Err(e) => {
+                fail(&mut rec, &e);
+                self.commit(rec).await?;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! AIGNE Hub core: the domain, free of any HTTP-server framework and of napi.
+
+pub mod auth; // API keys (stored hashed), principals, roles
+pub mod config; // start-up options, provider credentials from env
+pub mod error; // ProviderError (upstream, classified) and HubError (what the caller sees)
+pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, record
+pub mod providers; // one module per wire protocol behind one trait
+pub mod router; // model string -> ordered candidates; built-in catalog
+pub mod store; // persistence trait; sqlite backend
+pub mod tokenize; // real-tokenizer estimates when a provider reports no usage
+pub mod types; // canonical request/response/stream/usage types
+pub mod usage; // durable usage writer with group commit
+pub mod vault; // AES-256-GCM envelope for provider credentials
+
+pub use error::{ErrorClass, ErrorKind, HubError, ProviderError};
+pub use hub::{CallContext, Hub, HubStream, Opened, StreamItem};

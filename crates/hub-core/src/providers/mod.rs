@@ -1,0 +1,316 @@
+//! Provider modules: ONE module per wire protocol behind ONE trait.
+//!
+//! `openai` serves the OpenAI family (OpenAI, DeepSeek, xAI, OpenRouter, Doubao, Poe, Ollama), each a
+//! configured [`Variant`](openai::Variant) with its quirks. Adding a provider = one module here, one
+//! arm in [`ProviderKind`], one line in [`implementation`].
+
+pub mod openai;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProviderError;
+use crate::types::{
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImagesRequest,
+    ImagesResponse, StreamEvent,
+};
+
+/// The providers the hub knows. The string form is the provider prefix in model strings and the
+/// provider's name everywhere (config, usage records, API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Bedrock,
+    Google,
+    DeepSeek,
+    Ollama,
+    OpenRouter,
+    Xai,
+    Doubao,
+    Poe,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 10] = [
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Bedrock,
+        ProviderKind::Google,
+        ProviderKind::DeepSeek,
+        ProviderKind::Ollama,
+        ProviderKind::OpenRouter,
+        ProviderKind::Xai,
+        ProviderKind::Doubao,
+        ProviderKind::Poe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Google => "google",
+            ProviderKind::DeepSeek => "deepseek",
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::OpenRouter => "openrouter",
+            ProviderKind::Xai => "xai",
+            ProviderKind::Doubao => "doubao",
+            ProviderKind::Poe => "poe",
+        }
+    }
+
+    /// Parses a provider name (as in model prefixes). `gemini` is accepted for `google`.
+    pub fn from_name(name: &str) -> Option<ProviderKind> {
+        Some(match name {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            "bedrock" => ProviderKind::Bedrock,
+            "google" | "gemini" => ProviderKind::Google,
+            "deepseek" => ProviderKind::DeepSeek,
+            "ollama" => ProviderKind::Ollama,
+            "openrouter" => ProviderKind::OpenRouter,
+            "xai" => ProviderKind::Xai,
+            "doubao" => ProviderKind::Doubao,
+            "poe" => ProviderKind::Poe,
+            _ => return None,
+        })
+    }
+
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "OpenAI",
+            ProviderKind::Anthropic => "Anthropic",
+            ProviderKind::Bedrock => "Amazon Bedrock",
+            ProviderKind::Google => "Google Gemini",
+            ProviderKind::DeepSeek => "DeepSeek",
+            ProviderKind::Ollama => "Ollama",
+            ProviderKind::OpenRouter => "OpenRouter",
+            ProviderKind::Xai => "xAI",
+            ProviderKind::Doubao => "Doubao",
+            ProviderKind::Poe => "Poe",
+        }
+    }
+
+    /// Environment variable prefix, as the original AIGNE Hub reads them (`OPEN_ROUTER_API_KEY`).
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "OPENAI",
+            ProviderKind::Anthropic => "ANTHROPIC",
+            ProviderKind::Bedrock => "BEDROCK",
+            ProviderKind::Google => "GEMINI",
+            ProviderKind::DeepSeek => "DEEPSEEK",
+            ProviderKind::Ollama => "OLLAMA",
+            ProviderKind::OpenRouter => "OPEN_ROUTER",
+            ProviderKind::Xai => "XAI",
+            ProviderKind::Doubao => "DOUBAO",
+            ProviderKind::Poe => "POE",
+        }
+    }
+
+    /// The real base URL (SDK convention: OpenAI-family URLs include the version path).
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Bedrock => "https://bedrock-runtime.us-east-1.amazonaws.com",
+            ProviderKind::Google => "https://generativelanguage.googleapis.com/v1beta",
+            ProviderKind::DeepSeek => "https://api.deepseek.com",
+            ProviderKind::Ollama => "http://localhost:11434/v1",
+            ProviderKind::OpenRouter => "https://openrouter.ai/api/v1",
+            ProviderKind::Xai => "https://api.x.ai/v1",
+            ProviderKind::Doubao => "https://ark.cn-beijing.volces.com/api/v3",
+            ProviderKind::Poe => "https://api.poe.com/v1",
+        }
+    }
+
+    /// Routing rank for bare model names: direct providers first, then Bedrock, then aggregators,
+    /// then local.
+    pub fn rank(self) -> u8 {
+        match self {
+            ProviderKind::OpenAi
+            | ProviderKind::Anthropic
+            | ProviderKind::Google
+            | ProviderKind::DeepSeek
+            | ProviderKind::Xai
+            | ProviderKind::Doubao => 1,
+            ProviderKind::Bedrock => 2,
+            ProviderKind::OpenRouter | ProviderKind::Poe => 3,
+            ProviderKind::Ollama => 4,
+        }
+    }
+
+    /// Whether a provider works without any credential (local Ollama).
+    pub fn credential_optional(self) -> bool {
+        matches!(self, ProviderKind::Ollama)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A secret string (API key, secret access key). Never printed, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// First 4 + last 4 characters, the rest starred (at most 16 stars), as the original masks.
+    pub fn masked(&self) -> String {
+        mask(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.masked())
+    }
+}
+
+/// Masks a secret as first 4 + stars + last 4 (short secrets are fully starred).
+pub fn mask(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len().max(4));
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    let stars = (chars.len() - 8).min(16);
+    format!("{head}{}{tail}", "*".repeat(stars))
+}
+
+/// Decrypted credential material for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSecret {
+    /// API key (Bearer / x-api-key), or the access key id for AWS.
+    pub api_key: Option<Secret>,
+    /// AWS secret access key.
+    pub secret_key: Option<Secret>,
+    /// AWS session token.
+    pub session_token: Option<Secret>,
+}
+
+impl CredentialSecret {
+    pub fn api_key(key: impl Into<String>) -> CredentialSecret {
+        CredentialSecret {
+            api_key: Some(Secret::new(key)),
+            secret_key: None,
+            session_token: None,
+        }
+    }
+
+    pub fn none() -> CredentialSecret {
+        CredentialSecret {
+            api_key: None,
+            secret_key: None,
+            session_token: None,
+        }
+    }
+}
+
+/// Static settings of a provider instance that a module may need.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderSettings {
+    /// Region (Bedrock).
+    pub region: Option<String>,
+    /// Public URL of this hub, sent as attribution where a provider wants it (OpenRouter `HTTP-Referer`).
+    pub public_url: Option<String>,
+    /// App title for attribution (OpenRouter `X-Title`).
+    pub app_title: Option<String>,
+}
+
+/// Everything one upstream call needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    pub http: &'a reqwest::Client,
+    /// Base URL, without trailing slash.
+    pub base_url: &'a str,
+    pub credential: &'a CredentialSecret,
+    /// The provider's own model id.
+    pub model: &'a str,
+    pub settings: &'a ProviderSettings,
+}
+
+/// A stream of normalised events from a provider.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
+/// One wire protocol. Required: chat and chat_stream; the rest default to "unsupported".
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Non-streaming chat.
+    async fn chat(
+        &self,
+        up: Upstream<'_>,
+        req: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError>;
+
+    /// Streaming chat. Returns once the upstream answered with a success status; events follow.
+    async fn chat_stream(
+        &self,
+        up: Upstream<'_>,
+        req: &ChatRequest,
+    ) -> Result<EventStream, ProviderError>;
+
+    async fn embeddings(
+        &self,
+        _up: Upstream<'_>,
+        _req: &EmbeddingsRequest,
+    ) -> Result<EmbeddingsResponse, ProviderError> {
+        Err(ProviderError::unsupported("embeddings"))
+    }
+
+    async fn images(
+        &self,
+        _up: Upstream<'_>,
+        _req: &ImagesRequest,
+    ) -> Result<ImagesResponse, ProviderError> {
+        Err(ProviderError::unsupported("image generation"))
+    }
+}
+
+/// The module that speaks `kind`'s wire protocol, or `None` if none is built in yet.
+pub fn implementation(kind: ProviderKind) -> Option<Arc<dyn Provider>> {
+    openai::Variant::for_kind(kind)
+        .map(|v| Arc::new(openai::OpenAiFamily::new(v)) as Arc<dyn Provider>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(
+            ProviderKind::from_name("gemini"),
+            Some(ProviderKind::Google)
+        );
+        assert_eq!(ProviderKind::from_name("nosuch"), None);
+    }
+
+    #[test]
+    fn masks_like_the_original() {
+        assert_eq!(mask("sk-1234567890abcd"), "sk-1*********abcd");
+        assert_eq!(mask("short"), "*****");
+        let long = "a".repeat(60);
+        assert_eq!(mask(&long).len(), 4 + 16 + 4);
+        assert!(!format!("{:?}", Secret::new("sk-secretvalue-xyz")).contains("secretvalue"));
+    }
+}

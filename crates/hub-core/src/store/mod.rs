@@ -1,0 +1,184 @@
+//! Persistence behind one trait. `sqlite` is the embedded default; a PostgreSQL backend implements
+//! the same trait for scale-out. Every operation must hold with several processes on one database:
+//! no process-local lock stands in for atomicity (the admin CLI writes while `serve` runs).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Role;
+use crate::providers::ProviderKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A unique constraint would be violated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// No such row.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// A configured provider (the provider's identity is its kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRow {
+    pub kind: ProviderKind,
+    /// Overrides the default base URL.
+    pub base_url: Option<String>,
+    pub region: Option<String>,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+}
+
+/// A stored credential. `ciphertext` is the vault envelope of the secret JSON; only the masked
+/// form is ever shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRow {
+    pub id: String,
+    pub provider: ProviderKind,
+    pub name: String,
+    #[serde(skip_serializing)]
+    pub ciphertext: String,
+    pub masked: String,
+    pub weight: u32,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRow {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub team_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// An API key as stored: digest and prefix only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub user_id: String,
+    /// Hex SHA-256 of the key.
+    #[serde(skip_serializing)]
+    pub digest_hex: String,
+    pub prefix: String,
+    pub name: String,
+    pub team_id: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// Outcome of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStatus {
+    Success,
+    Failed,
+    /// The caller went away before the end; what was delivered is metered.
+    Cancelled,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Success => "success",
+            CallStatus::Failed => "failed",
+            CallStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> CallStatus {
+        match s {
+            "success" => CallStatus::Success,
+            "cancelled" => CallStatus::Cancelled,
+            _ => CallStatus::Failed,
+        }
+    }
+}
+
+/// One record per call, success or failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The hub's request id (also the `x-request-id` response header).
+    pub id: String,
+    pub created_at_ms: i64,
+    /// The caller's own `x-request-id`, if it sent one.
+    pub client_request_id: Option<String>,
+    /// API key id.
+    pub principal: String,
+    pub user_id: String,
+    pub team_id: Option<String>,
+    /// Calling app (`x-aigne-hub-client-did`), if known.
+    pub app: Option<String>,
+    /// Which API the caller spoke: `openai`, `anthropic`, `aigne`, `native`.
+    pub ingress: String,
+    /// `chat`, `embeddings`, `images`.
+    pub endpoint: String,
+    pub requested_model: String,
+    pub provider: Option<String>,
+    pub credential: Option<String>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub images: u64,
+    /// Token counts were estimated by the hub (the provider reported none).
+    pub estimated: bool,
+    pub latency_ms: u64,
+    /// Time to the first byte from upstream (streams) or to the full response.
+    pub ttfb_ms: Option<u64>,
+    pub status: CallStatus,
+    pub http_status: u16,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    /// Cost the provider itself reported (OpenRouter), decimal text.
+    pub provider_cost: Option<String>,
+    /// Number of upstream attempts made for this call.
+    pub attempts: u32,
+}
+
+/// The persistence trait.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Monotonic counter bumped by every configuration write; instances poll it to reload.
+    async fn config_version(&self) -> Result<i64, StoreError>;
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    async fn upsert_provider(&self, row: &ProviderRow) -> Result<(), StoreError>;
+    async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
+    async fn delete_provider(&self, kind: ProviderKind) -> Result<(), StoreError>;
+
+    async fn insert_credential(&self, row: &CredentialRow) -> Result<(), StoreError>;
+    async fn list_credentials(&self) -> Result<Vec<CredentialRow>, StoreError>;
+    async fn delete_credential(&self, id: &str) -> Result<(), StoreError>;
+    /// Replaces ciphertexts (master-key rotation), all in one transaction.
+    async fn replace_ciphertexts(&self, updates: &[(String, String)]) -> Result<(), StoreError>;
+
+    async fn insert_user(&self, row: &UserRow) -> Result<(), StoreError>;
+    async fn list_users(&self) -> Result<Vec<UserRow>, StoreError>;
+
+    /// Inserts a key; `Conflict` if the digest exists.
+    async fn insert_api_key(&self, row: &ApiKeyRow) -> Result<(), StoreError>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError>;
+    async fn revoke_api_key(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Writes a batch of usage records in one transaction (group commit). Idempotent by id: a
+    /// record whose id exists is left as it is.
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
+}

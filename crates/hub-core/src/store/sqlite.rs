@@ -1,0 +1,709 @@
+//! Embedded SQLite store (rusqlite, WAL). One writer connection and one reader connection, used
+//! from blocking threads. Other processes (the admin CLI) may write the same file concurrently;
+//! SQLite's file locks serialise them, `busy_timeout` waits them out.
+//!
+//! Durability: WAL with `synchronous=NORMAL` survives a killed process (the WAL write has reached
+//! the OS before the commit returns); `HUB_SQLITE_SYNC=full` adds an fsync per commit for power loss.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    ApiKeyRow, CallStatus, CredentialRow, ProviderRow, Store, StoreError, UsageRecord, UserRow,
+};
+use crate::auth::Role;
+use crate::providers::ProviderKind;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the index of the last applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO settings (key, value) VALUES ('config_version', '1');
+CREATE TABLE providers (
+    kind          TEXT PRIMARY KEY,
+    base_url      TEXT,
+    region        TEXT,
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE credentials (
+    id            TEXT PRIMARY KEY,
+    provider      TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    ciphertext    TEXT NOT NULL,
+    masked        TEXT NOT NULL,
+    weight        INTEGER NOT NULL DEFAULT 100,
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX credentials_provider ON credentials (provider);
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    team_id       TEXT,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users (id),
+    digest_hex    TEXT NOT NULL UNIQUE,
+    prefix        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    team_id       TEXT,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+);
+CREATE TABLE usage_records (
+    id                 TEXT PRIMARY KEY,
+    created_at_ms      INTEGER NOT NULL,
+    client_request_id  TEXT,
+    principal          TEXT NOT NULL,
+    user_id            TEXT NOT NULL,
+    team_id            TEXT,
+    app                TEXT,
+    ingress            TEXT NOT NULL,
+    endpoint           TEXT NOT NULL,
+    requested_model    TEXT NOT NULL,
+    provider           TEXT,
+    credential         TEXT,
+    upstream_model     TEXT,
+    stream             INTEGER NOT NULL,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    images             INTEGER NOT NULL,
+    estimated          INTEGER NOT NULL,
+    latency_ms         INTEGER NOT NULL,
+    ttfb_ms            INTEGER,
+    status             TEXT NOT NULL,
+    http_status        INTEGER NOT NULL,
+    error_class        TEXT,
+    error_message      TEXT,
+    provider_cost      TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX usage_created ON usage_records (created_at_ms);
+CREATE INDEX usage_user_created ON usage_records (user_id, created_at_ms);
+CREATE INDEX usage_app_created ON usage_records (app, created_at_ms);
+"#];
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(code, msg) = &e
+        && code.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StoreError::Conflict(msg.clone().unwrap_or_else(|| "constraint violated".into()));
+    }
+    StoreError::Db(e.to_string())
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    let sync = match std::env::var("HUB_SQLITE_SYNC").ok().as_deref() {
+        Some("full") => "FULL",
+        _ => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+    ))
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut writer = open_conn(path)?;
+        migrate(&mut writer)?;
+        let reader = open_conn(path)?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock()))
+            .await
+            .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
+fn bump_config(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'config_version'",
+        [],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn kind_of(s: &str) -> rusqlite::Result<ProviderKind> {
+    ProviderKind::from_name(s).ok_or_else(|| {
+        rusqlite::Error::InvalidColumnType(0, s.to_string(), rusqlite::types::Type::Text)
+    })
+}
+
+fn usage_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    Ok(UsageRecord {
+        id: r.get(0)?,
+        created_at_ms: r.get(1)?,
+        client_request_id: r.get(2)?,
+        principal: r.get(3)?,
+        user_id: r.get(4)?,
+        team_id: r.get(5)?,
+        app: r.get(6)?,
+        ingress: r.get(7)?,
+        endpoint: r.get(8)?,
+        requested_model: r.get(9)?,
+        provider: r.get(10)?,
+        credential: r.get(11)?,
+        upstream_model: r.get(12)?,
+        stream: r.get::<_, i64>(13)? != 0,
+        prompt_tokens: r.get::<_, i64>(14)? as u64,
+        completion_tokens: r.get::<_, i64>(15)? as u64,
+        cache_read_tokens: r.get::<_, i64>(16)? as u64,
+        cache_write_tokens: r.get::<_, i64>(17)? as u64,
+        reasoning_tokens: r.get::<_, i64>(18)? as u64,
+        images: r.get::<_, i64>(19)? as u64,
+        estimated: r.get::<_, i64>(20)? != 0,
+        latency_ms: r.get::<_, i64>(21)? as u64,
+        ttfb_ms: r.get::<_, Option<i64>>(22)?.map(|v| v as u64),
+        status: CallStatus::parse(&r.get::<_, String>(23)?),
+        http_status: r.get::<_, i64>(24)? as u16,
+        error_class: r.get(25)?,
+        error_message: r.get(26)?,
+        provider_cost: r.get(27)?,
+        attempts: r.get::<_, i64>(28)? as u32,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
+    async fn config_version(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'config_version'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn upsert_provider(&self, row: &ProviderRow) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO providers (kind, base_url, region, enabled, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(kind) DO UPDATE SET base_url = excluded.base_url, region = excluded.region, enabled = excluded.enabled",
+                params![row.kind.name(), row.base_url, row.region, row.enabled as i64, row.created_at_ms],
+            )
+            .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT kind, base_url, region, enabled, created_at_ms FROM providers ORDER BY kind")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(ProviderRow {
+                        kind: kind_of(&r.get::<_, String>(0)?)?,
+                        base_url: r.get(1)?,
+                        region: r.get(2)?,
+                        enabled: r.get::<_, i64>(3)? != 0,
+                        created_at_ms: r.get(4)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_provider(&self, kind: ProviderKind) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let n = tx
+                .execute("DELETE FROM providers WHERE kind = ?1", [kind.name()])
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("provider {kind}")));
+            }
+            tx.execute("DELETE FROM credentials WHERE provider = ?1", [kind.name()])
+                .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn insert_credential(&self, row: &CredentialRow) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO credentials (id, provider, name, ciphertext, masked, weight, enabled, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.id,
+                    row.provider.name(),
+                    row.name,
+                    row.ciphertext,
+                    row.masked,
+                    row.weight as i64,
+                    row.enabled as i64,
+                    row.created_at_ms
+                ],
+            )
+            .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT id, provider, name, ciphertext, masked, weight, enabled, created_at_ms FROM credentials ORDER BY created_at_ms, id",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(CredentialRow {
+                        id: r.get(0)?,
+                        provider: kind_of(&r.get::<_, String>(1)?)?,
+                        name: r.get(2)?,
+                        ciphertext: r.get(3)?,
+                        masked: r.get(4)?,
+                        weight: r.get::<_, i64>(5)?.max(0) as u32,
+                        enabled: r.get::<_, i64>(6)? != 0,
+                        created_at_ms: r.get(7)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_credential(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let n = tx
+                .execute("DELETE FROM credentials WHERE id = ?1", [&id])
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("credential {id}")));
+            }
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn replace_ciphertexts(&self, updates: &[(String, String)]) -> Result<(), StoreError> {
+        let updates = updates.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            for (id, ct) in &updates {
+                tx.execute(
+                    "UPDATE credentials SET ciphertext = ?2 WHERE id = ?1",
+                    params![id, ct],
+                )
+                .map_err(db_err)?;
+            }
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn insert_user(&self, row: &UserRow) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO users (id, name, role, team_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id, row.name, row.role.as_str(), row.team_id, row.created_at_ms],
+            )
+            .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT id, name, role, team_id, created_at_ms FROM users ORDER BY created_at_ms, id")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    let role: String = r.get(2)?;
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: Role::parse(&role).unwrap_or(Role::Guest),
+                        team_id: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn insert_api_key(&self, row: &ApiKeyRow) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    row.id,
+                    row.user_id,
+                    row.digest_hex,
+                    row.prefix,
+                    row.name,
+                    row.team_id,
+                    row.created_at_ms,
+                    row.expires_at_ms,
+                    row.revoked_at_ms
+                ],
+            )
+            .map_err(db_err)?;
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms
+                     FROM api_keys ORDER BY created_at_ms, id",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(ApiKeyRow {
+                        id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        digest_hex: r.get(2)?,
+                        prefix: r.get(3)?,
+                        name: r.get(4)?,
+                        team_id: r.get(5)?,
+                        created_at_ms: r.get(6)?,
+                        expires_at_ms: r.get(7)?,
+                        revoked_at_ms: r.get(8)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                    params![id, at_ms],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("active api key {id}")));
+            }
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO usage_records (id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress,
+                           endpoint, requested_model, provider, credential, upstream_model, stream, prompt_tokens,
+                           completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated,
+                           latency_ms, ttfb_ms, status, http_status, error_class, error_message, provider_cost, attempts)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                                 ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+                         ON CONFLICT(id) DO NOTHING",
+                    )
+                    .map_err(db_err)?;
+                for r in &records {
+                    st.execute(params![
+                        r.id,
+                        r.created_at_ms,
+                        r.client_request_id,
+                        r.principal,
+                        r.user_id,
+                        r.team_id,
+                        r.app,
+                        r.ingress,
+                        r.endpoint,
+                        r.requested_model,
+                        r.provider,
+                        r.credential,
+                        r.upstream_model,
+                        r.stream as i64,
+                        r.prompt_tokens as i64,
+                        r.completion_tokens as i64,
+                        r.cache_read_tokens as i64,
+                        r.cache_write_tokens as i64,
+                        r.reasoning_tokens as i64,
+                        r.images as i64,
+                        r.estimated as i64,
+                        r.latency_ms as i64,
+                        r.ttfb_ms.map(|v| v as i64),
+                        r.status.as_str(),
+                        r.http_status as i64,
+                        r.error_class,
+                        r.error_message,
+                        r.provider_cost,
+                        r.attempts as i64,
+                    ])
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress, endpoint,
+                       requested_model, provider, credential, upstream_model, stream, prompt_tokens, completion_tokens,
+                       cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated, latency_ms, ttfb_ms,
+                       status, http_status, error_class, error_message, provider_cost, attempts
+                     FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT ?1",
+                )
+                .map_err(db_err)?;
+            let rows = st.query_map([limit], usage_from_row).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> UsageRecord {
+        UsageRecord {
+            id: id.into(),
+            created_at_ms: 1,
+            client_request_id: None,
+            principal: "k".into(),
+            user_id: "u".into(),
+            team_id: None,
+            app: Some("app".into()),
+            ingress: "openai".into(),
+            endpoint: "chat".into(),
+            requested_model: "openai/gpt-4o-mini".into(),
+            provider: Some("openai".into()),
+            credential: Some("c".into()),
+            upstream_model: Some("gpt-4o-mini".into()),
+            stream: true,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cache_read_tokens: 2,
+            cache_write_tokens: 0,
+            reasoning_tokens: 1,
+            images: 0,
+            estimated: false,
+            latency_ms: 12,
+            ttfb_ms: Some(3),
+            status: CallStatus::Success,
+            http_status: 200,
+            error_class: None,
+            error_message: None,
+            provider_cost: Some("0.95".into()),
+            attempts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_round_trips_and_is_idempotent() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        store.insert_usage(&[record("a"), record("b")]).await?;
+        // Replaying a record changes nothing.
+        let mut changed = record("a");
+        changed.prompt_tokens = 999;
+        store.insert_usage(&[changed]).await?;
+        let rows = store.list_usage(10).await?;
+        assert_eq!(rows.len(), 2);
+        let a = rows.iter().find(|r| r.id == "a");
+        assert_eq!(a, Some(&record("a")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn config_writes_bump_the_version_across_connections() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let path = dir.path().join("hub.db");
+        let a = SqliteStore::open(&path)?;
+        let b = SqliteStore::open(&path)?;
+        let v0 = a.config_version().await?;
+        b.upsert_provider(&ProviderRow {
+            kind: ProviderKind::OpenAi,
+            base_url: Some("http://x/v1".into()),
+            region: None,
+            enabled: true,
+            created_at_ms: 1,
+        })
+        .await?;
+        assert!(a.config_version().await? > v0);
+        assert_eq!(a.list_providers().await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn duplicate_key_digest_conflicts() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        store
+            .insert_user(&UserRow {
+                id: "u".into(),
+                name: "n".into(),
+                role: Role::Owner,
+                team_id: None,
+                created_at_ms: 1,
+            })
+            .await?;
+        let key = ApiKeyRow {
+            id: "k1".into(),
+            user_id: "u".into(),
+            digest_hex: "ab".into(),
+            prefix: "ahk_".into(),
+            name: "n".into(),
+            team_id: None,
+            created_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+        };
+        store.insert_api_key(&key).await?;
+        let mut dup = key.clone();
+        dup.id = "k2".into();
+        assert!(matches!(
+            store.insert_api_key(&dup).await,
+            Err(StoreError::Conflict(_))
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! The durable usage writer: one task batches records from many requests into one transaction
+//! (group commit) and tells each waiter when its record is committed. Callers await `commit`
+//! before they send the end of a response, so a response that reached its caller is metered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, UsageRecord};
+
+const MAX_BATCH: usize = 512;
+const QUEUE: usize = 65_536;
+
+struct Job {
+    /// `None`: a flush marker, answered once everything queued before it is committed.
+    record: Option<UsageRecord>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageWriter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for UsageWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsageWriter")
+    }
+}
+
+impl UsageWriter {
+    /// Starts the writer; the returned handle ends when every `UsageWriter` clone is dropped and
+    /// the queue is drained.
+    pub fn start(store: Arc<dyn Store>) -> (UsageWriter, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = tokio::spawn(run(store, rx));
+        (UsageWriter { tx }, handle)
+    }
+
+    /// Queues a record and waits until it is committed.
+    pub async fn commit(&self, record: UsageRecord) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job {
+                record: Some(record),
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| "usage writer stopped".to_string())?;
+        wait.await.map_err(|_| "usage writer stopped".to_string())?
+    }
+
+    /// Waits until every record queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job {
+                record: None,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| "usage writer stopped".to_string())?;
+        wait.await.map_err(|_| "usage writer stopped".to_string())?
+    }
+
+    /// Queues a record without waiting (for paths with nobody left to answer, such as a caller
+    /// that disconnected). It is still written; if the queue is full the send waits on a task.
+    pub fn submit(&self, record: UsageRecord) {
+        let job = Job {
+            record: Some(record),
+            done: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(job).await;
+            });
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut records: Vec<UsageRecord> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        records.clear();
+        records.extend(batch.iter().filter_map(|j| j.record.clone()));
+        let mut result = Ok(());
+        for attempt in 0..5u32 {
+            if records.is_empty() {
+                break;
+            }
+            match store.insert_usage(&records).await {
+                Ok(()) => {
+                    result = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, records = records.len(), "usage batch write failed");
+                    result = Err(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+            }
+        }
+        for job in batch.drain(..) {
+            if let Some(done) = job.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}

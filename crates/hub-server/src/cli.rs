@@ -1,0 +1,384 @@
+//! The `aigne-hub` command line. `serve` runs the hub; `admin ...` changes configuration in the
+//! data dir directly (a running server notices within a second).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use hub_core::Hub;
+use hub_core::config::{HubOptions, MasterKeySource, providers_from_env};
+use hub_core::hub::{now_ms, open_store_and_vault, seal_credential};
+use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
+use hub_core::store::{CredentialRow, ProviderRow, Store};
+use hub_core::vault::Vault;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aigne-hub",
+    version,
+    about = "AIGNE Hub: a self-hosted AI gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Change configuration in a data dir (works while `serve` runs).
+    Admin(AdminArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data directory (SQLite database, master key).
+    #[arg(long, env = "HUB_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, env = "HUB_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "HUB_PORT", default_value_t = 8090)]
+    pub port: u16,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HUB_MAX_BODY_BYTES", default_value_t = 30 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Public URL of this hub (attribution, links).
+    #[arg(long, env = "HUB_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Providers.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Provider credentials (stored encrypted, shown masked).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Usage records.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProviderCommand {
+    /// Add or update a provider.
+    Add {
+        /// openai, anthropic, bedrock, google, deepseek, ollama, openrouter, xai, doubao, poe
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Add it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List providers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a provider and its credentials.
+    Remove {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CredentialCommand {
+    /// Add a credential. `--value -` reads it from standard input (keeps it out of shell history).
+    Add {
+        #[arg(long)]
+        provider: String,
+        #[arg(long, env = "HUB_CREDENTIAL_VALUE", hide_env_values = true)]
+        value: String,
+        /// Secret access key (Bedrock).
+        #[arg(long, env = "HUB_CREDENTIAL_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+    },
+    /// List credentials (masked).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a credential.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCommand {
+    /// Newest usage records first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Everything the hub reads from the environment at start.
+pub fn hub_options(data_dir: PathBuf, public_url: Option<String>) -> HubOptions {
+    let mut opts = HubOptions::new(data_dir);
+    opts.master_key = std::env::var("HUB_MASTER_KEY")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| MasterKeySource::Value(Secret::new(v)))
+        .or_else(|| {
+            std::env::var("HUB_MASTER_KEY_FILE")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|p| MasterKeySource::File(PathBuf::from(p)))
+        });
+    opts.admin_key = std::env::var("HUB_ADMIN_KEY")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new);
+    opts.env_providers = providers_from_env(|k| std::env::var(k).ok());
+    opts.public_url = public_url;
+    opts
+}
+
+/// Output lines for the operator (stdout), kept apart from logs (stderr).
+pub trait Out {
+    fn line(&mut self, s: &str);
+}
+
+/// Runs `serve`. Prints the listening address, and the owner key when one was just created.
+pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
+    let opts = hub_options(args.data.data_dir.clone(), args.public_url.clone());
+    let opened = Hub::open(opts).await.map_err(|e| e.to_string())?;
+    if let Some(key) = &opened.new_owner_key {
+        out.line(&format!("owner API key (shown once, store it now): {key}"));
+    }
+    let providers: Vec<&str> = opened
+        .hub
+        .configured_providers()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    tracing::info!(providers = ?providers, data_dir = %args.data.data_dir.display(), "hub opened");
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .map_err(|e| format!("invalid --host/--port: {e}"))?;
+    crate::serve(
+        opened.hub,
+        addr,
+        crate::ServerOptions {
+            max_body_bytes: args.max_body_bytes,
+        },
+        |a| out.line(&format!("aigne-hub listening on http://{a}")),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn parse_provider(name: &str) -> Result<ProviderKind, String> {
+    ProviderKind::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown provider `{name}`; one of: {}", names.join(", "))
+    })
+}
+
+fn read_value(v: String) -> Result<String, String> {
+    if v == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| e.to_string())?;
+        Ok(s.trim().to_string())
+    } else {
+        Ok(v)
+    }
+}
+
+/// Runs an `admin` command against the data dir.
+pub async fn admin(args: AdminArgs, out: &mut dyn Out) -> Result<(), String> {
+    let opts = hub_options(args.data.data_dir.clone(), None);
+    let (store, vault) = open_store_and_vault(&opts).map_err(|e| e.to_string())?;
+    run_admin(store, &vault, args.command, out).await
+}
+
+async fn run_admin(
+    store: Arc<dyn Store>,
+    vault: &Vault,
+    cmd: AdminCommand,
+    out: &mut dyn Out,
+) -> Result<(), String> {
+    let e = |e: hub_core::store::StoreError| e.to_string();
+    match cmd {
+        AdminCommand::Provider(ProviderCommand::Add {
+            name,
+            base_url,
+            region,
+            disabled,
+        }) => {
+            let kind = parse_provider(&name)?;
+            if let Some(u) = &base_url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(format!("--base-url must be an http(s) URL, got `{u}`"));
+            }
+            store
+                .upsert_provider(&ProviderRow {
+                    kind,
+                    base_url,
+                    region,
+                    enabled: !disabled,
+                    created_at_ms: now_ms(),
+                })
+                .await
+                .map_err(e)?;
+            out.line(&format!("provider {kind} saved"));
+        }
+        AdminCommand::Provider(ProviderCommand::List { json }) => {
+            let rows = store.list_providers().await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                for r in rows {
+                    out.line(&format!(
+                        "{}\t{}\t{}",
+                        r.kind,
+                        if r.enabled { "enabled" } else { "disabled" },
+                        r.base_url.as_deref().unwrap_or(r.kind.default_base_url())
+                    ));
+                }
+            }
+        }
+        AdminCommand::Provider(ProviderCommand::Remove { name }) => {
+            let kind = parse_provider(&name)?;
+            store.delete_provider(kind).await.map_err(e)?;
+            out.line(&format!("provider {kind} removed"));
+        }
+        AdminCommand::Credential(CredentialCommand::Add {
+            provider,
+            value,
+            secret,
+            name,
+            weight,
+        }) => {
+            let kind = parse_provider(&provider)?;
+            let value = read_value(value)?;
+            if value.is_empty() {
+                return Err("the credential value is empty".to_string());
+            }
+            if weight == 0 {
+                return Err("--weight must be at least 1".to_string());
+            }
+            let id = format!("cred_{}", uuid::Uuid::new_v4().simple());
+            let secret = CredentialSecret {
+                api_key: Some(Secret::new(value)),
+                secret_key: secret.map(Secret::new),
+                session_token: None,
+            };
+            let masked = secret
+                .api_key
+                .as_ref()
+                .map(Secret::masked)
+                .unwrap_or_default();
+            let ciphertext = seal_credential(vault, &id, &secret).map_err(|e| e.to_string())?;
+            store
+                .insert_credential(&CredentialRow {
+                    id: id.clone(),
+                    provider: kind,
+                    name: name.unwrap_or_else(|| format!("{kind} key")),
+                    ciphertext,
+                    masked: masked.clone(),
+                    weight,
+                    enabled: true,
+                    created_at_ms: now_ms(),
+                })
+                .await
+                .map_err(e)?;
+            out.line(&format!("credential {id} added to {kind} ({masked})"));
+        }
+        AdminCommand::Credential(CredentialCommand::List { json }) => {
+            let rows = store.list_credentials().await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                for r in rows {
+                    out.line(&format!(
+                        "{}\t{}\t{}\t{}\tweight {}",
+                        r.id, r.provider, r.name, r.masked, r.weight
+                    ));
+                }
+            }
+        }
+        AdminCommand::Credential(CredentialCommand::Remove { id }) => {
+            store.delete_credential(&id).await.map_err(e)?;
+            out.line(&format!("credential {id} removed"));
+        }
+        AdminCommand::Usage(UsageCommand::List { limit, json }) => {
+            let rows = store.list_usage(limit).await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                for r in rows {
+                    out.line(&format!(
+                        "{}\t{}\t{}\t{}\t{}\tin {} out {}\t{} ms",
+                        r.id,
+                        r.status.as_str(),
+                        r.requested_model,
+                        r.provider.as_deref().unwrap_or("-"),
+                        r.http_status,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.latency_ms
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! AIGNE Hub HTTP server: the routes table, thin handlers, ingress/egress codecs and the CLI.
+
+pub mod cli; // `aigne-hub` command line: serve, admin
+pub mod errors; // HubError -> the caller's error format
+pub mod openai; // OpenAI-compatible ingress
+pub mod request; // bearer token, call context, body limits
+pub mod routes; // the route table
+
+use std::net::SocketAddr;
+
+use hub_core::Hub;
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub hub: Hub,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request body accepted (default 30 MB, as the original).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_body_bytes: 30 * 1024 * 1024,
+        }
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` resolves. `on_bound` is called with the bound address
+/// (port 0 picks a free port).
+pub async fn serve(
+    hub: Hub,
+    addr: SocketAddr,
+    opts: ServerOptions,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    on_bound(listener.local_addr()?);
+    // TCP_NODELAY: a head+body written in two segments must not wait for a delayed ACK (design.md §8).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+    });
+    let app = routes::app(AppState { hub: hub.clone() }, &opts);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    hub.close().await;
+    Ok(())
+}

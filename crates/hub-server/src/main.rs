@@ -1,0 +1,52 @@
+//! `aigne-hub`: run the hub, or administer its data dir.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hub_server::cli::{self, Cli, Command, Out};
+
+struct Stdout;
+
+impl Out for Stdout {
+    #[expect(clippy::print_stdout, reason = "operator-facing output of the CLI")]
+    fn line(&mut self, s: &str) {
+        println!("{s}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aigne-hub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = Stdout;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => cli::serve(args, &mut out).await,
+            Command::Admin(args) => cli::admin(args, &mut out).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aigne-hub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

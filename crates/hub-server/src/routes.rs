@@ -1,0 +1,58 @@
+//! The route table. Paths only: handlers live with their ingress.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hub_core::{ErrorKind, HubError};
+use serde_json::json;
+
+use crate::errors::{ApiError, Format};
+use crate::openai::handlers as oai;
+use crate::{AppState, ServerOptions};
+
+pub fn app(state: AppState, opts: &ServerOptions) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/chat/completions", post(oai::chat_completions))
+        .route("/v1/embeddings", post(oai::embeddings))
+        .route("/v1/images/generations", post(oai::images))
+        .route("/v1/models", get(oai::models))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.hub.ready().await {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "store unreachable"})),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found(uri: Uri) -> Response {
+    let e = HubError::new(ErrorKind::NotFound, format!("No route for {}", uri.path()))
+        .with_code("not_found");
+    let format = if uri.path().starts_with("/v1/") {
+        Format::OpenAi
+    } else {
+        Format::Hub
+    };
+    ApiError {
+        error: e,
+        format,
+        request_id: None,
+    }
+    .into_response()
+}

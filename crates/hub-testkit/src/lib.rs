@@ -1,0 +1,22 @@
+//! Protocol-faithful mock upstreams for the OpenAI-family providers (OpenAI, DeepSeek, xAI,
+//! OpenRouter, Doubao/Ark, Poe, Ollama `/v1`), scriptable per test, plus the `hub-mock` binary.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use hub_testkit::{Flavor, MockServer, Script, Usage};
+//! let mock = MockServer::start(Flavor::DeepSeek).await;
+//! mock.push(Script::text("hi there").with_usage(Usage::new(10, 2)));
+//! // point the gateway at mock.base_url() with key "sk-test" ...
+//! assert_eq!(mock.hits(), 0);
+//! # }
+//! ```
+
+mod errors; // canonical error bodies per flavor
+pub mod flavor; // Flavor enum: names, base paths, capabilities
+mod openai_family; // wire rendering (chat JSON/SSE, usage, embeddings, images, models)
+pub mod script; // Script: per-request behaviour, serde data
+mod server; // MockServer, routing, control API
+
+pub use flavor::Flavor;
+pub use script::{Script, ScriptError, ToolCall, Usage};
+pub use server::{MockConfig, MockServer, MockStats, RecordedRequest};
