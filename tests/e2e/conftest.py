@@ -4,8 +4,12 @@ Session fixtures start one `hub-mock --all` (seven OpenAI-family mocks) and one 
 on a temporary data dir with every provider pointed at its mock. A second hub with a tiny body
 limit is started lazily for the 413 test.
 
-Binaries: $HUB_BIN / $HUB_MOCK_BIN, else <repo>/target/debug/{aigne-hub,hub-mock}
-(build them with `cargo build -p hub-server -p hub-testkit`).
+Run:
+    cargo build -p hub-server -p hub-testkit
+    scripts/setup-python.sh
+    .venv/bin/pytest -q tests/e2e            # E2E_KEEP_TMP=1 keeps data dirs and process logs
+
+Binaries: $HUB_BIN / $HUB_MOCK_BIN, else <repo>/target/debug/{aigne-hub,hub-mock}.
 
 Tests must stay independent: each one scripts its mock through a *scenario* keyed by a unique
 upstream model name (`unique_model()`), never through shared FIFO state.

@@ -152,9 +152,7 @@ def test_images_unsupported_provider_is_4xx(hub, mocks, client):
 
 
 def test_models_lists_provider_prefixed_ids(hub, mocks, client):
-    raw = client.models.with_raw_response.list()
-    rid = raw.headers.get("x-request-id")
-    page = raw.parse()
+    page = client.models.list()
     ids = [m.id for m in page.data]
     assert ids, "empty model list"
     assert len(ids) == len(set(ids)), "duplicate model ids"
@@ -185,9 +183,14 @@ def test_models_lists_provider_prefixed_ids(hub, mocks, client):
     dreqs = [r for r in mocks.doubao.requests() if r["method"] == "GET" and r["path"].rstrip("/").endswith("/models")]
     assert dreqs == [], "hub called Doubao's (non-existent) /models"
 
-    rec = hub.require_usage(rid)
+
+def test_models_call_is_metered(hub, client):
+    """Every authenticated call leaves one usage record, listing models included."""
+    raw = client.models.with_raw_response.list()
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
     assert rec["endpoint"] == "models"
     assert rec["status"] == "success"
+    assert rec["http_status"] == 200
 
 
 def test_models_is_openai_list_shape(hub):

@@ -124,7 +124,7 @@ def test_openrouter_headers_and_slash_model_id(hub, mocks, client):
 
 
 def test_openrouter_cache_write_tokens(hub, mocks, client):
-    usage = {"prompt_tokens": 194, "completion_tokens": 2, "cached_tokens": 0, "cache_write_tokens": 100}
+    usage = {"prompt_tokens": 194, "completion_tokens": 2, "cached_tokens": 0, "cache_write_tokens": 100, "cost": 0.95}
     model = "vendor/" + unique_model()
     mocks.openrouter.scenario(model, text="ok", usage=usage)
     raw = client.chat.completions.with_raw_response.create(model=f"openrouter/{model}", messages=USER_MSG)
@@ -134,6 +134,10 @@ def test_openrouter_cache_write_tokens(hub, mocks, client):
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (194, 2)
     assert rec["cache_write_tokens"] == 100
     assert rec["cache_read_tokens"] == 0
+    if "provider_cost" in rec:  # OpenRouter reports its own cost: kept as decimal text
+        from decimal import Decimal
+
+        assert rec["provider_cost"] is not None and Decimal(str(rec["provider_cost"])) == Decimal("0.95"), rec
 
 
 def test_openrouter_stream_strips_always_on_usage(hub, mocks, client):
@@ -269,3 +273,30 @@ def test_reasoning_rendered_as_reasoning_content(hub, mocks, client, provider):
     chunks, content, reasoning, usage = _stream(client, f"{provider}/{model}")
     assert content == "Result."
     assert reasoning == "Deep thought here."
+
+
+def test_deepseek_reasoning_content_kept_on_tool_call_turns_only(hub, mocks, client):
+    """DeepSeek thinking mode needs `reasoning_content` passed back on assistant tool-call turns."""
+    mock = mocks.deepseek
+    model = mock.scenario(unique_model(), text="Done.")
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "greeting thoughts"},
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "need the weather tool",
+            "tool_calls": [
+                {"id": "call_ds_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_ds_1", "content": "sunny"},
+    ]
+    resp = client.chat.completions.create(model=f"deepseek/{model}", messages=messages)
+    assert resp.choices[0].message.content == "Done."
+    sent = mock.last_request_for(model)["body"]["messages"]
+    assert len(sent) == 5
+    assert sent[3].get("reasoning_content") == "need the weather tool"
+    assert "reasoning_content" not in sent[1] or sent[1]["reasoning_content"] in (None, "")
+    assert sent[4]["tool_call_id"] == "call_ds_1"

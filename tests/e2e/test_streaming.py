@@ -116,7 +116,7 @@ def test_stream_first_chunk_not_delayed(hub, mocks, client):
     assert first_content_at < total - 0.9, f"first chunk at {first_content_at:.2f}s of {total:.2f}s: buffered?"
 
 
-@pytest.mark.parametrize("provider", ["openai", "deepseek", "ollama"])
+@pytest.mark.parametrize("provider", ["openai", "deepseek", "xai", "openrouter", "ollama"])
 def test_stream_tool_calls_reassembled(hub, mocks, client, provider):
     mock = mocks[provider]
     calls = [
@@ -202,11 +202,12 @@ def test_stream_upstream_error_before_first_byte_is_http_error(hub, mocks, clien
     assert rec["stream"] is True
 
 
-def test_stream_midstream_error_reaches_caller_and_is_recorded(hub, mocks, client):
+@pytest.mark.parametrize("provider", ["openai", "openrouter", "doubao", "deepseek"])
+def test_stream_midstream_error_reaches_caller_and_is_recorded(hub, mocks, client, provider):
     import openai
 
-    model = mocks.openai.scenario(unique_model(), text=TEXT, error_after_chunks=2)
-    raw = client.chat.completions.with_raw_response.create(model=f"openai/{model}", messages=USER_MSG, stream=True)
+    model = mocks[provider].scenario(unique_model(), text=TEXT, error_after_chunks=2)
+    raw = client.chat.completions.with_raw_response.create(model=f"{provider}/{model}", messages=USER_MSG, stream=True)
     rid = raw.headers.get("x-request-id")
     got = []
     with pytest.raises(openai.APIError):
@@ -235,3 +236,61 @@ def test_stream_upstream_drop_is_not_success(hub, mocks, client):
     assert not clean, "an upstream drop was rendered as a normal completion"
     rec = hub.wait_usage(rid, lambda r: r.get("status") in ("failed", "cancelled"), timeout=5.0)
     assert rec is not None and rec["status"] == "failed", rec
+
+
+def test_concurrent_streams_each_metered(hub, mocks, client):
+    """Eight interleaved streams: each gets its own text and its own usage record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for i in range(8):
+        prov = ["openai", "deepseek", "xai", "openrouter"][i % 4]
+        text = " ".join(f"s{i}w{j}" for j in range(6))
+        model = mocks[prov].scenario(
+            unique_model(), text=text, chunk_delay_ms=20, usage={"prompt_tokens": 100 + i, "completion_tokens": 6}
+        )
+        jobs.append((prov, model, text, 100 + i))
+
+    def run(job):
+        prov, model, text, pt = job
+        raw = client.chat.completions.with_raw_response.create(
+            model=f"{prov}/{model}", messages=USER_MSG, stream=True, stream_options={"include_usage": True}
+        )
+        rid = raw.headers.get("x-request-id")
+        chunks, content = _collect(raw.parse())
+        rec = hub.require_usage(rid)
+        return rid, content, chunks[-1].usage, rec
+
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        results = list(ex.map(run, jobs))
+    assert len({r[0] for r in results}) == 8, "request ids must be unique"
+    for (prov, model, text, pt), (rid, content, usage, rec) in zip(jobs, results):
+        assert content == text
+        assert usage.prompt_tokens == pt
+        assert rec["upstream_model"] == model and rec["prompt_tokens"] == pt and rec["provider"] == prov
+
+
+def test_ttfb_and_latency_metered(hub, mocks, client):
+    model = mocks.openai.scenario(unique_model(), text="a b c", chunks=3, first_byte_delay_ms=300, chunk_delay_ms=100)
+    raw = client.chat.completions.with_raw_response.create(model=f"openai/{model}", messages=USER_MSG, stream=True)
+    rid = raw.headers.get("x-request-id")
+    list(raw.parse())
+    rec = hub.require_usage(rid)
+    assert rec["ttfb_ms"] >= 290, rec
+    assert rec["latency_ms"] >= rec["ttfb_ms"] + 150, rec
+    assert rec["latency_ms"] < 5000, rec
+
+
+def test_stream_client_request_id(hub, mocks, client):
+    import uuid
+
+    model = mocks.doubao.scenario(unique_model(), text="x y")
+    cid = "cli-" + uuid.uuid4().hex
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"doubao/{model}", messages=USER_MSG, stream=True, extra_headers={"x-request-id": cid}
+    )
+    rid = raw.headers.get("x-request-id")
+    list(raw.parse())
+    rec = hub.require_usage(rid)
+    assert rid != cid
+    assert rec["client_request_id"] == cid
