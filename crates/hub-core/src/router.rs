@@ -141,8 +141,9 @@ fn family_candidates(model: &str) -> Vec<(ProviderKind, String)> {
     let m = model.to_ascii_lowercase();
     let starts = |prefixes: &[&str]| prefixes.iter().any(|p| m.starts_with(p));
     if model.contains('/') {
-        // `vendor/model` ids are OpenRouter's namespace.
-        return vec![(ProviderKind::OpenRouter, model.to_string())];
+        // `vendor/model` with an unknown vendor: only the catalog can say who serves it (pin an
+        // aggregator explicitly: `openrouter/meta-llama/...`). Guessing would send typos upstream.
+        return Vec::new();
     }
     if starts(&["gpt-oss"]) {
         return vec![
@@ -332,8 +333,9 @@ mod tests {
         );
         assert_eq!(candidates("nosuch-model", &cat, all), Err(None));
         assert_eq!(
-            candidates("nosuch/model", &cat, |p| p != ProviderKind::OpenRouter),
-            Err(None)
+            candidates("nosuch/model", &cat, all),
+            Err(None),
+            "an unknown vendor prefix is not guessed onto an aggregator"
         );
         assert_eq!(
             candidates("anthropic/claude-x", &cat, |_| false),

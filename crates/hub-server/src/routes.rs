@@ -21,8 +21,20 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/images/generations", post(oai::images))
         .route("/v1/models", get(oai::models))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .with_state(state)
+}
+
+/// Every response carries an `x-request-id`: the call's own id where a handler set one, else a
+/// fresh one, so any response can be quoted in a support request.
+async fn ensure_request_id(mut resp: Response) -> Response {
+    if !resp.headers().contains_key("x-request-id")
+        && let Ok(v) = axum::http::HeaderValue::from_str(&hub_core::hub::new_request_id())
+    {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 async fn healthz() -> Response {
