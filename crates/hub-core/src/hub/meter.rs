@@ -60,6 +60,13 @@ impl Hub {
         })
     }
 
+    /// Records a call that made no upstream request (e.g. a model listing), so every authenticated
+    /// call leaves its record.
+    pub async fn record_local(&self, ctx: &CallContext, endpoint: &str) -> Result<(), HubError> {
+        let rec = self.record(ctx, endpoint, "", false);
+        self.commit(rec).await
+    }
+
     /// Records a call that failed before reaching a provider (e.g. a body the ingress rejected).
     pub async fn record_rejected(
         &self,

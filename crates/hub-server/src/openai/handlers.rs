@@ -164,8 +164,16 @@ pub async fn images(
 }
 
 pub async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&st.hub, &headers) {
-        return error(e, None);
+    let principal = match authenticate(&st.hub, &headers) {
+        Ok(p) => p,
+        Err(e) => return error(e, None),
+    };
+    let ctx = call_context(principal, &headers, "openai");
+    if let Err(e) = st.hub.record_local(&ctx, "models").await {
+        return error(e, Some(&ctx));
     }
-    Json(codec::render_models(&st.hub.models(None))).into_response()
+    with_request_id(
+        Json(codec::render_models(&st.hub.models(None))).into_response(),
+        &ctx,
+    )
 }
