@@ -13,6 +13,8 @@ pub enum Format {
     OpenAi,
     /// `{"error":{"message","type"}}` (`/api/*` and everything else).
     Hub,
+    /// `{"type":"error","error":{"type","message"},"request_id"}` (`/v1/messages*`).
+    Anthropic,
 }
 
 /// An error on its way to the caller, with the request id it belongs to.
@@ -28,6 +30,14 @@ impl ApiError {
         ApiError {
             error,
             format: Format::OpenAi,
+            request_id: None,
+        }
+    }
+
+    pub fn anthropic(error: HubError) -> ApiError {
+        ApiError {
+            error,
+            format: Format::Anthropic,
             request_id: None,
         }
     }
@@ -64,6 +74,36 @@ pub fn openai_body(e: &HubError) -> serde_json::Value {
     }})
 }
 
+/// Anthropic's error `type` and HTTP status for each kind. The status is the hub's one
+/// (`HubError::status`) except for an overloaded or unavailable upstream, which Anthropic signals
+/// with 529 `overloaded_error` (its SDKs raise `OverloadedError` for it and retry).
+pub fn anthropic_type_and_status(e: &HubError) -> (&'static str, u16) {
+    let status = e.status();
+    let ty = match e.kind {
+        ErrorKind::InvalidRequest => "invalid_request_error",
+        ErrorKind::Unauthenticated => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::ModelNotFound | ErrorKind::NotFound => "not_found_error",
+        ErrorKind::PayloadTooLarge => "request_too_large",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::InsufficientCredits => "billing_error",
+        ErrorKind::Upstream | ErrorKind::Internal => "api_error",
+        ErrorKind::Unavailable => return ("overloaded_error", 529),
+        ErrorKind::Timeout => "timeout_error",
+    };
+    (ty, status)
+}
+
+/// The JSON body of an error in Anthropic's shape (`request_id` when known, as Anthropic sends it).
+pub fn anthropic_body(e: &HubError, request_id: Option<&str>) -> serde_json::Value {
+    let (ty, _) = anthropic_type_and_status(e);
+    let mut body = json!({"type": "error", "error": {"type": ty, "message": e.message}});
+    if let (Some(id), Some(obj)) = (request_id, body.as_object_mut()) {
+        obj.insert("request_id".into(), json!(id));
+    }
+    body
+}
+
 fn hub_body(e: &HubError) -> serde_json::Value {
     json!({"error": {"message": e.message, "type": e.code.as_deref().unwrap_or_else(|| e.class_name())}})
 }
@@ -80,12 +120,15 @@ pub fn error_headers(e: &HubError, headers: &mut HeaderMap) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = match self.format {
-            Format::OpenAi => openai_body(&self.error),
-            Format::Hub => hub_body(&self.error),
+        let (status, body) = match self.format {
+            Format::OpenAi => (self.error.status(), openai_body(&self.error)),
+            Format::Hub => (self.error.status(), hub_body(&self.error)),
+            Format::Anthropic => (
+                anthropic_type_and_status(&self.error).1,
+                anthropic_body(&self.error, self.request_id.as_deref()),
+            ),
         };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, axum::Json(body)).into_response();
         error_headers(&self.error, resp.headers_mut());
         if let Some(id) = self
@@ -93,6 +136,10 @@ impl IntoResponse for ApiError {
             .as_deref()
             .and_then(|id| HeaderValue::from_str(id).ok())
         {
+            if self.format == Format::Anthropic {
+                // Anthropic's own header (the SDK exposes it as `_request_id`).
+                resp.headers_mut().insert("request-id", id.clone());
+            }
             resp.headers_mut().insert("x-request-id", id);
         }
         resp

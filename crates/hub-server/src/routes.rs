@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use hub_core::{ErrorKind, HubError};
 use serde_json::json;
 
+use crate::anthropic::handlers as anthropic;
 use crate::errors::{ApiError, Format};
 use crate::openai::handlers as oai;
 use crate::{AppState, ServerOptions};
@@ -20,6 +21,8 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/embeddings", post(oai::embeddings))
         .route("/v1/images/generations", post(oai::images))
         .route("/v1/models", get(oai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(not_found)
         .layer(axum::middleware::map_response(ensure_request_id))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
@@ -56,7 +59,9 @@ async fn readyz(State(st): State<AppState>) -> Response {
 async fn not_found(uri: Uri) -> Response {
     let e = HubError::new(ErrorKind::NotFound, format!("No route for {}", uri.path()))
         .with_code("not_found");
-    let format = if uri.path().starts_with("/v1/") {
+    let format = if uri.path().starts_with("/v1/messages") {
+        Format::Anthropic
+    } else if uri.path().starts_with("/v1/") {
         Format::OpenAi
     } else {
         Format::Hub

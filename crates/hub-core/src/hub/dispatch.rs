@@ -43,7 +43,10 @@ pub(crate) enum OpOut {
 }
 
 impl Hub {
-    fn candidates(&self, model: &str) -> Result<Vec<(Arc<ProviderInstance>, String)>, HubError> {
+    pub(crate) fn candidates(
+        &self,
+        model: &str,
+    ) -> Result<Vec<(Arc<ProviderInstance>, String)>, HubError> {
         let snap = self.inner.snapshot.load();
         match router::candidates(model, &self.inner.catalog, |k| snap.providers.contains_key(&k)) {
             Ok(c) => Ok(c

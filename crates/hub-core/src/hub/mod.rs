@@ -5,6 +5,7 @@
 //! candidates and retries; `meter` turns outcomes into usage records, committed before the caller
 //! sees the end of a response.
 
+mod count;
 mod dispatch;
 mod meter;
 mod snapshot;
@@ -32,6 +33,7 @@ use crate::types::{
 use crate::usage::UsageWriter;
 use crate::vault::{Vault, VaultError};
 
+pub use count::TokenCount;
 use dispatch::{Attempted, Op, OpOut};
 use meter::{StreamMeter, apply_attempt, apply_usage, estimate_chat_usage, fail, metered_stream};
 use snapshot::{Snapshot, bootstrap, load_snapshot};

@@ -1,0 +1,295 @@
+"""POST /v1/messages (and /v1/messages/count_tokens) through the official `anthropic` SDK.
+
+The hub's origin is the SDK's base URL; Claude-format requests are routed to any provider, here
+the OpenAI-family mocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import anthropic
+import pytest
+
+from conftest import header, unique_model
+
+# Upstreams the Anthropic ingress is exercised against (provider prefix, mock name).
+UPSTREAMS = ["openai", "deepseek"]
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture
+def claude(hub) -> anthropic.Anthropic:
+    c = anthropic.Anthropic(base_url=hub.url, api_key=hub.admin_key, max_retries=0, timeout=30.0)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("provider", UPSTREAMS)
+def test_plain_message(hub, mocks, claude, provider):
+    mock = mocks[provider]
+    model = mock.scenario(
+        unique_model(),
+        text="Paris is the capital.",
+        usage={"prompt_tokens": 25, "completion_tokens": 5, "cached_tokens": 5},
+    )
+    raw = claude.messages.with_raw_response.create(
+        model=f"{provider}/{model}",
+        max_tokens=100,
+        system="You are terse.",
+        messages=[{"role": "user", "content": "Capital of France?"}],
+        stop_sequences=["END"],
+        metadata={"user_id": "user-42"},
+    )
+    msg = raw.parse()
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.id.startswith("msg_")
+    assert [b.type for b in msg.content] == ["text"]
+    assert msg.content[0].text == "Paris is the capital."
+    assert msg.stop_reason == "end_turn"
+    # Anthropic's input_tokens exclude cache reads
+    assert (msg.usage.input_tokens, msg.usage.cache_read_input_tokens, msg.usage.output_tokens) == (20, 5, 5)
+    assert msg._request_id == raw.headers.get("x-request-id")
+
+    body = mock.last_request_for(model)["body"]
+    assert body["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert body["messages"][1] == {"role": "user", "content": "Capital of France?"}
+    assert body["user"] == "user-42"
+    assert body["stop"] == ["END"]
+    assert body.get("max_completion_tokens", body.get("max_tokens")) == 100
+
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert rec["ingress"] == "anthropic"
+    assert rec["status"] == "success"
+    assert rec["provider"] == provider
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["cache_read_tokens"]) == (25, 5, 5)
+
+
+@pytest.mark.parametrize("provider", UPSTREAMS)
+def test_stream_with_sdk_helper(hub, mocks, claude, provider):
+    mock = mocks[provider]
+    model = mock.scenario(
+        unique_model(),
+        text="one two three four",
+        chunks=4,
+        usage={"prompt_tokens": 17, "completion_tokens": 4},
+    )
+    with claude.messages.stream(
+        model=f"{provider}/{model}",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Count."}],
+    ) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+        rid = stream.response.headers.get("x-request-id")
+    assert "".join(pieces) == "one two three four"
+    assert len(pieces) == 4, f"the hub merged stream chunks: {pieces}"
+    assert [b.type for b in final.content] == ["text"]
+    assert final.content[0].text == "one two three four"
+    assert final.stop_reason == "end_turn"
+    # final numbers arrive in message_delta (message_start only has the hub's estimate)
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (17, 4)
+    rec = hub.require_usage(rid)
+    assert rec["ingress"] == "anthropic" and rec["stream"] is True
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (17, 4)
+
+
+@pytest.mark.parametrize("provider", UPSTREAMS)
+def test_tools_round_trip(hub, mocks, claude, provider):
+    mock = mocks[provider]
+    model = mock.scenario(
+        unique_model(),
+        tool_calls=[{"id": "call_w1", "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}],
+    )
+    question = {"role": "user", "content": "Weather in Paris?"}
+    msg = claude.messages.create(
+        model=f"{provider}/{model}",
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "auto"},
+        messages=[question],
+    )
+    assert msg.stop_reason == "tool_use"
+    uses = [b for b in msg.content if b.type == "tool_use"]
+    assert len(uses) == 1
+    assert (uses[0].id, uses[0].name, uses[0].input) == ("call_w1", "get_weather", {"city": "Paris"})
+    sent = mock.last_request_for(model)["body"]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["tools"][0]["function"]["parameters"] == WEATHER_TOOL["input_schema"]
+
+    # second turn: the assistant's tool_use and the caller's tool_result go back upstream
+    model2 = mock.scenario(unique_model(), text="It is 18C in Paris.")
+    msg2 = claude.messages.create(
+        model=f"{provider}/{model2}",
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[
+            question,
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_w1", "content": "18C"}]},
+        ],
+    )
+    assert msg2.content[0].text == "It is 18C in Paris."
+    sent = mock.last_request_for(model2)["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    call = sent[1]["tool_calls"][0]
+    assert call["id"] == "call_w1" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert sent[2]["tool_call_id"] == "call_w1" and sent[2]["content"] == "18C"
+
+
+def test_stream_tool_calls_reassemble(hub, mocks, claude):
+    calls = [
+        {"id": "call_s1", "name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
+        {"id": "call_s2", "name": "get_weather", "arguments": json.dumps({"city": "Rome"})},
+    ]
+    model = mocks.openai.scenario(unique_model(), text="Checking both.", tool_calls=calls)
+    with claude.messages.stream(
+        model=f"openai/{model}",
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "Paris and Rome?"}],
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
+    assert final.content[0].text == "Checking both."
+    assert [(b.id, b.input) for b in final.content[1:]] == [("call_s1", {"city": "Paris"}), ("call_s2", {"city": "Rome"})]
+    assert final.stop_reason == "tool_use"
+    starts = [e.index for e in events if e.type == "content_block_start"]
+    stops = [e.index for e in events if e.type == "content_block_stop"]
+    assert starts == stops == [0, 1, 2]
+
+
+def test_image_input_reaches_the_upstream(hub, mocks, claude):
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+    model = mocks.openai.scenario(unique_model(), text="A tiny image.")
+    claude.messages.create(
+        model=f"openai/{model}",
+        max_tokens=50,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ],
+    )
+    parts = mocks.openai.last_request_for(model)["body"]["messages"][0]["content"]
+    assert parts[0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+    assert parts[1] == {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+    assert parts[2] == {"type": "text", "text": "What is this?"}
+
+
+def test_count_tokens(hub, mocks, claude):
+    model = unique_model()
+    r = claude.messages.count_tokens(
+        model=f"openai/{model}",
+        system="You are terse.",
+        messages=[{"role": "user", "content": "hello world"}],
+    )
+    assert r.input_tokens > 0
+    raw = claude.messages.with_raw_response.count_tokens(
+        model=f"openai/{model}", messages=[{"role": "user", "content": "hello world"}]
+    )
+    assert raw.headers.get("x-aigne-hub-estimated") == "true"
+    assert raw.parse().input_tokens == 3 + 3 + 2  # o200k: "hello world" = 2, plus message overhead
+    assert mocks.openai.requests_for(model) == [], "counting must not call the upstream"
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _assert_anthropic_error(body, type_: str) -> None:
+    assert body["type"] == "error", body
+    assert body["error"]["type"] == type_, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+
+
+def test_bad_key_401(hub, mocks):
+    model = mocks.openai.scenario(unique_model(), text="never")
+    c = anthropic.Anthropic(base_url=hub.url, api_key="sk-definitely-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as ei:
+        c.messages.create(model=f"openai/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.status_code == 401
+    _assert_anthropic_error(ei.value.body, "authentication_error")
+    assert mocks.openai.requests_for(model) == [], "unauthenticated call reached the upstream"
+
+
+def test_bearer_auth_also_works(hub, mocks):
+    model = mocks.openai.scenario(unique_model(), text="ok")
+    c = anthropic.Anthropic(base_url=hub.url, auth_token=hub.admin_key, max_retries=0)
+    msg = c.messages.create(model=f"openai/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "ok"
+    req = mocks.openai.last_request_for(model)
+    assert header(req, "authorization") == "Bearer sk-test", "the hub must use its own upstream key"
+
+
+def test_missing_max_tokens_400(hub):
+    r = hub.http.post(
+        "/v1/messages",
+        headers={"x-api-key": hub.admin_key, "anthropic-version": "2023-06-01"},
+        json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 400, r.text
+    body = r.json()
+    _assert_anthropic_error(body, "invalid_request_error")
+    assert "max_tokens" in body["error"]["message"]
+    rec = hub.require_usage(r.headers.get("request-id"))
+    assert rec["status"] == "failed" and rec["http_status"] == 400 and rec["ingress"] == "anthropic"
+
+
+def test_invalid_block_400(hub, claude):
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        claude.messages.create(
+            model="openai/gpt-4o-mini",
+            max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]}],
+        )
+    _assert_anthropic_error(ei.value.body, "invalid_request_error")
+    assert "messages.0.content.0.type" in ei.value.body["error"]["message"]
+
+
+def test_unknown_model_404(hub, claude):
+    with pytest.raises(anthropic.NotFoundError) as ei:
+        claude.messages.create(model="nosuch/model", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    _assert_anthropic_error(ei.value.body, "not_found_error")
+    assert "nosuch/model" in ei.value.body["error"]["message"]
+
+
+def test_rate_limit_429_with_retry_after(hub, mocks, claude):
+    model = mocks.openai.scenario(unique_model(), error={"status": 429, "retry_after": 3})
+    with pytest.raises(anthropic.RateLimitError) as ei:
+        claude.messages.create(model=f"openai/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    _assert_anthropic_error(ei.value.body, "rate_limit_error")
+    assert ei.value.response.headers.get("retry-after") == "3"
+
+
+def test_overloaded_upstream_is_529(hub, mocks, claude):
+    model = mocks.openai.scenario(unique_model(), error={"status": 503})
+    with pytest.raises(anthropic.OverloadedError) as ei:
+        claude.messages.create(model=f"openai/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.status_code == 529
+    _assert_anthropic_error(ei.value.body, "overloaded_error")
+
+
+def test_mid_stream_error_raises_in_the_sdk(hub, mocks, claude):
+    model = mocks.openai.scenario(unique_model(), text="alpha beta gamma delta", chunks=4, error_after_chunks=2)
+    got = []
+    with pytest.raises(anthropic.APIStatusError) as ei:
+        with claude.messages.stream(
+            model=f"openai/{model}", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        ) as stream:
+            for text in stream.text_stream:
+                got.append(text)
+    assert "".join(got), "text before the error was lost"
+    assert ei.value.body["type"] == "error"
+    assert "openai" in ei.value.body["error"]["message"]
