@@ -293,3 +293,66 @@ def test_mid_stream_error_raises_in_the_sdk(hub, mocks, claude):
     assert "".join(got), "text before the error was lost"
     assert ei.value.body["type"] == "error"
     assert "openai" in ei.value.body["error"]["message"]
+
+
+def test_body_over_limit_413(small_hub):
+    c = anthropic.Anthropic(base_url=small_hub.url, api_key=small_hub.admin_key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as ei:
+        c.messages.create(model="openai/gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x" * 8000}])
+    assert ei.value.status_code == 413
+    _assert_anthropic_error(ei.value.body, "request_too_large")
+    rec = small_hub.require_usage(ei.value.response.headers.get("request-id"))
+    assert rec["status"] == "failed" and rec["http_status"] == 413 and rec["ingress"] == "anthropic"
+
+
+# ------------------------------------------------------------------ reasoning and cancellation
+
+
+def test_reasoning_becomes_thinking_blocks(hub, mocks, claude):
+    """DeepSeek's reasoning_content reaches an Anthropic caller as a thinking block, JSON and stream."""
+    model = mocks.deepseek.scenario(unique_model(), reasoning="First think, then answer.", text="Forty-two.")
+    msg = claude.messages.create(
+        model=f"deepseek/{model}", max_tokens=100, messages=[{"role": "user", "content": "Answer?"}]
+    )
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == "First think, then answer."
+    assert msg.content[1].text == "Forty-two."
+    with claude.messages.stream(
+        model=f"deepseek/{model}", max_tokens=100, messages=[{"role": "user", "content": "Answer?"}]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == "First think, then answer."
+    assert final.content[1].text == "Forty-two."
+    deltas = {e.delta.type for e in events if e.type == "content_block_delta"}
+    assert deltas == {"thinking_delta", "text_delta"}
+
+    # the thinking goes back upstream as the assistant turn's reasoning
+    model2 = mocks.deepseek.scenario(unique_model(), text="ok")
+    claude.messages.create(
+        model=f"deepseek/{model2}",
+        max_tokens=100,
+        messages=[
+            {"role": "user", "content": "Answer?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in final.content]},
+            {"role": "user", "content": "Why?"},
+        ],
+    )
+    sent = mocks.deepseek.last_request_for(model2)["body"]["messages"][1]
+    assert sent["role"] == "assistant" and sent["content"] == "Forty-two."
+
+
+def test_stream_cancel_leaves_cancelled_record(hub, mocks, claude):
+    words = " ".join(f"w{i}" for i in range(60))
+    model = mocks.openai.scenario(unique_model(), text=words, chunks=60, chunk_delay_ms=100)
+    with claude.messages.stream(
+        model=f"openai/{model}", max_tokens=100, messages=[{"role": "user", "content": "Go."}]
+    ) as stream:
+        rid = stream.response.headers.get("x-request-id")
+        first = next(iter(stream.text_stream))
+        assert first
+    # leaving the block closed the connection after the first text
+    rec = hub.wait_usage(rid, lambda r: r.get("status") == "cancelled", timeout=5.0)
+    assert rec is not None and rec["status"] == "cancelled", rec
+    assert rec["ingress"] == "anthropic" and rec["stream"] is True

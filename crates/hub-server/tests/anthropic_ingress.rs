@@ -385,9 +385,11 @@ async fn errors_in_anthropic_shape() {
         Err(e) => unreachable!("{e}"),
     };
     assert_eq!(r.status(), 401);
+    let id = request_id(&r);
     let v = json_of(r).await;
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "authentication_error");
+    assert_eq!(v["request_id"], json!(id));
     // 400: max_tokens missing, with a record of the rejected call
     let r = h
         .post(

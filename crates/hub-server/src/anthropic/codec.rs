@@ -1413,8 +1413,9 @@ mod tests {
         }
 
         #[test]
-        fn event_writer_never_panics(kinds in proptest::collection::vec(0u8..6, 0..40)) {
+        fn event_writer_output_is_well_formed(kinds in proptest::collection::vec(0u8..6, 0..40)) {
             let mut w = EventWriter::new("r", "m", 1);
+            let mut text = String::new();
             for (i, k) in kinds.iter().enumerate() {
                 let ev = match k {
                     0 => StreamEvent::TextDelta { text: "t".into() },
@@ -1424,11 +1425,44 @@ mod tests {
                     4 => StreamEvent::Start { id: String::new(), model: String::new() },
                     _ => StreamEvent::Usage { usage: Usage::default() },
                 };
-                let _ = w.event(&ev);
+                if let Some(t) = w.event(&ev) {
+                    text.push_str(&t);
+                }
             }
             let t = w.done(&Usage::default());
-            let end = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-            prop_assert!(t.ends_with(end));
+            text.push_str(&t);
+            // well-formed: one message_start first, blocks opened one at a time with increasing
+            // indices and each stopped once, deltas only into the open block (or an earlier tool
+            // call's), message_delta then message_stop last
+            let evs = events(&text);
+            prop_assert_eq!(evs[0].0.as_str(), "message_start");
+            prop_assert_eq!(evs.iter().filter(|(e, _)| e == "message_start").count(), 1);
+            let n = evs.len();
+            prop_assert_eq!(evs[n - 2].0.as_str(), "message_delta");
+            prop_assert_eq!(evs[n - 1].0.as_str(), "message_stop");
+            let mut open: Option<u64> = None;
+            let mut next = 0u64;
+            for (e, d) in &evs[1..n - 2] {
+                let index = d["index"].as_u64();
+                match e.as_str() {
+                    "content_block_start" => {
+                        prop_assert!(open.is_none());
+                        prop_assert_eq!(index, Some(next));
+                        open = index;
+                        next += 1;
+                    }
+                    "content_block_delta" => {
+                        let tool = d["delta"]["type"] == "input_json_delta";
+                        prop_assert!(index == open || (tool && index < Some(next)));
+                    }
+                    "content_block_stop" => {
+                        prop_assert_eq!(index, open);
+                        open = None;
+                    }
+                    other => prop_assert!(false, "unexpected {}", other),
+                }
+            }
+            prop_assert!(open.is_none());
         }
     }
 }

@@ -27,12 +27,14 @@ fn with_request_id(mut resp: Response, ctx: &CallContext) -> Response {
     resp
 }
 
+/// An Anthropic-shaped error. Before authentication there is no call context; the error still gets
+/// a fresh id (body `request_id`, `request-id`, `x-request-id`), as Anthropic's own errors do.
 fn error(e: HubError, ctx: Option<&CallContext>) -> Response {
-    let mut err = ApiError::anthropic(e);
-    if let Some(ctx) = ctx {
-        err = err.with_request_id(&ctx.request_id);
-    }
-    err.into_response()
+    let id = match ctx {
+        Some(ctx) => ctx.request_id.clone(),
+        None => hub_core::hub::new_request_id(),
+    };
+    ApiError::anthropic(e).with_request_id(&id).into_response()
 }
 
 /// Authenticates and reads the body; on failure returns the response to send.
