@@ -177,7 +177,8 @@ async fn tool_round_trip_in_both_directions() {
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "12C"}, {"type": "text", "text": "Now Paris."}]},
         ],
     });
-    let r = h.post("/v1/messages", &body).await;
+    // Claude Code adds `?beta=true`
+    let r = h.post("/v1/messages?beta=true", &body).await;
     assert_eq!(r.status(), 200);
     let v = json_of(r).await;
     assert_eq!(v["stop_reason"], "tool_use");
