@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use hub_core::{ErrorKind, HubError};
 use serde_json::json;
 
+use crate::aigne::handlers as aigne;
 use crate::anthropic::handlers as anthropic;
 use crate::errors::{ApiError, Format};
 use crate::openai::handlers as oai;
@@ -23,6 +24,15 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/models", get(oai::models))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        // AIGNE Hub (the original's API, for existing AIGNE apps and tools)
+        .route("/__blocklet__.js", get(aigne::blocklet))
+        .route("/api/v2/chat", post(aigne::chat))
+        .route("/api/v2/image", post(aigne::image_invoke))
+        .route("/api/v2/image/generations", post(aigne::image_generations))
+        .route("/api/v2/embeddings", post(aigne::embeddings))
+        .route("/api/v2/status", get(aigne::status))
+        .route("/api/ai/models", get(aigne::models))
+        .route("/api/user/info", get(aigne::user_info))
         .fallback(not_found)
         .layer(axum::middleware::map_response(ensure_request_id))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))

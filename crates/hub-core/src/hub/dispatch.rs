@@ -66,6 +66,12 @@ impl Hub {
         }
     }
 
+    /// Whether `model` resolves to at least one configured provider, without calling it (the
+    /// AIGNE `/api/v2/status?model=` probe).
+    pub fn check_model(&self, model: &str) -> Result<(), HubError> {
+        self.candidates(model).map(|_| ())
+    }
+
     /// Tries candidates (and credentials) in order until one answers. A credential-specific
     /// failure (auth, rate limit, quota) tries the provider's next credential; another retryable
     /// failure moves to the next provider; anything else is the caller's answer.
