@@ -202,6 +202,9 @@ def test_count_tokens(hub, mocks, claude):
     )
     assert raw.headers.get("x-aigne-hub-estimated") == "true"
     assert raw.parse().input_tokens == 3 + 3 + 2  # o200k: "hello world" = 2, plus message overhead
+    rec = hub.require_usage(raw.headers.get("request-id"))
+    assert rec["endpoint"] == "count_tokens" and rec["status"] == "success"
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (0, 0), "counting consumes nothing"
     assert mocks.openai.requests_for(model) == [], "counting must not call the upstream"
 
 

@@ -448,6 +448,7 @@ async fn count_tokens_answers_with_the_marked_estimate() {
     let body = json!({"model": "openai/gpt-4o-mini", "system": "S", "messages": [{"role": "user", "content": "hello world"}]});
     let r = h.post("/v1/messages/count_tokens", &body).await;
     assert_eq!(r.status(), 200);
+    let id = request_id(&r);
     assert_eq!(
         r.headers()
             .get("x-aigne-hub-estimated")
@@ -457,10 +458,19 @@ async fn count_tokens_answers_with_the_marked_estimate() {
     let v = json_of(r).await;
     // o200k: "S" = 1, "hello world" = 2; 3 per message + 3 for priming
     assert_eq!(v, json!({"input_tokens": 3 + (3 + 1) + (3 + 2)}));
+    // recorded, but nothing was consumed
+    let rec = h.record(&id).await;
+    assert_eq!(
+        (rec.endpoint.as_str(), rec.requested_model.as_str()),
+        ("count_tokens", "openai/gpt-4o-mini")
+    );
+    assert_eq!((rec.prompt_tokens, rec.completion_tokens), (0, 0));
+    assert_eq!(rec.status.as_str(), "success");
     let mut unknown = body.clone();
     unknown["model"] = json!("nosuch/model");
     let r = h.post("/v1/messages/count_tokens", &unknown).await;
     assert_eq!(r.status(), 404);
+    assert_eq!(h.record(&request_id(&r)).await.http_status, 404);
     assert_eq!(json_of(r).await["error"]["type"], "not_found_error");
     assert_eq!(h.mock.hits(), 0, "counting must not call the upstream");
 }

@@ -1,6 +1,7 @@
 //! Prompt token counts (`/v1/messages/count_tokens`) without running the model.
 
-use super::Hub;
+use super::meter::fail;
+use super::{CallContext, Hub};
 use crate::error::HubError;
 use crate::tokenize;
 use crate::types::ChatRequest;
@@ -17,15 +18,30 @@ pub struct TokenCount {
 impl Hub {
     /// Counts the prompt tokens of `req` for the model it names. The model must resolve to a
     /// configured provider (404 otherwise). No provider module exposes a counting endpoint yet, so
-    /// the answer is always the hub's estimate, flagged `estimated`; CPU-bound (run it off the
-    /// async workers for large prompts).
-    pub fn count_tokens(&self, req: &ChatRequest) -> Result<TokenCount, HubError> {
-        if self.candidates(&req.model)?.is_empty() {
-            return Err(HubError::model_not_found(&req.model));
+    /// the answer is always the hub's estimate, flagged `estimated` (tokenized on a blocking
+    /// thread). The call leaves a usage record (endpoint `count_tokens`) with zero tokens: counting
+    /// consumes nothing.
+    pub async fn count_tokens(
+        &self,
+        ctx: &CallContext,
+        req: ChatRequest,
+    ) -> Result<TokenCount, HubError> {
+        let mut rec = self.record(ctx, "count_tokens", &req.model, false);
+        let result = match self.candidates(&req.model) {
+            Ok(c) if c.is_empty() => Err(HubError::model_not_found(&req.model)),
+            Err(e) => Err(e),
+            Ok(_) => tokio::task::spawn_blocking(move || tokenize::estimate_prompt(&req))
+                .await
+                .map(|input_tokens| TokenCount {
+                    input_tokens,
+                    estimated: true,
+                })
+                .map_err(|e| HubError::internal(format!("token counting failed: {e}"))),
+        };
+        if let Err(e) = &result {
+            fail(&mut rec, e);
         }
-        Ok(TokenCount {
-            input_tokens: tokenize::estimate_prompt(req),
-            estimated: true,
-        })
+        self.commit(rec).await?;
+        result
     }
 }

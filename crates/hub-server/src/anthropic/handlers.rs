@@ -125,25 +125,20 @@ pub async fn count_tokens(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let principal = match authenticate(&st.hub, &headers) {
-        Ok(p) => p,
-        Err(e) => return error(e, None),
-    };
-    let ctx = call_context(principal, &headers, "anthropic");
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return error(body_error(&rej), Some(&ctx)),
+    let (ctx, body) = match prepare(&st, &headers, body, "count_tokens").await {
+        Ok(v) => v,
+        Err(resp) => return resp,
     };
     let req = match codec::parse_messages(&body, codec::Body::CountTokens) {
         Ok(r) => r,
-        Err(e) => return error(e, Some(&ctx)),
+        Err(e) => {
+            st.hub
+                .record_rejected(&ctx, "count_tokens", &peek_model(&body), false, &e)
+                .await;
+            return error(e, Some(&ctx));
+        }
     };
-    let hub = st.hub.clone();
-    let counted = match tokio::task::spawn_blocking(move || hub.count_tokens(&req)).await {
-        Ok(r) => r,
-        Err(e) => Err(HubError::internal(format!("token counting failed: {e}"))),
-    };
-    match counted {
+    match st.hub.count_tokens(&ctx, req).await {
         Ok(count) => {
             let mut resp = with_request_id(
                 Json(serde_json::json!({"input_tokens": count.input_tokens})).into_response(),
