@@ -27,6 +27,8 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         // AIGNE Hub (the original's API, for existing AIGNE apps and tools)
         .route("/__blocklet__.js", get(aigne::blocklet))
         .route("/api/v2/chat", post(aigne::chat))
+        .route("/api/v2/chat/completions", post(aigne::completions))
+        .route("/api/v2/completions", post(aigne::completions))
         .route("/api/v2/image", post(aigne::image_invoke))
         .route("/api/v2/image/generations", post(aigne::image_generations))
         .route("/api/v2/embeddings", post(aigne::embeddings))

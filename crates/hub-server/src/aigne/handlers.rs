@@ -15,6 +15,7 @@ use hub_core::{CallContext, ErrorKind, HubError, StreamItem};
 
 use super::info::{self, Rates, TypeFilter, UserInfo};
 use super::invoke::{self, StreamWriter};
+use super::legacy::{self, LegacyStream};
 use super::media;
 use super::wire::{Credits, error_body};
 use crate::AppState;
@@ -127,6 +128,105 @@ pub async fn chat(
         }
         Err(e) => error(&e, Some(&ctx)),
     }
+}
+
+/// Does the caller take `text/event-stream` (the legacy route's SSE mode)?
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// An error sent to an SSE caller: status 200, `data: {"error":{...}}` (aigne-hub.md §2.7).
+fn sse_error(e: &HubError, ctx: Option<&CallContext>) -> Response {
+    let id = ctx.map(|c| c.request_id.as_str()).unwrap_or_default();
+    sse_response(Body::from(legacy::sse_error(e)), id)
+}
+
+/// `POST /api/v2/chat/completions` and `/api/v2/completions` (legacy AI Kit body).
+pub async fn completions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let sse = wants_sse(&headers);
+    let render: fn(&HubError, Option<&CallContext>) -> Response =
+        if sse { sse_error } else { error };
+    let (ctx, body) = match prepare(&st, &headers, body, "chat", render).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let call = match legacy::parse(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            st.hub
+                .record_rejected(
+                    &ctx,
+                    "chat",
+                    &media::peek_model(&body),
+                    sse || legacy_stream(&body),
+                    &e,
+                )
+                .await;
+            return render(&e, Some(&ctx));
+        }
+    };
+    if !sse && !call.stream {
+        return match st.hub.chat(&ctx, call.request).await {
+            Ok(resp) => with_request_id(
+                Json(legacy::render_json(&resp)).into_response(),
+                &ctx.request_id,
+            ),
+            Err(e) => error(&e, Some(&ctx)),
+        };
+    }
+    let mut request = call.request;
+    request.stream = true;
+    let request_id = ctx.request_id.clone();
+    match st.hub.chat_stream(ctx.clone(), request).await {
+        Ok(mut stream) => {
+            let mut writer = LegacyStream::new(sse);
+            let body = async_stream::stream! {
+                while let Some(item) = stream.next().await {
+                    let out = match item {
+                        StreamItem::Event(ev) => writer.event(&ev),
+                        StreamItem::Done { usage } => Some(writer.done(&usage)),
+                        StreamItem::Error(e) => Some(writer.error(&e)),
+                    };
+                    if let Some(text) = out.filter(|t| !t.is_empty()) {
+                        yield Ok::<_, Infallible>(Bytes::from(text));
+                    }
+                }
+            };
+            if sse {
+                sse_response(Body::from_stream(body), &request_id)
+            } else {
+                let resp = (
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; charset=utf-8"),
+                        ),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    ],
+                    Body::from_stream(body),
+                )
+                    .into_response();
+                with_request_id(resp, &request_id)
+            }
+        }
+        Err(e) => render(&e, Some(&ctx)),
+    }
+}
+
+/// `stream: true` in a body, for records of bodies that did not parse.
+fn legacy_stream(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("stream").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false)
 }
 
 /// `POST /api/v2/image` (invoke) and `/api/v2/image/generations` (flat).

@@ -3,6 +3,8 @@
 //! aigne-client-wire.md).
 //!
 //! - `invoke`: `POST /api/v2/chat`, the AIGNE invoke protocol (JSON and `delta` SSE).
+//! - `legacy`: `POST /api/v2/chat/completions` and `/api/v2/completions` (camelCase "AI Kit" body,
+//!   its SSE `delta`/`usage`/`error` chunks, plain-bytes `stream:true`, JSON).
 //! - `media`: `/api/v2/image`, `/api/v2/image/generations`, `/api/v2/embeddings`.
 //! - `info`: `/api/ai/models`, `/api/v2/status`, `/api/user/info`, `/__blocklet__.js`.
 //! - `wire`: what they share (model strings, usage, tool calls, error bodies).
@@ -13,5 +15,6 @@
 pub mod handlers;
 pub mod info;
 pub mod invoke;
+pub mod legacy;
 pub mod media;
 pub mod wire;
