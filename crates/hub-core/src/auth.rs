@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 /// Roles, as Blocklet Server passports name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     Owner,
     Admin,

@@ -153,6 +153,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// Unknown route or object.
     NotFound,
+    /// The object already exists (or changed meanwhile).
+    Conflict,
     /// Body over the configured limit.
     PayloadTooLarge,
     /// Rate limited (by the hub or upstream with nobody else to serve).
@@ -244,6 +246,7 @@ impl HubError {
             ErrorKind::InsufficientCredits => 402,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
             ErrorKind::Internal => 500,
@@ -264,6 +267,7 @@ impl HubError {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::InsufficientCredits => "insufficient_credits",

@@ -75,6 +75,9 @@ pub enum AdminCommand {
     /// Usage records.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// Users, teams, API keys, audit log, master-key rotation.
+    #[command(flatten)]
+    Iam(crate::admin_cli::IamCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +247,9 @@ fn read_value(v: String) -> Result<String, String> {
 /// Runs an `admin` command against the data dir.
 pub async fn admin(args: AdminArgs, out: &mut dyn Out) -> Result<(), String> {
     let opts = hub_options(args.data.data_dir.clone(), None);
+    if let AdminCommand::Iam(cmd) = args.command {
+        return crate::admin_cli::run(&opts, cmd, out).await;
+    }
     let (store, vault) = open_store_and_vault(&opts).map_err(|e| e.to_string())?;
     run_admin(store, &vault, args.command, out).await
 }
@@ -358,6 +364,11 @@ async fn run_admin(
         AdminCommand::Credential(CredentialCommand::Remove { id }) => {
             store.delete_credential(&id).await.map_err(e)?;
             out.line(&format!("credential {id} removed"));
+        }
+        AdminCommand::Iam(cmd) => {
+            return Err(format!(
+                "{cmd:?} runs through `admin` (it needs the data dir options)"
+            ));
         }
         AdminCommand::Usage(UsageCommand::List { limit, json }) => {
             let rows = store.list_usage(limit).await.map_err(e)?;

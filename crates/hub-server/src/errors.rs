@@ -54,6 +54,7 @@ pub fn openai_type(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidRequest
         | ErrorKind::ModelNotFound
         | ErrorKind::NotFound
+        | ErrorKind::Conflict
         | ErrorKind::PayloadTooLarge
         | ErrorKind::Unauthenticated => "invalid_request_error",
         ErrorKind::PermissionDenied => "permission_error",

@@ -35,6 +35,7 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         .route("/api/v2/status", get(aigne::status))
         .route("/api/ai/models", get(aigne::models))
         .route("/api/user/info", get(aigne::user_info))
+        .merge(crate::admin::router())
         .fallback(not_found)
         .layer(axum::middleware::map_response(ensure_request_id))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))

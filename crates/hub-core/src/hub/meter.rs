@@ -142,6 +142,8 @@ pub(crate) struct StreamMeter {
     pub(crate) usage: Option<Usage>,
     /// Delivered output text, kept for estimation while the provider has sent no usage.
     pub(crate) output: String,
+    /// Token-limit reservation, settled with the recorded usage.
+    pub(crate) permit: Option<crate::policy::Permit>,
 }
 
 impl StreamMeter {
@@ -184,6 +186,9 @@ impl StreamMeter {
             },
         };
         apply_usage(&mut rec, &usage);
+        if let Some(p) = self.permit.take() {
+            p.settle(usage.prompt_tokens + usage.completion_tokens);
+        }
         rec.latency_ms = self.ctx.started.elapsed().as_millis() as u64;
         rec.status = status;
         if let Some(e) = err {

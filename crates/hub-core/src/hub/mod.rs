@@ -121,7 +121,10 @@ pub type HubStream = Pin<Box<dyn Stream<Item = StreamItem> + Send>>;
 
 struct Inner {
     store: Arc<dyn Store>,
-    vault: Vault,
+    /// Re-read from the key files on every reload (master-key rotation, keyring.rs).
+    vault: ArcSwap<Vault>,
+    /// Where the master key comes from (data dir + key source), for those re-reads.
+    key_opts: HubOptions,
     snapshot: ArcSwap<Snapshot>,
     writer: UsageWriter,
     writer_task: Mutex<Option<JoinHandle<()>>>,
@@ -132,6 +135,10 @@ struct Inner {
     public_url: Option<String>,
     version: AtomicI64,
     request_timeout: Duration,
+    /// Per-key rate-limit windows (policy.rs); outlive snapshots.
+    limiter: crate::policy::Limiter,
+    /// Serialises reloads, so an older snapshot never replaces a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// The hub. Cheap to clone.
@@ -174,9 +181,12 @@ impl Hub {
             .build()
             .map_err(|e| OpenError::Http(e.to_string()))?;
         let (writer, writer_task) = UsageWriter::start(store.clone());
+        let mut key_opts = HubOptions::new(opts.data_dir.clone());
+        key_opts.master_key = opts.master_key.clone();
         let inner = Arc::new(Inner {
             store,
-            vault,
+            vault: ArcSwap::from_pointee(vault),
+            key_opts,
             snapshot: ArcSwap::from_pointee(snapshot),
             writer,
             writer_task: Mutex::new(Some(writer_task)),
@@ -187,6 +197,8 @@ impl Hub {
             public_url: opts.public_url,
             version: AtomicI64::new(version),
             request_timeout: opts.request_timeout,
+            limiter: crate::policy::Limiter::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         let hub = Hub { inner };
         hub.spawn_reloader(opts.reload_interval);
@@ -213,17 +225,27 @@ impl Hub {
 
     /// Reloads configuration if the store's version moved. Returns whether it reloaded.
     pub async fn reload_if_changed(&self) -> Result<bool, OpenError> {
+        let _serial = self.inner.reload_lock.lock().await;
         let v = self.inner.store.config_version().await?;
         if v == self.inner.version.load(Ordering::Acquire) {
             return Ok(false);
         }
+        match crate::keyring::load_vault(&self.inner.key_opts) {
+            Ok(v) => self.inner.vault.store(Arc::new(v)),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the master key files failed; keeping the keys in memory")
+            }
+        }
         let snap = load_snapshot(
             self.inner.store.as_ref(),
-            &self.inner.vault,
+            &self.inner.vault.load(),
             &self.inner.env_providers,
             &self.inner.public_url,
         )
         .await?;
+        self.inner
+            .limiter
+            .retain(|key_id| snap.gates.contains_key(key_id));
         self.inner.snapshot.store(Arc::new(snap));
         self.inner.version.store(v, Ordering::Release);
         tracing::info!(version = v, "configuration reloaded");
@@ -249,8 +271,9 @@ impl Hub {
         &self.inner.store
     }
 
-    pub fn vault(&self) -> &Vault {
-        &self.inner.vault
+    /// The vault as of the last reload.
+    pub fn vault(&self) -> Arc<Vault> {
+        self.inner.vault.load_full()
     }
 
     /// Is the store reachable?
@@ -265,12 +288,60 @@ impl Hub {
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
             ));
         }
-        self.inner
-            .snapshot
-            .load()
+        let snap = self.inner.snapshot.load();
+        let principal = snap
             .keys
             .lookup(token)
-            .ok_or_else(|| HubError::unauthenticated("Incorrect API key provided."))
+            .ok_or_else(|| HubError::unauthenticated("Incorrect API key provided."))?;
+        if let Some(exp) = snap
+            .gates
+            .get(&principal.key_id)
+            .and_then(|g| g.expires_at_ms)
+            && exp <= now_ms()
+        {
+            return Err(HubError::unauthenticated("This API key has expired."));
+        }
+        Ok(principal)
+    }
+
+    /// Applies the caller's key policy (surface, model, RPM, TPM) before dispatch. `estimate` (the
+    /// call's token estimate) is computed only when the key has a token limit.
+    fn admit(
+        &self,
+        ctx: &CallContext,
+        model: &str,
+        estimate: impl FnOnce() -> u64,
+    ) -> Result<crate::policy::Permit, HubError> {
+        let snap = self.inner.snapshot.load();
+        let Some(gate) = snap.gates.get(&ctx.principal.key_id) else {
+            return Ok(crate::policy::Permit::none());
+        };
+        let pol = &gate.policy;
+        crate::policy::check_access(pol, ctx.ingress, model, &self.inner.catalog, |k| {
+            snap.providers.contains_key(&k)
+        })?;
+        let estimate = if pol.tpm.is_some() { estimate() } else { 0 };
+        self.inner
+            .limiter
+            .admit(&ctx.principal.key_id, pol, estimate)
+    }
+
+    /// `admit`, recording a refused call as failed (the caller is known).
+    async fn admit_or_record(
+        &self,
+        ctx: &CallContext,
+        endpoint: &str,
+        model: &str,
+        stream: bool,
+        estimate: impl FnOnce() -> u64,
+    ) -> Result<crate::policy::Permit, HubError> {
+        match self.admit(ctx, model, estimate) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.record_rejected(ctx, endpoint, model, stream, &e).await;
+                Err(e)
+            }
+        }
     }
 
     /// Providers currently configured and usable.
@@ -300,6 +371,9 @@ impl Hub {
         ctx: &CallContext,
         req: ChatRequest,
     ) -> Result<ChatResponse, HubError> {
+        let permit = self
+            .admit_or_record(ctx, "chat", &req.model, false, || chat_estimate(&req))
+            .await?;
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Chat(&req), &mut att).await;
         let mut rec = self.record(ctx, "chat", &req.model, false);
@@ -311,6 +385,7 @@ impl Hub {
                 }
                 apply_usage(&mut rec, &resp.usage);
                 rec.provider_cost = resp.provider_cost.clone();
+                permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -332,6 +407,9 @@ impl Hub {
         ctx: CallContext,
         req: ChatRequest,
     ) -> Result<HubStream, HubError> {
+        let permit = self
+            .admit_or_record(&ctx, "chat", &req.model, true, || chat_estimate(&req))
+            .await?;
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Stream(&req), &mut att).await;
         let mut rec = self.record(&ctx, "chat", &req.model, true);
@@ -360,6 +438,7 @@ impl Hub {
             record: Some(rec),
             usage: None,
             output: String::new(),
+            permit: Some(permit),
         };
         Ok(Box::pin(metered_stream(meter, upstream, first, provider)))
     }
@@ -369,6 +448,11 @@ impl Hub {
         ctx: &CallContext,
         req: EmbeddingsRequest,
     ) -> Result<EmbeddingsResponse, HubError> {
+        let permit = self
+            .admit_or_record(ctx, "embeddings", &req.model, false, || {
+                req.texts().iter().map(|t| crate::tokenize::count(t)).sum()
+            })
+            .await?;
         let mut att = Attempted::default();
         let result = self
             .dispatch(&req.model, Op::Embeddings(&req), &mut att)
@@ -382,6 +466,7 @@ impl Hub {
                         req.texts().iter().map(|t| crate::tokenize::count(t)).sum();
                 }
                 apply_usage(&mut rec, &resp.usage);
+                permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -401,6 +486,9 @@ impl Hub {
         ctx: &CallContext,
         req: ImagesRequest,
     ) -> Result<ImagesResponse, HubError> {
+        let permit = self
+            .admit_or_record(ctx, "images", &req.model, false, || 0)
+            .await?;
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Images(&req), &mut att).await;
         let mut rec = self.record(ctx, "images", &req.model, false);
@@ -408,6 +496,7 @@ impl Hub {
         match result {
             Ok(OpOut::Images(resp)) => {
                 apply_usage(&mut rec, &resp.usage);
+                permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -421,4 +510,9 @@ impl Hub {
             }
         }
     }
+}
+
+/// Tokens a chat call may use: the prompt estimate plus the output cap, if the caller set one.
+fn chat_estimate(req: &ChatRequest) -> u64 {
+    crate::tokenize::estimate_prompt(req) + u64::from(req.max_tokens.unwrap_or(0))
 }

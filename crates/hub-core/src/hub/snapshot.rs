@@ -9,11 +9,12 @@ use parking_lot::Mutex;
 
 use super::{OpenError, now_ms};
 use crate::auth::{self, KeyIndex, Principal, Role};
-use crate::config::{EnvProvider, HubOptions, MasterKeySource};
+use crate::config::{EnvProvider, HubOptions};
+use crate::policy::KeyGate;
 use crate::providers::{self, CredentialSecret, Provider, ProviderKind, ProviderSettings, Secret};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ApiKeyRow, CredentialRow, Store, StoreError, UserRow};
-use crate::vault::{self, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 
 /// A credential ready to use.
 pub(crate) struct CredEntry {
@@ -60,18 +61,16 @@ impl ProviderInstance {
 pub(crate) struct Snapshot {
     pub(crate) providers: HashMap<ProviderKind, Arc<ProviderInstance>>,
     pub(crate) keys: KeyIndex,
+    /// Expiry and policy of every key in `keys`, by key id.
+    pub(crate) gates: HashMap<String, Arc<KeyGate>>,
 }
 
 /// Opens the store and vault of a data dir without starting a hub (admin CLI).
 pub fn open_store_and_vault(opts: &HubOptions) -> Result<(Arc<dyn Store>, Vault), OpenError> {
     create_data_dir(&opts.data_dir)?;
-    let key = match &opts.master_key {
-        Some(MasterKeySource::Value(v)) => vault::parse_master_key(v.expose())?,
-        Some(MasterKeySource::File(p)) => vault::load_or_create_key_file(p)?,
-        None => vault::load_or_create_key_file(&opts.data_dir.join("master.key"))?,
-    };
+    let vault = crate::keyring::load_vault(opts)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir.join("hub.db"))?);
-    Ok((store, Vault::new(key)))
+    Ok((store, vault))
 }
 
 fn create_data_dir(path: &Path) -> Result<(), OpenError> {
@@ -244,6 +243,9 @@ pub(crate) async fn load_snapshot(
         .into_iter()
         .map(|u| (u.id.clone(), u))
         .collect();
+    let mut policies: HashMap<String, crate::policy::KeyPolicy> =
+        store.list_key_policies().await?.into_iter().collect();
+    let mut gates = HashMap::new();
     let mut keys = KeyIndex::default();
     for k in store.list_api_keys().await? {
         if k.revoked_at_ms.is_some() || k.expires_at_ms.is_some_and(|e| e <= now) {
@@ -267,8 +269,19 @@ pub(crate) async fn load_snapshot(
                 team_id: k.team_id.clone().or_else(|| user.team_id.clone()),
             },
         );
+        gates.insert(
+            k.id.clone(),
+            Arc::new(KeyGate {
+                expires_at_ms: k.expires_at_ms,
+                policy: policies.remove(&k.id).unwrap_or_default(),
+            }),
+        );
     }
-    Ok(Snapshot { providers, keys })
+    Ok(Snapshot {
+        providers,
+        keys,
+        gates,
+    })
 }
 
 fn env_creds(e: &EnvProvider) -> Vec<CredEntry> {

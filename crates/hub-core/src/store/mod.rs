@@ -2,6 +2,7 @@
 //! the same trait for scale-out. Every operation must hold with several processes on one database:
 //! no process-local lock stands in for atomicity (the admin CLI writes while `serve` runs).
 
+pub mod iam; // teams, key policies, credential updates, audit log
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -25,7 +26,9 @@ pub enum StoreError {
 
 /// A configured provider (the provider's identity is its kind).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderRow {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: ProviderKind,
     /// Overrides the default base URL.
     pub base_url: Option<String>,
@@ -37,8 +40,10 @@ pub struct ProviderRow {
 /// A stored credential. `ciphertext` is the vault envelope of the secret JSON; only the masked
 /// form is ever shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CredentialRow {
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub provider: ProviderKind,
     pub name: String,
     #[serde(skip_serializing)]
@@ -50,6 +55,7 @@ pub struct CredentialRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserRow {
     pub id: String,
     pub name: String,
@@ -77,6 +83,7 @@ pub struct ApiKeyRow {
 /// Outcome of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CallStatus {
     Success,
     Failed,
@@ -104,6 +111,7 @@ impl CallStatus {
 
 /// One record per call, success or failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageRecord {
     /// The hub's request id (also the `x-request-id` response header).
     pub id: String,
@@ -148,7 +156,7 @@ pub struct UsageRecord {
 
 /// The persistence trait.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: iam::IamStore + Send + Sync + 'static {
     /// Cheap reachability check (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

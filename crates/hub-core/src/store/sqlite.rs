@@ -18,8 +18,11 @@ use super::{
 use crate::auth::Role;
 use crate::providers::ProviderKind;
 
+mod iam; // IamStore: teams, key policies, credential updates, audit log
+
 /// Schema migrations, applied in order; `PRAGMA user_version` is the index of the last applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -95,7 +98,32 @@ CREATE TABLE usage_records (
 CREATE INDEX usage_created ON usage_records (created_at_ms);
 CREATE INDEX usage_user_created ON usage_records (user_id, created_at_ms);
 CREATE INDEX usage_app_created ON usage_records (app, created_at_ms);
-"#];
+"#,
+    // 2: teams, per-key policies, audit log (identity and administration, store/sqlite/iam.rs).
+    r#"
+CREATE TABLE teams (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE api_key_policies (
+    key_id TEXT PRIMARY KEY REFERENCES api_keys (id),
+    policy TEXT NOT NULL
+);
+CREATE TABLE audit_log (
+    id            TEXT PRIMARY KEY,
+    at_ms         INTEGER NOT NULL,
+    actor_user_id TEXT NOT NULL,
+    actor_key_id  TEXT,
+    action        TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    team_id       TEXT,
+    before_json   TEXT,
+    after_json    TEXT
+);
+CREATE INDEX audit_at ON audit_log (at_ms);
+"#,
+];
 
 /// The SQLite store.
 #[derive(Clone)]

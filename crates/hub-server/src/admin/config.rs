@@ -1,0 +1,148 @@
+//! Providers and credentials (`/api/admin/{providers,credentials}`), and the audit log. Owner and
+//! admins without a team only; credential values are sealed on the way in and never returned.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use hub_core::iam::{self, CredentialUpdate, NewCredential, ProviderSettingsIn};
+use hub_core::store::iam::{AuditEntry, AuditQuery};
+use hub_core::store::{CredentialRow, ProviderRow};
+use serde::Deserialize;
+
+use super::applied;
+use super::auth::{AdminCaller, AdminError, Body, ErrorBody, Query};
+use crate::AppState;
+
+/// Configured providers.
+#[utoipa::path(get, path = "/api/admin/providers", tag = "providers",
+    responses((status = 200, body = [ProviderRow]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_providers(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+) -> Result<Json<Vec<ProviderRow>>, AdminError> {
+    Ok(Json(
+        iam::list_providers(st.hub.store().as_ref(), &c.actor).await?,
+    ))
+}
+
+/// Adds or updates a provider: enabled, base URL, region.
+#[utoipa::path(put, path = "/api/admin/providers/{name}", tag = "providers", request_body = ProviderSettingsIn,
+    params(("name" = String, Path, description = "provider: openai, anthropic, bedrock, google, deepseek, ollama, openrouter, xai, doubao, poe")),
+    responses((status = 200, body = ProviderRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_provider(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(name): Path<String>,
+    Body(b): Body<ProviderSettingsIn>,
+) -> Result<Json<ProviderRow>, AdminError> {
+    iam::require_all(&c.actor)?;
+    let kind = iam::parse_provider(&name)?;
+    let row = iam::upsert_provider(st.hub.store().as_ref(), &c.actor, kind, &b).await?;
+    applied(&st).await;
+    Ok(Json(row))
+}
+
+/// Removes a provider and its credentials.
+#[utoipa::path(delete, path = "/api/admin/providers/{name}", tag = "providers",
+    params(("name" = String, Path, description = "provider")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_provider(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    iam::require_all(&c.actor)?;
+    let kind = iam::parse_provider(&name)?;
+    iam::delete_provider(st.hub.store().as_ref(), &c.actor, kind).await?;
+    applied(&st).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Credentials, masked (first 4 + last 4).
+#[utoipa::path(get, path = "/api/admin/credentials", tag = "credentials",
+    responses((status = 200, body = [CredentialRow]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_credentials(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+) -> Result<Json<Vec<CredentialRow>>, AdminError> {
+    Ok(Json(
+        iam::list_credentials(st.hub.store().as_ref(), &c.actor).await?,
+    ))
+}
+
+/// Adds a credential (sealed with the vault; the response shows it masked).
+#[utoipa::path(post, path = "/api/admin/credentials", tag = "credentials", request_body = NewCredential,
+    responses((status = 201, body = CredentialRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_credential(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Body(b): Body<NewCredential>,
+) -> Result<(StatusCode, Json<CredentialRow>), AdminError> {
+    let vault = st.hub.vault();
+    let row = iam::add_credential(st.hub.store().as_ref(), &vault, &c.actor, &b).await?;
+    applied(&st).await;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+/// Updates a credential: name, weight, enabled, or a new value.
+#[utoipa::path(patch, path = "/api/admin/credentials/{id}", tag = "credentials", request_body = CredentialUpdate,
+    params(("id" = String, Path, description = "credential id")),
+    responses((status = 200, body = CredentialRow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_credential(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(id): Path<String>,
+    Body(b): Body<CredentialUpdate>,
+) -> Result<Json<CredentialRow>, AdminError> {
+    let vault = st.hub.vault();
+    let row = iam::update_credential(st.hub.store().as_ref(), &vault, &c.actor, &id, &b).await?;
+    applied(&st).await;
+    Ok(Json(row))
+}
+
+/// Deletes a credential.
+#[utoipa::path(delete, path = "/api/admin/credentials/{id}", tag = "credentials",
+    params(("id" = String, Path, description = "credential id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_credential(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    iam::delete_credential(st.hub.store().as_ref(), &c.actor, &id).await?;
+    applied(&st).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// How many entries (1 to 1000, default 100).
+    pub limit: Option<u32>,
+    /// Only this action (`key.revoke`, `credential.update`, ...).
+    pub action: Option<String>,
+    /// Only this actor (user id).
+    pub actor: Option<String>,
+    /// Only entries at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+}
+
+/// The audit log of admin mutations, newest first (a team admin sees their team's).
+#[utoipa::path(get, path = "/api/admin/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = [AuditEntry]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_audit(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Query(q): Query<AuditParams>,
+) -> Result<Json<Vec<AuditEntry>>, AdminError> {
+    let query = AuditQuery {
+        limit: q.limit.unwrap_or(100),
+        action: q.action,
+        actor_user_id: q.actor,
+        team_id: None,
+        since_ms: q.since_ms,
+    };
+    Ok(Json(
+        iam::list_audit(st.hub.store().as_ref(), &c.actor, query).await?,
+    ))
+}
