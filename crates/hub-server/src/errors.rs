@@ -81,7 +81,7 @@ pub fn openai_body(e: &HubError) -> serde_json::Value {
 pub fn anthropic_type_and_status(e: &HubError) -> (&'static str, u16) {
     let status = e.status();
     let ty = match e.kind {
-        ErrorKind::InvalidRequest => "invalid_request_error",
+        ErrorKind::InvalidRequest | ErrorKind::Conflict => "invalid_request_error",
         ErrorKind::Unauthenticated => "authentication_error",
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::ModelNotFound | ErrorKind::NotFound => "not_found_error",

@@ -1,9 +1,9 @@
 //! AIGNE Hub HTTP server: the routes table, thin handlers, ingress/egress codecs and the CLI.
 
-pub mod aigne; // AIGNE Hub ingress (`/api/v2/*`, `/api/ai/models`, `/api/user/info`, discovery)
-pub mod anthropic; // Anthropic-compatible ingress (/v1/messages)
 pub mod admin; // /api/admin/* and /api/me/* (admin API), /api/openapi.json
 pub mod admin_cli; // admin user|team|key|audit|rotate-master-key
+pub mod aigne; // AIGNE Hub ingress (`/api/v2/*`, `/api/ai/models`, `/api/user/info`, discovery)
+pub mod anthropic; // Anthropic-compatible ingress (/v1/messages)
 pub mod cli; // `aigne-hub` command line: serve, admin
 pub mod errors; // HubError -> the caller's error format
 pub mod openai; // OpenAI-compatible ingress
