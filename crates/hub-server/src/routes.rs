@@ -34,6 +34,9 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         .route("/api/v2/embeddings", post(aigne::embeddings))
         .route("/api/v2/status", get(aigne::status))
         .route("/api/ai/models", get(aigne::models))
+        // The original mounts its catalog router twice (`/api/ai` and `/api/ai-providers`);
+        // `@blocklet/aigne-hub` reads the second.
+        .route("/api/ai-providers/models", get(aigne::models))
         .route("/api/user/info", get(aigne::user_info))
         .merge(crate::admin::router())
         .fallback(not_found)

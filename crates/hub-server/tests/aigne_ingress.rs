@@ -214,6 +214,8 @@ async fn discovery_and_catalog_are_public() {
         emb.as_array()
             .is_some_and(|a| !a.is_empty() && a.iter().all(|m| m["type"] == json!("embedding")))
     );
+    let alias = json_of(h.get("/api/ai-providers/models?type=chat", None).await).await;
+    assert_eq!(alias, v);
     let video = json_of(h.get("/api/ai/models?type=video", None).await).await;
     assert_eq!(video, json!([]));
 }

@@ -35,7 +35,7 @@ fn with_request_id(mut resp: Response, request_id: &str) -> Response {
 /// An error as JSON `{"error":{"message","type"}}` with its status.
 pub(crate) fn error(e: &HubError, ctx: Option<&CallContext>) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (status, Json(error_body(e))).into_response();
+    let mut resp = (status, Json(error_body(e, None))).into_response();
     error_headers(e, resp.headers_mut());
     match ctx {
         Some(ctx) => with_request_id(resp, &ctx.request_id),

@@ -238,7 +238,7 @@ fn frame(v: &Value) -> String {
 
 /// An error as the legacy SSE shape sends it (also before the stream started, with status 200).
 pub fn sse_error(e: &HubError) -> String {
-    frame(&error_body(e))
+    frame(&error_body(e, None))
 }
 
 /// Renders a hub stream in one of the two streaming shapes.

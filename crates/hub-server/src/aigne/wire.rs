@@ -141,20 +141,60 @@ pub fn file_object(image: &str) -> Value {
 }
 
 /// The error body of the `/api` routes: `{"error":{"message","type"}}`. A missing or wrong key
-/// reads "User not authenticated", as the original says it.
-pub fn error_body(e: &HubError) -> Value {
+/// reads "User not authenticated", as the original says it; a credit error is the original's
+/// `CreditError`: type `NOT_ENOUGH`, the buy `link` when the hub has one, and a `timestamp`.
+pub fn error_body(e: &HubError, link: Option<&str>) -> Value {
+    error_body_at(e, link, hub_core::hub::now_ms())
+}
+
+/// `error_body` at a given time (milliseconds since the epoch).
+pub fn error_body_at(e: &HubError, link: Option<&str>, now_ms: i64) -> Value {
     let message = if e.kind == ErrorKind::Unauthenticated {
         format!("User not authenticated: {}", e.message)
     } else {
         e.message.clone()
     };
+    if e.kind == ErrorKind::InsufficientCredits {
+        let mut o = Map::new();
+        o.insert("message".into(), json!(message));
+        o.insert("type".into(), json!("NOT_ENOUGH"));
+        if let Some(l) = link {
+            o.insert("link".into(), json!(l));
+        }
+        o.insert("timestamp".into(), json!(rfc3339(now_ms)));
+        return json!({"error": Value::Object(o)});
+    }
     let kind = e.code.as_deref().unwrap_or_else(|| e.class_name());
     json!({"error": {"message": message, "type": kind}})
 }
 
+/// `2026-11-28T03:14:02.123Z` for milliseconds since the epoch (UTC, proleptic Gregorian).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        tod / 3600,
+        (tod % 3600) / 60,
+        tod % 60
+    )
+}
+
 /// The message a stream's error event carries.
 pub fn error_message(e: &HubError) -> String {
-    match error_body(e)
+    match error_body(e, None)
         .pointer("/error/message")
         .and_then(Value::as_str)
     {
@@ -413,13 +453,23 @@ mod tests {
     fn errors_render_in_the_hub_shape() {
         let e = HubError::unauthenticated("Incorrect API key provided.");
         assert_eq!(
-            error_body(&e),
+            error_body(&e, None),
             json!({"error":{"message":"User not authenticated: Incorrect API key provided.","type":"invalid_api_key"}})
         );
         let e = HubError::invalid("bad");
         assert_eq!(
-            error_body(&e),
+            error_body(&e, Some("https://x")),
             json!({"error":{"message":"bad","type":"invalid_request"}})
+        );
+        let e = HubError::new(ErrorKind::InsufficientCredits, "buy some credits");
+        assert_eq!(
+            error_body_at(&e, Some("https://pay/x"), 1_764_299_642_123),
+            json!({"error":{"message":"buy some credits","type":"NOT_ENOUGH",
+                   "link":"https://pay/x","timestamp":"2025-11-28T03:14:02.123Z"}})
+        );
+        assert_eq!(
+            error_body_at(&e, None, 0)["error"]["timestamp"],
+            json!("1970-01-01T00:00:00.000Z")
         );
     }
 }
