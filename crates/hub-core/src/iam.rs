@@ -967,3 +967,25 @@ pub async fn record(
 ) -> Result<(), HubError> {
     audit(store, actor, action, target, None, None, after).await
 }
+
+/// Tests a credential against its provider (owner / global admin), and audits the test.
+pub async fn test_credential(
+    hub: &crate::Hub,
+    actor: &Actor,
+    id: &str,
+    model: Option<&str>,
+) -> Result<crate::hub::CredentialTest, HubError> {
+    require_all(actor)?;
+    let outcome = hub.test_credential(id, model).await?;
+    audit(
+        hub.store().as_ref(),
+        actor,
+        "credential.test",
+        id,
+        None,
+        None,
+        json(&outcome),
+    )
+    .await?;
+    Ok(outcome)
+}

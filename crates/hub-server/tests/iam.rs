@@ -75,6 +75,8 @@ struct Env {
     provider_key: String,
     /// Every response body seen.
     seen: Mutex<Vec<u8>>,
+    /// Id of the provider credential added at start.
+    cred_id: String,
 }
 
 struct Resp {
@@ -102,7 +104,9 @@ impl Env {
             mock,
             provider_key,
             seen: Mutex::new(Vec::new()),
+            cred_id: String::new(),
         };
+        let mut env = env;
         // The provider and its credential through the admin API, as an operator would.
         let r = env
             .call(
@@ -122,6 +126,7 @@ impl Env {
             )
             .await?;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        env.cred_id = r.body["id"].as_str().unwrap_or_default().to_string();
         Ok(env)
     }
 
@@ -506,6 +511,12 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
         };
         let rows: Vec<(Method, String, Option<Value>, &str)> = vec![
             (
+                Method::POST,
+                format!("/api/admin/credentials/{}/test", env.cred_id),
+                None,
+                "global_read",
+            ),
+            (
                 Method::GET,
                 "/api/admin/providers".into(),
                 None,
@@ -620,7 +631,7 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
             checked += 1;
         }
     }
-    assert_eq!(checked, EVERYONE.len() * 19);
+    assert_eq!(checked, EVERYONE.len() * 20);
 
     // Cross-tenant writes are refused as if the object did not exist.
     let ta = w.key(Who::TeamAdminA);
@@ -760,6 +771,7 @@ async fn every_api_route_is_in_the_openapi_document() -> TestResult {
         ("/api/admin/providers/{name}", &["put", "delete"]),
         ("/api/admin/credentials", &["get", "post"]),
         ("/api/admin/credentials/{id}", &["patch", "delete"]),
+        ("/api/admin/credentials/{id}/test", &["post"]),
         ("/api/me/keys", &["get", "post"]),
         ("/api/me/keys/{id}/revoke", &["post"]),
         ("/api/me/usage", &["get"]),
@@ -1070,6 +1082,104 @@ async fn models_and_surfaces_are_enforced() -> TestResult {
     // Refused calls are recorded against the key.
     let usage = env.store().list_usage(10).await?;
     assert_eq!(usage.iter().filter(|r| r.http_status == 403).count(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn credential_test_calls_the_provider_with_that_credential_only() -> TestResult {
+    let env = Env::new().await?;
+    let r = env
+        .call(
+            Method::POST,
+            &format!("/api/admin/credentials/{}/test", env.cred_id),
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["ok"], true);
+    assert_eq!(r.body["model"], "gpt-4.1-nano");
+    assert_eq!(env.mock.hits(), 1);
+    assert_eq!(env.mock.requests()[0].body["model"], "gpt-4.1-nano");
+    // A wrong key, disabled: tested anyway, reported as an auth failure, no fallback to the good one.
+    let r = env
+        .call(
+            Method::POST,
+            "/api/admin/credentials",
+            Some(OWNER_KEY),
+            Some(json!({"provider": "openai", "value": "sk-wrong-0000000000", "enabled": false})),
+        )
+        .await?;
+    let bad = r.body["id"].as_str().unwrap_or_default().to_string();
+    let r = env
+        .call(
+            Method::POST,
+            &format!("/api/admin/credentials/{bad}/test"),
+            Some(OWNER_KEY),
+            Some(json!({"model": "gpt-4o-mini"})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (
+            r.body["ok"].clone(),
+            r.body["error_class"].clone(),
+            r.body["model"].clone()
+        ),
+        (json!(false), json!("upstream_auth"), json!("gpt-4o-mini"))
+    );
+    assert_eq!(env.mock.hits(), 2);
+    let r = env
+        .call(
+            Method::POST,
+            "/api/admin/credentials/nope/test",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = env
+        .call(
+            Method::POST,
+            &format!("/api/admin/credentials/{bad}/test"),
+            Some(OWNER_KEY),
+            Some(json!({"modle": "x"})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let audit = env
+        .call(
+            Method::GET,
+            "/api/admin/audit?action=credential.test",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(audit.body.as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_surface_limited_key_works_on_its_surface() -> TestResult {
+    let env = Env::new().await?;
+    let u = user(&env, "m", Role::Member, None).await?;
+    let (_, k) = key(
+        &env,
+        &u,
+        KeyPolicy {
+            surfaces: vec!["anthropic".into()],
+            ..KeyPolicy::default()
+        },
+    )
+    .await?;
+    reload(&env).await?;
+    let body = json!({"model": "openai/gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    let r = env
+        .call(Method::POST, "/v1/messages", Some(&k), Some(body))
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = env.chat(&k, "openai/gpt-4o-mini").await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     Ok(())
 }
 

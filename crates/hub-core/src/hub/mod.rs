@@ -8,6 +8,7 @@
 mod count;
 mod dispatch;
 mod meter;
+mod probe; // testing one credential against its provider
 mod snapshot;
 
 use std::pin::Pin;
@@ -36,6 +37,7 @@ use crate::vault::{Vault, VaultError};
 pub use count::TokenCount;
 use dispatch::{Attempted, Op, OpOut};
 use meter::{StreamMeter, apply_attempt, apply_usage, estimate_chat_usage, fail, metered_stream};
+pub use probe::{CredentialTest, probe_model};
 use snapshot::{Snapshot, bootstrap, load_snapshot};
 pub use snapshot::{open_credential, open_store_and_vault, seal_credential};
 

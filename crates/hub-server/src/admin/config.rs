@@ -114,6 +114,39 @@ pub async fn delete_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestCredentialIn {
+    /// The model to call (default: the provider's cheapest known chat model).
+    pub model: Option<String>,
+}
+
+/// Tests a credential (enabled or not) with one short call to its provider; never falls back.
+#[utoipa::path(post, path = "/api/admin/credentials/{id}/test", tag = "credentials", request_body(content = TestCredentialIn, description = "optional; an empty body is allowed"),
+    params(("id" = String, Path, description = "credential id")),
+    responses((status = 200, body = hub_core::hub::CredentialTest), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn test_credential(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(id): Path<String>,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<hub_core::hub::CredentialTest>, AdminError> {
+    iam::require_all(&c.actor)?;
+    let body = body.map_err(|rej| AdminError(crate::request::body_error(&rej)))?;
+    let input: TestCredentialIn = if body.iter().all(u8::is_ascii_whitespace) {
+        TestCredentialIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            AdminError(hub_core::HubError::invalid(format!(
+                "Invalid JSON body: {e}"
+            )))
+        })?
+    };
+    Ok(Json(
+        iam::test_credential(&st.hub, &c.actor, &id, input.model.as_deref()).await?,
+    ))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {

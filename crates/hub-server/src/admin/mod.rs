@@ -56,6 +56,7 @@ fn documented() -> OpenApiRouter<AppState> {
             config::update_credential,
             config::delete_credential
         ))
+        .routes(routes!(config::test_credential))
         .routes(routes!(config::list_audit))
 }
 
