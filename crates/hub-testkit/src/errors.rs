@@ -74,7 +74,7 @@ fn auth_body(flavor: Flavor, key_hint: &str, request_id: &str) -> Value {
         Flavor::OpenAi if key_hint.is_empty() => json!({"error": {
             "message": "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/API-keys.",
             "type": "invalid_request_error", "param": null, "code": null}}),
-        Flavor::OpenAi => json!({"error": {
+        Flavor::OpenAi | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => json!({"error": {
             "message": format!("Incorrect API key provided: {key_hint}. You can find your API key at https://platform.openai.com/account/api-keys."),
             "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
         Flavor::DeepSeek => json!({"error": {
@@ -103,7 +103,10 @@ pub(crate) fn canonical_body(flavor: Flavor, status: u16, model: &str, request_i
         return auth_body(flavor, "sk-***", request_id);
     }
     match flavor {
-        Flavor::OpenAi => openai_canonical(status, model),
+        // Native flavors render their own bodies (anthropic.rs, gemini.rs, bedrock.rs).
+        Flavor::OpenAi | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+            openai_canonical(status, model)
+        }
         Flavor::DeepSeek => {
             let (message, kind) = match status {
                 400 => (
@@ -312,7 +315,11 @@ fn shaped(
     request_id: &str,
 ) -> Value {
     match flavor {
-        Flavor::OpenAi | Flavor::DeepSeek => json!({"error": {
+        Flavor::OpenAi
+        | Flavor::DeepSeek
+        | Flavor::Anthropic
+        | Flavor::Gemini
+        | Flavor::Bedrock => json!({"error": {
             "message": message, "type": "invalid_request_error", "param": param,
             "code": code.map_or(Value::Null, Value::from)}}),
         Flavor::Xai => json!({

@@ -11,6 +11,12 @@ pub enum Flavor {
     Doubao,
     Poe,
     Ollama,
+    /// Anthropic Messages API (`POST /v1/messages`).
+    Anthropic,
+    /// Google Gemini API (`/v1beta/models/{model}:generateContent`, ...).
+    Gemini,
+    /// Amazon Bedrock Runtime (Converse, ConverseStream, InvokeModel), SigV4-verified.
+    Bedrock,
 }
 
 impl Flavor {
@@ -24,7 +30,31 @@ impl Flavor {
             Flavor::Doubao => "doubao",
             Flavor::Poe => "poe",
             Flavor::Ollama => "ollama",
+            Flavor::Anthropic => "anthropic",
+            Flavor::Gemini => "gemini",
+            Flavor::Bedrock => "bedrock",
         }
+    }
+
+    /// Every flavor: the OpenAI family, then Anthropic, Gemini, Bedrock.
+    pub fn all() -> [Flavor; 10] {
+        [
+            Flavor::OpenAi,
+            Flavor::DeepSeek,
+            Flavor::Xai,
+            Flavor::OpenRouter,
+            Flavor::Doubao,
+            Flavor::Poe,
+            Flavor::Ollama,
+            Flavor::Anthropic,
+            Flavor::Gemini,
+            Flavor::Bedrock,
+        ]
+    }
+
+    /// Whether the flavor speaks the OpenAI Chat Completions wire.
+    pub fn is_openai_family(&self) -> bool {
+        !matches!(self, Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock)
     }
 
     pub fn all_openai_family() -> [Flavor; 7] {
@@ -50,6 +80,9 @@ impl Flavor {
             "doubao" | "ark" | "volcengine" => Flavor::Doubao,
             "poe" => Flavor::Poe,
             "ollama" => Flavor::Ollama,
+            "anthropic" | "claude" => Flavor::Anthropic,
+            "gemini" | "google" => Flavor::Gemini,
+            "bedrock" | "aws" => Flavor::Bedrock,
             _ => return None,
         };
         Some(flavor)
@@ -62,6 +95,9 @@ impl Flavor {
             Flavor::DeepSeek => "",
             Flavor::OpenRouter => "/api/v1",
             Flavor::Doubao => "/api/v3",
+            // Anthropic and Bedrock clients are configured with the origin.
+            Flavor::Anthropic | Flavor::Bedrock => "",
+            Flavor::Gemini => "/v1beta",
         }
     }
 
@@ -73,17 +109,25 @@ impl Flavor {
     pub fn supports_embeddings(&self) -> bool {
         matches!(
             self,
-            Flavor::OpenAi | Flavor::OpenRouter | Flavor::Doubao | Flavor::Ollama
+            Flavor::OpenAi
+                | Flavor::OpenRouter
+                | Flavor::Doubao
+                | Flavor::Ollama
+                | Flavor::Gemini
+                | Flavor::Bedrock
         )
     }
 
     pub fn supports_images(&self) -> bool {
-        matches!(self, Flavor::OpenAi | Flavor::Xai | Flavor::Doubao)
+        matches!(
+            self,
+            Flavor::OpenAi | Flavor::Xai | Flavor::Doubao | Flavor::Gemini
+        )
     }
 
     /// Ark (Doubao) has no model listing endpoint.
     pub fn supports_models(&self) -> bool {
-        !matches!(self, Flavor::Doubao)
+        !matches!(self, Flavor::Doubao | Flavor::Bedrock)
     }
 
     /// Reply text used when a script gives none.
@@ -96,6 +140,9 @@ impl Flavor {
             Flavor::Doubao => "Hello from mock doubao.",
             Flavor::Poe => "Hello from mock poe.",
             Flavor::Ollama => "Hello from mock ollama.",
+            Flavor::Anthropic => "Hello from mock anthropic.",
+            Flavor::Gemini => "Hello from mock gemini.",
+            Flavor::Bedrock => "Hello from mock bedrock.",
         }
     }
 }

@@ -11,12 +11,16 @@
 //! # }
 //! ```
 
+mod anthropic; // Anthropic Messages wire
+mod bedrock; // Bedrock Runtime wire, SigV4 verification, event-stream framing
 mod errors; // canonical error bodies per flavor
 pub mod flavor; // Flavor enum: names, base paths, capabilities
+mod gemini; // Gemini API wire
+mod native; // shared plumbing of the native (non-OpenAI) flavors
 mod openai_family; // wire rendering (chat JSON/SSE, usage, embeddings, images, models)
 pub mod script; // Script: per-request behaviour, serde data
 mod server; // MockServer, routing, control API
 
 pub use flavor::Flavor;
 pub use script::{Script, ScriptError, ToolCall, Usage};
-pub use server::{MockConfig, MockServer, MockStats, RecordedRequest};
+pub use server::{DEFAULT_AWS_SECRET_KEY, MockConfig, MockServer, MockStats, RecordedRequest};

@@ -1,4 +1,4 @@
-//! `hub-mock`: serve one or all OpenAI-family mock upstreams until killed.
+//! `hub-mock`: serve one or all mock upstreams until killed.
 //!
 //! Prints one JSON line `{"<flavor>": {"origin": "...", "base_url": "..."}, ...}` on stdout.
 
@@ -14,10 +14,10 @@ use hub_testkit::{Flavor, MockConfig, MockServer};
     about = "Protocol-faithful mock upstreams for AIGNE Hub"
 )]
 struct Args {
-    /// Flavor to serve: openai, deepseek, xai, openrouter, doubao, poe, ollama.
+    /// Flavor to serve: openai, deepseek, xai, openrouter, doubao, poe, ollama, anthropic, gemini, bedrock.
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
     flavor: Option<Flavor>,
-    /// Serve all seven flavors, each on its own port.
+    /// Serve all ten flavors, each on its own port (order of `Flavor::all()`).
     #[arg(long)]
     all: bool,
     /// Port (0 = any free port). With --all, flavors take PORT, PORT+1, ... unless 0.
@@ -28,6 +28,9 @@ struct Args {
     /// Bearer key the mocks accept (Ollama accepts any).
     #[arg(long, default_value = "sk-test")]
     api_key: String,
+    /// AWS secret access key the Bedrock mock verifies SigV4 with (access key id = --api-key).
+    #[arg(long, default_value = hub_testkit::DEFAULT_AWS_SECRET_KEY)]
+    aws_secret_key: String,
     /// Default first-byte delay for requests whose script sets none.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -44,7 +47,7 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let flavors: Vec<Flavor> = match args.flavor {
         Some(f) if !args.all => vec![f],
-        _ => Flavor::all_openai_family().to_vec(),
+        _ => Flavor::all().to_vec(),
     };
     let mut servers = Vec::with_capacity(flavors.len());
     for (i, flavor) in flavors.into_iter().enumerate() {
@@ -63,6 +66,7 @@ async fn main() -> std::io::Result<()> {
             default_first_byte_delay_ms: args.latency_ms,
             default_chunk_delay_ms: args.chunk_delay_ms,
             record_limit: Some(args.record_limit),
+            aws_secret_key: args.aws_secret_key.clone(),
         };
         servers.push(MockServer::try_start_with_config(flavor, config).await?);
     }

@@ -66,7 +66,9 @@ const FINGERPRINT_OLLAMA: &str = "fp_ollama";
 /// The id of a completion for a flavor, from a per-server sequence number.
 pub(crate) fn completion_id(flavor: Flavor, seq: u64, created: u64) -> String {
     match flavor {
-        Flavor::OpenAi | Flavor::Poe => format!("chatcmpl-mock{seq:016x}"),
+        Flavor::OpenAi | Flavor::Poe | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+            format!("chatcmpl-mock{seq:016x}")
+        }
         Flavor::DeepSeek | Flavor::Xai => uuid_like(seq),
         Flavor::OpenRouter => format!("gen-{created}-mock{seq:012x}"),
         Flavor::Doubao => format!("0217{created}{seq:020}"),
@@ -136,8 +138,10 @@ pub(crate) fn usage_json(flavor: Flavor, u: &Usage) -> Value {
             "completion_tokens": u.completion_tokens, "total_tokens": total,
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}),
-        Flavor::Poe | Flavor::Ollama => json!({"prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens, "total_tokens": total}),
+        Flavor::Poe | Flavor::Ollama | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+            json!({"prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens, "total_tokens": total})
+        }
     }
 }
 
@@ -254,7 +258,7 @@ fn envelope(ctx: &ChatCtx<'_>, object: &str) -> Map<String, Value> {
         Flavor::Ollama => {
             m.insert("system_fingerprint".to_owned(), FINGERPRINT_OLLAMA.into());
         }
-        Flavor::Poe => {}
+        Flavor::Poe | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {}
     }
     m
 }
@@ -399,7 +403,8 @@ fn piece_delta(flavor: Flavor, piece: &Piece<'_>, has_reasoning: bool) -> Map<St
                 d.insert("content".to_owned(), "".into());
                 d.insert("reasoning".to_owned(), (*text).into());
             }
-            Flavor::OpenAi | Flavor::Poe => {}
+            Flavor::OpenAi | Flavor::Poe | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+            }
         },
         Piece::ToolStart { index, call, args } => {
             if role_every {
@@ -680,7 +685,7 @@ pub(crate) fn chat_stream_frames(
 }
 
 /// Deterministic pseudo-embedding for one input.
-fn embedding_vector(input: &str, dims: usize) -> Vec<f32> {
+pub(crate) fn embedding_vector(input: &str, dims: usize) -> Vec<f32> {
     // FNV-1a seed, then a xorshift sequence: cheap, stable across runs.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in input.bytes() {
@@ -843,7 +848,7 @@ pub(crate) fn models_json(flavor: Flavor, extra: &[String]) -> Option<Value> {
         Flavor::DeepSeek => (&["deepseek-chat", "deepseek-reasoner"], "deepseek"),
         Flavor::Xai => (&["grok-4", "grok-3-mini", "grok-2-image"], "xai"),
         Flavor::OpenRouter => (&["openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"], ""),
-        Flavor::Doubao => return None,
+        Flavor::Doubao | Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => return None,
         Flavor::Poe => (&["GPT-4o", "Claude-Sonnet-4", "Gemini-2.5-Pro"], "poe"),
         Flavor::Ollama => (&["llama3.2:latest", "qwen3:0.6b"], "library"),
     };

@@ -28,7 +28,7 @@ use crate::{Flavor, Script, ToolCall, Usage};
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Pause before a scripted connection drop so the bytes already written reach the client.
-const ABORT_FLUSH: Duration = Duration::from_millis(10);
+pub(crate) const ABORT_FLUSH: Duration = Duration::from_millis(10);
 
 /// Start-up options of a mock server.
 #[derive(Clone, Debug)]
@@ -44,7 +44,13 @@ pub struct MockConfig {
     pub default_chunk_delay_ms: u64,
     /// Keep at most this many recorded requests (oldest dropped first); None = unbounded.
     pub record_limit: Option<usize>,
+    /// Bedrock: the AWS secret access key the mock verifies SigV4 signatures with (the access
+    /// key id is `api_key`).
+    pub aws_secret_key: String,
 }
+
+/// The AWS secret access key a Bedrock mock uses unless configured otherwise.
+pub const DEFAULT_AWS_SECRET_KEY: &str = "mock-aws-secret-access-key";
 
 impl Default for MockConfig {
     fn default() -> Self {
@@ -55,6 +61,7 @@ impl Default for MockConfig {
             default_first_byte_delay_ms: 0,
             default_chunk_delay_ms: 0,
             record_limit: None,
+            aws_secret_key: DEFAULT_AWS_SECRET_KEY.to_owned(),
         }
     }
 }
@@ -95,24 +102,24 @@ pub struct MockStats {
 }
 
 pub(crate) struct Shared {
-    flavor: Flavor,
-    auth_header: String,
-    origin: String,
-    config: MockConfig,
-    queue: Mutex<VecDeque<Arc<Script>>>,
-    scenarios: Mutex<HashMap<String, Arc<Script>>>,
-    records: Mutex<VecDeque<RecordedRequest>>,
-    default_script: Arc<Script>,
-    seq: AtomicU64,
-    requests: AtomicU64,
-    streams_started: AtomicU64,
-    streams_completed: AtomicU64,
-    streams_cancelled: AtomicU64,
-    chunks_sent: AtomicU64,
+    pub(crate) flavor: Flavor,
+    pub(crate) auth_header: String,
+    pub(crate) origin: String,
+    pub(crate) config: MockConfig,
+    pub(crate) queue: Mutex<VecDeque<Arc<Script>>>,
+    pub(crate) scenarios: Mutex<HashMap<String, Arc<Script>>>,
+    pub(crate) records: Mutex<VecDeque<RecordedRequest>>,
+    pub(crate) default_script: Arc<Script>,
+    pub(crate) seq: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) streams_started: AtomicU64,
+    pub(crate) streams_completed: AtomicU64,
+    pub(crate) streams_cancelled: AtomicU64,
+    pub(crate) chunks_sent: AtomicU64,
 }
 
 impl Shared {
-    fn pick_script(&self, model: Option<&str>) -> Arc<Script> {
+    pub(crate) fn pick_script(&self, model: Option<&str>) -> Arc<Script> {
         if let Some(model) = model {
             let scenarios = self.scenarios.lock();
             if let Some(script) = scenarios.get(model) {
@@ -273,6 +280,11 @@ impl MockServer {
         &self.shared.config.api_key
     }
 
+    /// The AWS secret access key (Bedrock; the access key id is [`MockServer::api_key`]).
+    pub fn aws_secret_key(&self) -> &str {
+        &self.shared.config.aws_secret_key
+    }
+
     /// Queues a script; the next API request consumes it (FIFO).
     pub fn push(&self, script: Script) {
         self.shared.queue.lock().push_back(Arc::new(script));
@@ -321,7 +333,7 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+pub(crate) fn json_response(status: u16, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -363,7 +375,7 @@ fn flavor_headers(shared: &Shared, headers: &mut HeaderMap, request_id: &str, hi
     }
 }
 
-fn script_headers(script: &Script, headers: &mut HeaderMap) {
+pub(crate) fn script_headers(script: &Script, headers: &mut HeaderMap) {
     for (k, v) in &script.headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(k.as_bytes()),
@@ -412,6 +424,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
 
     let flavor = shared.flavor;
+    if !flavor.is_openai_family() {
+        let req = crate::native::NativeRequest {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            bytes: &bytes,
+            body: body_value,
+            seq,
+        };
+        return crate::native::handle(&shared, req).await;
+    }
     let request_id = match flavor {
         Flavor::Doubao => format!("0217{}{seq:020}", now_secs()),
         _ => format!("req_mock{seq:016x}"),
@@ -551,7 +574,7 @@ async fn preamble(
 }
 
 /// ceil(chars / 4), at least 1.
-fn approx_tokens(chars: usize) -> u64 {
+pub(crate) fn approx_tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4).max(1)
 }
 
@@ -739,7 +762,7 @@ impl Drop for StreamGuard {
     }
 }
 
-fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -> Body {
+pub(crate) fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -> Body {
     let stream = async_stream::stream! {
         let mut guard = StreamGuard::new(Arc::clone(&shared));
         let delay = Duration::from_millis(delay_ms);

@@ -208,6 +208,9 @@ async fn usage_truth_rendered_per_flavor() {
                 assert_eq!(u["completion_tokens"], 50);
                 assert!(u.get("prompt_tokens_details").is_none());
             }
+            Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+                unreachable!("OpenAI family only")
+            }
         }
         // Reasoning text placement.
         let msg = &body["choices"][0]["message"];
@@ -218,6 +221,9 @@ async fn usage_truth_rendered_per_flavor() {
             Flavor::OpenRouter | Flavor::Ollama => assert_eq!(msg["reasoning"], "thinking hard"),
             Flavor::OpenAi | Flavor::Poe => {
                 assert!(msg.get("reasoning_content").is_none() && msg.get("reasoning").is_none())
+            }
+            Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock => {
+                unreachable!("OpenAI family only")
             }
         }
     }
@@ -1035,7 +1041,16 @@ async fn binary_serves_all_flavors() {
         .unwrap()
         .unwrap();
     let map: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(map.as_object().unwrap().len(), 7);
+    assert_eq!(map.as_object().unwrap().len(), 10);
+    for f in Flavor::all() {
+        assert!(map[f.name()]["base_url"].is_string(), "{f} missing");
+    }
+    assert!(
+        map["gemini"]["base_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1beta")
+    );
     let base = map["deepseek"]["base_url"].as_str().unwrap();
     assert_eq!(base, map["deepseek"]["origin"].as_str().unwrap());
     let resp = client()

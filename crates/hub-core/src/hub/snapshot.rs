@@ -181,7 +181,7 @@ pub(crate) async fn load_snapshot(
             Arc::new(ProviderInstance {
                 kind,
                 base_url: base
-                    .unwrap_or_else(|| kind.default_base_url().to_string())
+                    .unwrap_or_else(|| kind.base_url_for(region.as_deref()))
                     .trim_end_matches('/')
                     .to_string(),
                 settings: ProviderSettings {

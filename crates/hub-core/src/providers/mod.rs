@@ -4,6 +4,9 @@
 //! configured [`Variant`](openai::Variant) with its quirks. Adding a provider = one module here, one
 //! arm in [`ProviderKind`], one line in [`implementation`].
 
+pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai;
 
 use std::fmt;
@@ -126,6 +129,16 @@ impl ProviderKind {
             ProviderKind::Xai => "https://api.x.ai/v1",
             ProviderKind::Doubao => "https://ark.cn-beijing.volces.com/api/v3",
             ProviderKind::Poe => "https://api.poe.com/v1",
+        }
+    }
+
+    /// The default base URL for a configured region (Bedrock is regional; others ignore it).
+    pub fn base_url_for(self, region: Option<&str>) -> String {
+        match (self, region.map(str::trim).filter(|r| !r.is_empty())) {
+            (ProviderKind::Bedrock, Some(region)) => {
+                format!("https://bedrock-runtime.{region}.amazonaws.com")
+            }
+            _ => self.default_base_url().to_string(),
         }
     }
 
@@ -285,8 +298,13 @@ pub trait Provider: Send + Sync + 'static {
 
 /// The module that speaks `kind`'s wire protocol, or `None` if none is built in yet.
 pub fn implementation(kind: ProviderKind) -> Option<Arc<dyn Provider>> {
-    openai::Variant::for_kind(kind)
-        .map(|v| Arc::new(openai::OpenAiFamily::new(v)) as Arc<dyn Provider>)
+    match kind {
+        ProviderKind::Anthropic => Some(Arc::new(anthropic::Anthropic)),
+        ProviderKind::Google => Some(Arc::new(gemini::Gemini)),
+        ProviderKind::Bedrock => Some(Arc::new(bedrock::Bedrock)),
+        _ => openai::Variant::for_kind(kind)
+            .map(|v| Arc::new(openai::OpenAiFamily::new(v)) as Arc<dyn Provider>),
+    }
 }
 
 #[cfg(test)]

@@ -287,6 +287,8 @@ pub fn classify_error(
             if code_l.contains("context_length")
                 || msg_l.contains("maximum context length")
                 || msg_l.contains("context length")
+                // xAI: "This model's maximum prompt length is 131072 but the request contains …".
+                || msg_l.contains("maximum prompt length")
             {
                 ErrorClass::ContextLength
             } else if msg_l.contains("api key")
