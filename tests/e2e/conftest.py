@@ -1,6 +1,6 @@
 """End-to-end fixtures: the real `aigne-hub` server over a real socket, fed by `hub-mock` upstreams.
 
-Session fixtures start one `hub-mock --all` (seven OpenAI-family mocks) and one `aigne-hub serve`
+Session fixtures start one `hub-mock --all` (seven OpenAI-family mocks, plus Anthropic, Gemini and Bedrock) and one `aigne-hub serve`
 on a temporary data dir with every provider pointed at its mock. A second hub with a tiny body
 limit is started lazily for the 413 test.
 
@@ -37,6 +37,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ["openai", "deepseek", "xai", "openrouter", "doubao", "poe", "ollama"]
+# Native-protocol upstreams (their own wire; see test_native_providers.py).
+NATIVE_PROVIDERS = ["anthropic", "gemini", "bedrock"]
 MOCK_API_KEY = "sk-test"
 ADMIN_KEY = "sk-e2e-admin-" + uuid.uuid4().hex
 LISTEN_RE = re.compile(r"aigne-hub listening on (http://[0-9.]+:\d+)")
@@ -51,7 +53,13 @@ PROVIDER_ENV = {
     "doubao": ("DOUBAO_API_KEY", "DOUBAO_BASE_URL"),
     "poe": ("POE_API_KEY", "POE_BASE_URL"),
     "ollama": (None, "OLLAMA_BASE_URL"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+    "gemini": ("GEMINI_API_KEY", "GEMINI_BASE_URL"),
+    # Bedrock: the access key id is the mock's api key; the secret is below.
+    "bedrock": ("AWS_ACCESS_KEY_ID", "BEDROCK_BASE_URL"),
 }
+# The secret the Bedrock mock verifies SigV4 signatures with (hub-mock's default).
+BEDROCK_ENV = {"AWS_SECRET_ACCESS_KEY": "mock-aws-secret-access-key", "AWS_REGION": "us-west-2"}
 
 
 def _bin(env: str, name: str) -> Path:
@@ -253,9 +261,11 @@ def mocks(work_dir) -> Iterable[Mocks]:
 
     try:
         info = p.wait_line(parse, STARTUP_TIMEOUT_S)
-        missing = [name for name in PROVIDERS if name not in info]
+        missing = [name for name in PROVIDERS + NATIVE_PROVIDERS if name not in info]
         assert not missing, f"hub-mock --all did not start mocks for {missing}: {info}"
-        ms = Mocks({name: Mock(name, info[name]["origin"], info[name]["base_url"]) for name in PROVIDERS})
+        ms = Mocks(
+            {name: Mock(name, info[name]["origin"], info[name]["base_url"]) for name in PROVIDERS + NATIVE_PROVIDERS}
+        )
         yield ms
     finally:
         p.stop()
@@ -337,12 +347,15 @@ def _start_hub(name: str, mocks: Mocks, work_dir: Path, extra_env: dict[str, str
     data_dir = work_dir / f"{name}-data"
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not any(k == e for pair in PROVIDER_ENV.values() for e in pair if e)}
+    for k in ("AWS_SESSION_TOKEN", *BEDROCK_ENV):
+        env.pop(k, None)
     env["HUB_ADMIN_KEY"] = ADMIN_KEY
     env.setdefault("RUST_LOG", "info")
     for prov, (key_env, url_env) in PROVIDER_ENV.items():
         env[url_env] = mocks[prov].base_url
         if key_env:
             env[key_env] = MOCK_API_KEY
+    env.update(BEDROCK_ENV)
     env.update(extra_env or {})
     argv = [str(exe), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)]
     p = _Proc(name, argv, env, work_dir)

@@ -168,10 +168,13 @@ fn family_candidates(model: &str) -> Vec<(ProviderKind, String)> {
         ];
     }
     if starts(&["claude"]) {
-        return vec![
-            (ProviderKind::Anthropic, model.to_string()),
-            (ProviderKind::OpenRouter, format!("anthropic/{model}")),
-        ];
+        let mut out = vec![(ProviderKind::Anthropic, model.to_string())];
+        // Bedrock serves Claude under its own ids (the table lives in the Bedrock module).
+        if let Some(id) = crate::providers::bedrock::model_id_for(model) {
+            out.push((ProviderKind::Bedrock, id.to_string()));
+        }
+        out.push((ProviderKind::OpenRouter, format!("anthropic/{model}")));
+        return out;
     }
     if starts(&["gemini", "imagen"]) {
         return vec![
@@ -254,6 +257,27 @@ pub fn candidates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_claude_goes_direct_then_bedrock_then_openrouter() {
+        let cat = Catalog::default();
+        let c = candidates("claude-sonnet-4-5", &cat, |_| true).unwrap_or_default();
+        let got: Vec<(ProviderKind, &str)> = c
+            .iter()
+            .map(|c| (c.provider, c.upstream_model.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ProviderKind::Anthropic, "claude-sonnet-4-5"),
+                (
+                    ProviderKind::Bedrock,
+                    "anthropic.claude-sonnet-4-5-20250929-v1:0"
+                ),
+                (ProviderKind::OpenRouter, "anthropic/claude-sonnet-4-5"),
+            ]
+        );
+    }
 
     #[test]
     fn parses_model_strings() {

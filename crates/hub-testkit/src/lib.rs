@@ -1,5 +1,6 @@
-//! Protocol-faithful mock upstreams for the OpenAI-family providers (OpenAI, DeepSeek, xAI,
-//! OpenRouter, Doubao/Ark, Poe, Ollama `/v1`), scriptable per test, plus the `hub-mock` binary.
+//! Protocol-faithful mock upstreams for all ten providers (OpenAI, DeepSeek, xAI,
+//! OpenRouter, Doubao/Ark, Poe, Ollama `/v1`; Anthropic, Gemini, Bedrock), scriptable per test, plus
+//! the `hub-mock` binary.
 //!
 //! ```no_run
 //! # async fn demo() {
