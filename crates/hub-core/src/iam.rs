@@ -509,6 +509,7 @@ pub async fn create_key(
             "the expiry must be in the future",
         ));
     }
+    let (policy, expires_at_ms) = bounded_by_caller(store, actor, new).await?;
     let key = auth::generate_key();
     let row = ApiKeyRow {
         id: new_id("key"),
@@ -521,14 +522,14 @@ pub async fn create_key(
         },
         team_id,
         created_at_ms: now_ms(),
-        expires_at_ms: new.expires_at_ms,
+        expires_at_ms,
         revoked_at_ms: None,
     };
     store
-        .create_api_key(&row, &new.policy)
+        .create_api_key(&row, &policy)
         .await
         .map_err(store_err)?;
-    let view = key_view(&row, new.policy.clone(), now_ms());
+    let view = key_view(&row, policy, now_ms());
     audit(
         store,
         actor,
@@ -540,6 +541,40 @@ pub async fn create_key(
     )
     .await?;
     Ok(CreatedKey { key, view })
+}
+
+/// A key made by a member or guest with their key can be no wider than that key: it inherits the
+/// calling key's policy (a different, non-empty policy is refused) and expires no later. Otherwise
+/// per-key restrictions would be escaped by minting a fresh key. Admins set policies freely.
+async fn bounded_by_caller(
+    store: &dyn Store,
+    actor: &Actor,
+    new: &NewKey,
+) -> Result<(KeyPolicy, Option<i64>), HubError> {
+    let (Some(key_id), false) = (&actor.key_id, actor.is_admin()) else {
+        return Ok((new.policy.clone(), new.expires_at_ms));
+    };
+    let Some(caller) = list_keys(store, actor)
+        .await?
+        .into_iter()
+        .find(|k| &k.id == key_id)
+    else {
+        return Err(forbidden("The key making this request is not yours."));
+    };
+    let policy = if new.policy.is_unrestricted() || new.policy == caller.policy {
+        caller.policy
+    } else if caller.policy.is_unrestricted() {
+        new.policy.clone()
+    } else {
+        return Err(forbidden(
+            "A new key cannot have a different policy than the key creating it; ask an admin.",
+        ));
+    };
+    let expires = match (new.expires_at_ms, caller.expires_at_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok((policy, expires))
 }
 
 pub async fn list_keys(store: &dyn Store, actor: &Actor) -> Result<Vec<KeyView>, HubError> {

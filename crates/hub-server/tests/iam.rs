@@ -1183,6 +1183,59 @@ async fn a_surface_limited_key_works_on_its_surface() -> TestResult {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_member_cannot_mint_a_wider_key_than_their_own() -> TestResult {
+    let env = Env::new().await?;
+    let u = user(&env, "m", Role::Member, None).await?;
+    let narrow = KeyPolicy {
+        models: vec!["openai/gpt-4o-mini".into()],
+        rpm: Some(5),
+        ..KeyPolicy::default()
+    };
+    let r = env
+        .call(Method::POST, "/api/admin/keys", Some(OWNER_KEY), Some(json!({"user_id": u, "policy": narrow, "expires_at_ms": hub_core::hub::now_ms() + 3_600_000})))
+        .await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let (k, exp) = (
+        r.body["key"].as_str().unwrap_or_default().to_string(),
+        r.body["expires_at_ms"].as_i64(),
+    );
+    // No policy asked: the new key inherits the calling key's policy and expiry.
+    let r = env
+        .call(Method::POST, "/api/me/keys", Some(&k), Some(json!({})))
+        .await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["policy"], serde_json::to_value(&narrow)?);
+    assert_eq!(r.body["expires_at_ms"].as_i64(), exp);
+    let k2 = r.body["key"].as_str().unwrap_or_default().to_string();
+    reload(&env).await?;
+    assert_eq!(
+        env.chat(&k2, "openai/gpt-4o").await?.status,
+        StatusCode::FORBIDDEN
+    );
+    // A different policy, or a later expiry, does not widen it.
+    let r = env
+        .call(
+            Method::POST,
+            "/api/me/keys",
+            Some(&k),
+            Some(json!({"policy": {"models": ["*"]}})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let later = exp.unwrap_or_default() + 86_400_000;
+    let r = env
+        .call(
+            Method::POST,
+            "/api/me/keys",
+            Some(&k),
+            Some(json!({"expires_at_ms": later})),
+        )
+        .await?;
+    assert_eq!(r.body["expires_at_ms"].as_i64(), exp);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // secrets
 
