@@ -152,3 +152,52 @@ def test_upstream_rate_limit_is_429(hub, mocks, client, name, prefix):
     assert exc.value.status_code == 429
     if name != "bedrock":  # Bedrock sends no retry hint
         assert exc.value.response.headers.get("retry-after") == "3"
+
+
+# (mock name, model prefix, an embedding model id the provider module accepts)
+NATIVE_EMBED = [("gemini", "google", "gemini-embedding"), ("bedrock", "bedrock", "amazon.titan-embed-text-v2")]
+
+
+@pytest.mark.parametrize("name,prefix,family", NATIVE_EMBED)
+def test_embeddings_float_and_base64(hub, mocks, client, name, prefix, family):
+    mock = mocks[name]
+    model = mock.scenario(f"{family}-{unique_model()}", embedding_dims=12)
+    raw = client.embeddings.with_raw_response.create(
+        model=f"{prefix}/{model}", input=["first text", "second text"], encoding_format="float"
+    )
+    resp = raw.parse()
+    assert [d.index for d in resp.data] == [0, 1]
+    assert all(isinstance(d.embedding, list) and len(d.embedding) == 12 for d in resp.data)
+    assert resp.data[0].embedding != resp.data[1].embedding
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert rec["provider"] == prefix and rec["status"] == "success"
+    if name == "bedrock":  # Titan takes one input per call
+        assert len(requests_for(mock, model)) == 2
+    # The SDK's default asks for base64; the hub encodes the floats as OpenAI does.
+    b64 = client.embeddings.create(model=f"{prefix}/{model}", input=["first text", "second text"])
+    for a, b in zip(resp.data, b64.data):
+        assert b.embedding == pytest.approx(a.embedding, rel=1e-6)
+
+
+def test_anthropic_sdk_to_anthropic_upstream(hub, mocks):
+    """Claude format in, Claude format upstream: /v1/messages routed to the Anthropic provider."""
+    import anthropic
+
+    mock = mocks.anthropic
+    model = mock.scenario(unique_model(), text="Bonjour.", usage={"prompt_tokens": 30, "completion_tokens": 2, "cached_tokens": 10})
+    with anthropic.Anthropic(base_url=hub.url, api_key=hub.admin_key, max_retries=0) as claude:
+        msg = claude.messages.create(
+            model=f"anthropic/{model}",
+            max_tokens=50,
+            system="Answer in French.",
+            messages=[{"role": "user", "content": "Hello"}],
+        )
+        assert msg.content[0].text == "Bonjour."
+        assert (msg.usage.input_tokens, msg.usage.cache_read_input_tokens, msg.usage.output_tokens) == (20, 10, 2)
+        with claude.messages.stream(
+            model=f"anthropic/{model}", max_tokens=50, messages=[{"role": "user", "content": "Hello"}]
+        ) as stream:
+            assert "".join(stream.text_stream) == "Bonjour."
+    body = requests_for(mock, model)[0]["body"]
+    assert body["max_tokens"] == 50
+    assert body["system"][0]["text"] == "Answer in French."

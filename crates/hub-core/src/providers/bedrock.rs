@@ -388,6 +388,11 @@ impl Provider for Bedrock {
                 format!("asked for {} embeddings, got {}", texts.len(), data.len()),
             ));
         }
+        if req.encoding_format.as_deref() == Some("base64") {
+            for e in &mut data {
+                e.embedding = super::embedding_as_base64(std::mem::take(&mut e.embedding));
+            }
+        }
         Ok(EmbeddingsResponse {
             model: up.model.to_string(),
             data,

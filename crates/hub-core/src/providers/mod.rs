@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::ProviderError;
 use crate::types::{
@@ -296,6 +297,23 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// Renders a float-array embedding as OpenAI's `encoding_format: "base64"` does (little-endian
+/// f32 bytes, base64), for providers that only return floats. Other values pass through.
+pub(crate) fn embedding_as_base64(embedding: Value) -> Value {
+    use base64::Engine as _;
+    let Value::Array(items) = &embedding else {
+        return embedding;
+    };
+    let mut raw = Vec::with_capacity(items.len() * 4);
+    for x in items {
+        let Some(f) = x.as_f64() else {
+            return embedding;
+        };
+        raw.extend_from_slice(&(f as f32).to_le_bytes());
+    }
+    Value::String(base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
 /// The module that speaks `kind`'s wire protocol, or `None` if none is built in yet.
 pub fn implementation(kind: ProviderKind) -> Option<Arc<dyn Provider>> {
     match kind {
@@ -321,6 +339,25 @@ mod tests {
             Some(ProviderKind::Google)
         );
         assert_eq!(ProviderKind::from_name("nosuch"), None);
+    }
+
+    #[test]
+    fn float_embeddings_encode_as_openai_base64() {
+        use base64::Engine as _;
+        let v = embedding_as_base64(serde_json::json!([1.0, -0.5]));
+        let Value::String(b64) = v else {
+            unreachable!("encoded")
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default();
+        let mut want = 1.0f32.to_le_bytes().to_vec();
+        want.extend_from_slice(&(-0.5f32).to_le_bytes());
+        assert_eq!(raw, want);
+        assert_eq!(
+            embedding_as_base64(serde_json::json!("x")),
+            serde_json::json!("x")
+        );
     }
 
     #[test]
