@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::hooks::Hooks;
 use crate::providers::{CredentialSecret, ProviderKind, Secret};
 
 /// Where the master key comes from.
@@ -52,6 +53,8 @@ pub struct HubOptions {
     pub connect_timeout: Duration,
     /// Timeout for a whole non-streaming upstream call, and for the first byte of a stream.
     pub request_timeout: Duration,
+    /// Identity resolver and usage observer of an embedding host.
+    pub hooks: Hooks,
 }
 
 impl HubOptions {
@@ -65,6 +68,7 @@ impl HubOptions {
             reload_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(600),
+            hooks: Hooks::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::hooks::UsageObserver;
 use crate::store::{Store, UsageRecord};
 
 const MAX_BATCH: usize = 512;
@@ -35,8 +36,16 @@ impl UsageWriter {
     /// Starts the writer; the returned handle ends when every `UsageWriter` clone is dropped and
     /// the queue is drained.
     pub fn start(store: Arc<dyn Store>) -> (UsageWriter, JoinHandle<()>) {
+        UsageWriter::start_with_observer(store, None)
+    }
+
+    /// Like `start`; `observer` is told of every batch after it is committed.
+    pub fn start_with_observer(
+        store: Arc<dyn Store>,
+        observer: Option<Arc<dyn UsageObserver>>,
+    ) -> (UsageWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(run(store, rx));
+        let handle = tokio::spawn(run(store, rx, observer));
         (UsageWriter { tx }, handle)
     }
 
@@ -82,7 +91,11 @@ impl UsageWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    observer: Option<Arc<dyn UsageObserver>>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -116,6 +129,13 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
             if let Some(done) = job.done {
                 let _ = done.send(result.clone());
             }
+        }
+        // After the waiters are answered: the observer is never on a caller's path.
+        if result.is_ok()
+            && !records.is_empty()
+            && let Some(obs) = &observer
+        {
+            obs.committed(&records);
         }
     }
 }

@@ -35,9 +35,23 @@ impl Default for ServerOptions {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. `on_bound` is called with the bound address
-/// (port 0 picks a free port).
+/// Binds `addr` and serves until `shutdown` resolves, then closes the hub. `on_bound` is called
+/// with the bound address (port 0 picks a free port).
 pub async fn serve(
+    hub: Hub,
+    addr: SocketAddr,
+    opts: ServerOptions,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_open(hub.clone(), addr, opts, on_bound, shutdown).await?;
+    hub.close().await;
+    Ok(())
+}
+
+/// `serve`, leaving the hub open when the server stops: for a host that owns the hub and serves
+/// HTTP from it only for a while (the Node module's `hub.serve()`).
+pub async fn serve_open(
     hub: Hub,
     addr: SocketAddr,
     opts: ServerOptions,
@@ -56,7 +70,5 @@ pub async fn serve(
     let app = routes::app(AppState { hub: hub.clone() }, &opts);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await?;
-    hub.close().await;
-    Ok(())
+        .await
 }

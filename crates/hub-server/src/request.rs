@@ -27,8 +27,10 @@ pub fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-pub fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Arc<Principal>, HubError> {
-    hub.authenticate(bearer(headers))
+/// The caller's principal: the hub's own keys, then (on a miss) the embedding host's identity
+/// resolver, if one is installed (its answers are cached; see `Hub::identify`).
+pub async fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Arc<Principal>, HubError> {
+    hub.identify(bearer(headers)).await
 }
 
 /// Decodes `%XX` escapes (the AIGNE client URI-encodes its DID header).

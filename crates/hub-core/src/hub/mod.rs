@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Principal;
 use crate::config::{EnvProvider, HubOptions};
 use crate::error::HubError;
+use crate::hooks::{Cached, IdentityCache, IdentityResolver};
 use crate::providers::ProviderKind;
 use crate::router::Catalog;
 use crate::store::{Store, StoreError};
@@ -141,6 +142,8 @@ struct Inner {
     limiter: crate::policy::Limiter,
     /// Serialises reloads, so an older snapshot never replaces a newer one.
     reload_lock: tokio::sync::Mutex<()>,
+    identity: Option<Arc<dyn IdentityResolver>>,
+    identity_cache: IdentityCache,
 }
 
 /// The hub. Cheap to clone.
@@ -182,9 +185,10 @@ impl Hub {
             .pool_max_idle_per_host(1024)
             .build()
             .map_err(|e| OpenError::Http(e.to_string()))?;
-        let (writer, writer_task) = UsageWriter::start(store.clone());
         let mut key_opts = HubOptions::new(opts.data_dir.clone());
         key_opts.master_key = opts.master_key.clone();
+        let (writer, writer_task) =
+            UsageWriter::start_with_observer(store.clone(), opts.hooks.usage.clone());
         let inner = Arc::new(Inner {
             store,
             vault: ArcSwap::from_pointee(vault),
@@ -201,6 +205,11 @@ impl Hub {
             request_timeout: opts.request_timeout,
             limiter: crate::policy::Limiter::default(),
             reload_lock: tokio::sync::Mutex::new(()),
+            identity: opts.hooks.identity.clone(),
+            identity_cache: IdentityCache::new(
+                opts.hooks.identity_ttl,
+                opts.hooks.identity_negative_ttl,
+            ),
         });
         let hub = Hub { inner };
         hub.spawn_reloader(opts.reload_interval);
@@ -283,27 +292,37 @@ impl Hub {
         self.inner.store.ping().await.is_ok()
     }
 
-    /// Resolves a bearer token to a principal, from memory.
+    /// Resolves a bearer token to a principal, from memory: the hub's own keys, then identities
+    /// the host's resolver answered recently. Never calls the resolver (see `identify`).
     pub fn authenticate(&self, token: &str) -> Result<Arc<Principal>, HubError> {
         if token.is_empty() {
             return Err(HubError::unauthenticated(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
             ));
         }
+        if let Some(own) = self.own_key(token) {
+            return own;
+        }
+        match self.inner.identity_cache.get(token) {
+            Cached::Known(p) => Ok(p),
+            Cached::Invalid | Cached::Miss => Err(Self::incorrect_key()),
+        }
+    }
+
+    /// One of the hub's own keys: its principal, or why it is refused (expired). `None`: not a
+    /// key of this hub.
+    fn own_key(&self, token: &str) -> Option<Result<Arc<Principal>, HubError>> {
         let snap = self.inner.snapshot.load();
-        let principal = snap
-            .keys
-            .lookup(token)
-            .ok_or_else(|| HubError::unauthenticated("Incorrect API key provided."))?;
+        let principal = snap.keys.lookup(token)?;
         if let Some(exp) = snap
             .gates
             .get(&principal.key_id)
             .and_then(|g| g.expires_at_ms)
             && exp <= now_ms()
         {
-            return Err(HubError::unauthenticated("This API key has expired."));
+            return Some(Err(HubError::unauthenticated("This API key has expired.")));
         }
-        Ok(principal)
+        Some(Ok(principal))
     }
 
     /// Applies the caller's key policy (surface, model, RPM, TPM) before dispatch. `estimate` (the
@@ -344,6 +363,46 @@ impl Hub {
                 Err(e)
             }
         }
+    }
+
+    fn incorrect_key() -> HubError {
+        HubError::unauthenticated("Incorrect API key provided.")
+    }
+
+    /// `authenticate`, and on a miss the host's identity resolver (when one is installed); its
+    /// answer, valid or not, is cached for the configured TTL. A token that is cached or one of
+    /// the hub's own keys never reaches the resolver.
+    pub async fn identify(&self, token: &str) -> Result<Arc<Principal>, HubError> {
+        if token.is_empty() {
+            return self.authenticate(token);
+        }
+        if let Some(own) = self.own_key(token) {
+            return own;
+        }
+        match self.inner.identity_cache.get(token) {
+            Cached::Known(p) => return Ok(p),
+            Cached::Invalid => return Err(Self::incorrect_key()),
+            Cached::Miss => {}
+        }
+        let Some(resolver) = &self.inner.identity else {
+            return Err(Self::incorrect_key());
+        };
+        match resolver.resolve(token).await? {
+            Some(p) => {
+                let p = Arc::new(p);
+                self.inner.identity_cache.put(token, Some(p.clone()));
+                Ok(p)
+            }
+            None => {
+                self.inner.identity_cache.put(token, None);
+                Err(Self::incorrect_key())
+            }
+        }
+    }
+
+    /// Forgets every identity the resolver answered (e.g. after the host revoked a token).
+    pub fn clear_identity_cache(&self) {
+        self.inner.identity_cache.clear();
     }
 
     /// Providers currently configured and usable.

@@ -52,7 +52,9 @@ pub(crate) async fn prepare(
     endpoint: &str,
     render: fn(&HubError, Option<&CallContext>) -> Response,
 ) -> Result<(CallContext, Bytes), Response> {
-    let principal = authenticate(&st.hub, headers).map_err(|e| render(&e, None))?;
+    let principal = authenticate(&st.hub, headers)
+        .await
+        .map_err(|e| render(&e, None))?;
     let ctx = call_context(principal, headers, "aigne");
     match body {
         Ok(b) => Ok((ctx, b)),
@@ -363,7 +365,7 @@ pub async fn status(
 
 /// `GET /api/user/info`: who the caller is and their credit standing.
 pub async fn user_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let principal = match authenticate(&st.hub, &headers) {
+    let principal = match authenticate(&st.hub, &headers).await {
         Ok(p) => p,
         Err(e) => return error(&e, None),
     };

@@ -44,7 +44,9 @@ async fn prepare(
     body: Result<Bytes, BytesRejection>,
     endpoint: &str,
 ) -> Result<(CallContext, Bytes), Response> {
-    let principal = authenticate(&st.hub, headers).map_err(|e| error(e, None))?;
+    let principal = authenticate(&st.hub, headers)
+        .await
+        .map_err(|e| error(e, None))?;
     let ctx = call_context(principal, headers, "anthropic");
     match body {
         Ok(b) => Ok((ctx, b)),

@@ -38,7 +38,9 @@ async fn prepare(
     body: Result<Bytes, BytesRejection>,
     endpoint: &str,
 ) -> Result<(CallContext, Bytes), Response> {
-    let principal = authenticate(&st.hub, headers).map_err(|e| error(e, None))?;
+    let principal = authenticate(&st.hub, headers)
+        .await
+        .map_err(|e| error(e, None))?;
     let ctx = call_context(principal, headers, "openai");
     match body {
         Ok(b) => Ok((ctx, b)),
@@ -164,7 +166,7 @@ pub async fn images(
 }
 
 pub async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let principal = match authenticate(&st.hub, &headers) {
+    let principal = match authenticate(&st.hub, &headers).await {
         Ok(p) => p,
         Err(e) => return error(e, None),
     };
