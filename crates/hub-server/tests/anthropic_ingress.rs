@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use futures::StreamExt;
+use hub_core::auth::Role;
 use hub_core::config::{EnvProvider, HubOptions};
+use hub_core::iam::{self, Actor, NewKey, NewUser};
+use hub_core::policy::KeyPolicy;
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::UsageRecord;
 use hub_core::{ErrorKind, Hub, HubError};
@@ -74,10 +77,14 @@ async fn harness() -> Harness {
 
 impl Harness {
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_as(KEY, path, body).await
+    }
+
+    async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
         match self
             .http
             .post(format!("{}{path}", self.url))
-            .header("x-api-key", KEY)
+            .header("x-api-key", key)
             .header("anthropic-version", "2023-06-01")
             .json(body)
             .send()
@@ -473,6 +480,80 @@ async fn count_tokens_answers_with_the_marked_estimate() {
     assert_eq!(h.record(&request_id(&r)).await.http_status, 404);
     assert_eq!(json_of(r).await["error"]["type"], "not_found_error");
     assert_eq!(h.mock.hits(), 0, "counting must not call the upstream");
+}
+
+/// A key of a member with `policy`.
+async fn policy_key(h: &Harness, policy: KeyPolicy) -> String {
+    let store = h.hub.store().as_ref();
+    let user = iam::create_user(
+        store,
+        &Actor::cli(),
+        &NewUser {
+            name: format!("m-{}", uuid::Uuid::new_v4().simple()),
+            role: Role::Member,
+            team: None,
+        },
+    )
+    .await;
+    let user = match user {
+        Ok(u) => u.id,
+        Err(e) => unreachable!("create user: {e}"),
+    };
+    let key = iam::create_key(
+        store,
+        &Actor::cli(),
+        &NewKey {
+            user_id: user,
+            policy,
+            ..NewKey::default()
+        },
+    )
+    .await;
+    let key = match key {
+        Ok(k) => k.key,
+        Err(e) => unreachable!("create key: {e}"),
+    };
+    if let Err(e) = h.hub.reload_if_changed().await {
+        unreachable!("reload: {e}");
+    }
+    key
+}
+
+#[tokio::test]
+async fn key_policy_applies_to_messages_and_count_tokens() {
+    let h = harness().await;
+    let openai_only = policy_key(
+        &h,
+        KeyPolicy {
+            surfaces: vec!["openai".into()],
+            ..KeyPolicy::default()
+        },
+    )
+    .await;
+    let mini_only = policy_key(
+        &h,
+        KeyPolicy {
+            models: vec!["openai/gpt-4o-mini*".into()],
+            ..KeyPolicy::default()
+        },
+    )
+    .await;
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let r = h.post_as(&openai_only, path, &user("x")).await;
+        assert_eq!(r.status(), 403, "{path}");
+        let v = json_of(r).await;
+        assert_eq!(v["error"]["type"], "permission_error", "{path}: {v}");
+        let mut body = user("x");
+        body["model"] = json!("openai/gpt-4o");
+        let r = h.post_as(&mini_only, path, &body).await;
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(json_of(r).await["error"]["type"], "permission_error");
+    }
+    let r = h
+        .post_as(&mini_only, "/v1/messages/count_tokens", &user("x"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.mock.hits(), 0);
 }
 
 #[test]

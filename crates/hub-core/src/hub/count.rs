@@ -16,8 +16,9 @@ pub struct TokenCount {
 }
 
 impl Hub {
-    /// Counts the prompt tokens of `req` for the model it names. The model must resolve to a
-    /// configured provider (404 otherwise). No provider module exposes a counting endpoint yet, so
+    /// Counts the prompt tokens of `req` for the model it names. The caller's key must be allowed
+    /// this surface and model (its RPM/TPM budget is not charged: nothing is generated), and the
+    /// model must resolve to a configured provider (404 otherwise). No provider module exposes a counting endpoint yet, so
     /// the answer is always the hub's estimate, flagged `estimated` (tokenized on a blocking
     /// thread). The call leaves a usage record (endpoint `count_tokens`) with zero tokens: counting
     /// consumes nothing.
@@ -27,7 +28,10 @@ impl Hub {
         req: ChatRequest,
     ) -> Result<TokenCount, HubError> {
         let mut rec = self.record(ctx, "count_tokens", &req.model, false);
-        let result = match self.candidates(&req.model) {
+        let result = match self
+            .check_key_access(ctx, &req.model)
+            .and_then(|()| self.candidates(&req.model))
+        {
             Ok(c) if c.is_empty() => Err(HubError::model_not_found(&req.model)),
             Err(e) => Err(e),
             Ok(_) => tokio::task::spawn_blocking(move || tokenize::estimate_prompt(&req))
@@ -43,5 +47,20 @@ impl Hub {
         }
         self.commit(rec).await?;
         result
+    }
+
+    /// The surface and model checks of the caller's key policy, without touching its rate limits.
+    fn check_key_access(&self, ctx: &CallContext, model: &str) -> Result<(), HubError> {
+        let snap = self.inner.snapshot.load();
+        match snap.gates.get(&ctx.principal.key_id) {
+            None => Ok(()),
+            Some(gate) => crate::policy::check_access(
+                &gate.policy,
+                ctx.ingress,
+                model,
+                &self.inner.catalog,
+                |k| snap.providers.contains_key(&k),
+            ),
+        }
     }
 }
