@@ -12,7 +12,7 @@ import json
 import anthropic
 import pytest
 
-from conftest import header, unique_model
+from conftest import NATIVE_PROVIDERS, header, unique_model
 
 # Upstreams the Anthropic ingress is exercised against (provider prefix, mock name).
 UPSTREAMS = ["openai", "deepseek"]
@@ -359,3 +359,196 @@ def test_stream_cancel_leaves_cancelled_record(hub, mocks, claude):
     rec = hub.wait_usage(rid, lambda r: r.get("status") == "cancelled", timeout=5.0)
     assert rec is not None and rec["status"] == "cancelled", rec
     assert rec["ingress"] == "anthropic" and rec["stream"] is True
+
+
+# ------------------------------------------------------------------ native upstreams
+#
+# The shared hub is wired to the Anthropic, Gemini and Bedrock mocks too (conftest NATIVE_PROVIDERS).
+
+@pytest.fixture
+def native(hub, mocks, claude):
+    return hub, mocks, claude
+
+
+@pytest.fixture
+def claude_upstream(hub, mocks, claude):
+    return hub, mocks["anthropic"], claude
+
+
+@pytest.mark.parametrize("provider", NATIVE_PROVIDERS)
+def test_native_upstream_plain_and_stream(native, provider):
+    hub, natives, claude = native
+    mock = natives[provider]
+    model = mock.scenario(unique_model(), text="one two three", usage={"prompt_tokens": 21, "completion_tokens": 3})
+    raw = claude.messages.with_raw_response.create(
+        model=f"{provider}/{model}",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Count to three."}],
+    )
+    msg = raw.parse()
+    assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == "one two three"
+    assert msg.stop_reason == "end_turn"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (21, 3)
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert rec["provider"] == ("google" if provider == "gemini" else provider)
+    assert rec["ingress"] == "anthropic"
+
+    with claude.messages.stream(
+        model=f"{provider}/{model}", max_tokens=100, messages=[{"role": "user", "content": "Count to three."}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "one two three"
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (21, 3)
+
+
+@pytest.mark.parametrize("provider", NATIVE_PROVIDERS)
+def test_native_upstream_tools(native, provider):
+    hub, natives, claude = native
+    mock = natives[provider]
+    model = mock.scenario(
+        unique_model(),
+        tool_calls=[{"id": "toolu_n1", "name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}],
+    )
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    with claude.messages.stream(
+        model=f"{provider}/{model}", max_tokens=100, tools=[WEATHER_TOOL], messages=[question]
+    ) as stream:
+        first = stream.get_final_message()
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert [(b.name, b.input) for b in uses] == [("get_weather", {"city": "Oslo"})]
+    assert first.stop_reason == "tool_use"
+    model2 = mock.scenario(unique_model(), text="Cold.")
+    msg = claude.messages.create(
+        model=f"{provider}/{model2}",
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[
+            question,
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "-3C"}]},
+        ],
+    )
+    assert msg.content[0].text == "Cold."
+    assert "-3C" in json.dumps(mock.requests()[-1]["body"]), "the tool result did not reach the upstream"
+
+
+def test_claude_upstream_plain(claude_upstream):
+    hub, mock, claude = claude_upstream
+    model = mock.scenario(
+        unique_model("claude"),
+        text="Bonjour.",
+        usage={"prompt_tokens": 40, "completion_tokens": 3, "cached_tokens": 10, "cache_write_tokens": 5},
+    )
+    raw = claude.messages.with_raw_response.create(
+        model=f"anthropic/{model}",
+        max_tokens=200,
+        system=[{"type": "text", "text": "Answer in French.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Hello"}],
+        stop_sequences=["END"],
+    )
+    msg = raw.parse()
+    assert msg.content[0].text == "Bonjour."
+    assert msg.stop_reason == "end_turn"
+    # Anthropic's usage survives the canonical round trip unchanged
+    u = msg.usage
+    assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens, u.output_tokens) == (25, 10, 5, 3)
+    sent = mock.last_request_for(model)
+    assert header(sent, "x-api-key") == "sk-test", "the hub must use its own upstream key"
+    body = sent["body"]
+    assert body["max_tokens"] == 200
+    assert body["system"] in ("Answer in French.", [{"type": "text", "text": "Answer in French."}])
+    assert body["messages"] in (
+        [{"role": "user", "content": "Hello"}],
+        [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+    )
+    assert body["stop_sequences"] == ["END"]
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert rec["ingress"] == "anthropic" and rec["provider"] == "anthropic"
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["cache_read_tokens"], rec["cache_write_tokens"]) == (40, 3, 10, 5)
+
+
+def test_claude_upstream_stream_with_thinking(claude_upstream):
+    hub, mock, claude = claude_upstream
+    model = mock.scenario(
+        unique_model("claude"),
+        reasoning="Let me think.",
+        text="The answer is four.",
+        usage={"prompt_tokens": 30, "completion_tokens": 12},
+    )
+    with claude.messages.stream(
+        model=f"anthropic/{model}",
+        max_tokens=8000,
+        thinking={"type": "enabled", "budget_tokens": 4096},
+        messages=[{"role": "user", "content": "2+2?"}],
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+        rid = stream.response.headers.get("x-request-id")
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == "Let me think."
+    assert final.content[1].text == "The answer is four."
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (30, 12)
+    starts = [e.index for e in events if e.type == "content_block_start"]
+    assert starts == [0, 1]
+    # the thinking budget reached the upstream as extended thinking
+    assert mock.last_request_for(model)["body"]["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    rec = hub.require_usage(rid)
+    assert rec["provider"] == "anthropic" and rec["stream"] is True
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (30, 12)
+
+
+def test_claude_upstream_tools_round_trip(claude_upstream):
+    hub, mock, claude = claude_upstream
+    model = mock.scenario(
+        unique_model("claude"),
+        tool_calls=[{"id": "toolu_01A", "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}],
+    )
+    question = {"role": "user", "content": "Weather in Paris?"}
+    with claude.messages.stream(
+        model=f"anthropic/{model}",
+        max_tokens=200,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "any"},
+        messages=[question],
+    ) as stream:
+        first = stream.get_final_message()
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert [(b.id, b.name, b.input) for b in uses] == [("toolu_01A", "get_weather", {"city": "Paris"})]
+    assert first.stop_reason == "tool_use"
+    body = mock.last_request_for(model)["body"]
+    assert body["tools"][0]["name"] == "get_weather"
+    assert body["tools"][0]["input_schema"] == WEATHER_TOOL["input_schema"]
+    assert body["tool_choice"]["type"] == "any"
+
+    model2 = mock.scenario(unique_model("claude"), text="18C and sunny.")
+    msg = claude.messages.create(
+        model=f"anthropic/{model2}",
+        max_tokens=200,
+        tools=[WEATHER_TOOL],
+        messages=[
+            question,
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18C"}]},
+        ],
+    )
+    assert msg.content[0].text == "18C and sunny."
+    sent = mock.last_request_for(model2)["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    use = [b for b in sent[1]["content"] if b["type"] == "tool_use"][0]
+    assert (use["id"], use["name"], use["input"]) == ("toolu_01A", "get_weather", {"city": "Paris"})
+    result = [b for b in sent[2]["content"] if b["type"] == "tool_result"][0]
+    assert result["tool_use_id"] == "toolu_01A"
+    assert result["content"] in ("18C", [{"type": "text", "text": "18C"}])
+
+
+def test_claude_upstream_overloaded_is_529(claude_upstream):
+    hub, mock, claude = claude_upstream
+    model = mock.scenario(unique_model("claude"), error={"status": 529})
+    with pytest.raises(anthropic.OverloadedError) as ei:
+        claude.messages.create(model=f"anthropic/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    _assert_anthropic_error(ei.value.body, "overloaded_error")
+    assert "anthropic" in ei.value.body["error"]["message"]
