@@ -2,11 +2,14 @@
 //! (as the original reads them: `OPENAI_API_KEY`, `OPEN_ROUTER_API_KEY`, ... comma lists rotate; a
 //! `<NAME>_BASE_URL` overrides the base URL).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::hooks::Hooks;
+use crate::health::HealthConfig;
 use crate::providers::{CredentialSecret, ProviderKind, Secret};
+use crate::timeouts::{TimeoutOverrides, Timeouts};
 
 /// Where the master key comes from.
 #[derive(Clone)]
@@ -49,12 +52,14 @@ pub struct HubOptions {
     pub public_url: Option<String>,
     /// How often to look for configuration written by other processes.
     pub reload_interval: Duration,
-    /// Timeout for connecting to a provider.
-    pub connect_timeout: Duration,
-    /// Timeout for a whole non-streaming upstream call, and for the first byte of a stream.
-    pub request_timeout: Duration,
     /// Identity resolver and usage observer of an embedding host.
     pub hooks: Hooks,
+    /// Upstream timeouts (connect, first byte, stream idle, total); see `timeouts.rs`.
+    pub timeouts: Timeouts,
+    /// Per-provider overrides of `timeouts`.
+    pub provider_timeouts: HashMap<ProviderKind, TimeoutOverrides>,
+    /// Circuit breakers, cool-downs, credential re-checks.
+    pub health: HealthConfig,
 }
 
 impl HubOptions {
@@ -66,9 +71,10 @@ impl HubOptions {
             env_providers: Vec::new(),
             public_url: None,
             reload_interval: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(600),
             hooks: Hooks::default(),
+            timeouts: Timeouts::default(),
+            provider_timeouts: HashMap::new(),
+            health: HealthConfig::default(),
         }
     }
 }

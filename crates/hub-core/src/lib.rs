@@ -4,13 +4,16 @@ pub mod auth; // API keys (stored hashed), principals, roles
 pub mod config; // start-up options, provider credentials from env
 pub mod error; // ProviderError (upstream, classified) and HubError (what the caller sees)
 pub mod hooks; // host hooks: identity resolver for unknown tokens (TTL-cached), usage observer
+pub mod health; // credential/provider/model health: breakers, cool-downs, report
 pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, record
 pub mod iam; // scopes and admin operations (teams, users, keys, providers, credentials), audited
 pub mod keyring; // master-key files (current, next, retired) and rotation without downtime
 pub mod policy; // per-key policy: allowed models and surfaces, RPM/TPM limits
+pub mod metrics; // Prometheus counters and histograms (atomics)
 pub mod providers; // one module per wire protocol behind one trait
 pub mod router; // model string -> ordered candidates; built-in catalog
 pub mod store; // persistence trait; sqlite backend
+pub mod timeouts; // upstream timeouts and health tunables from env
 pub mod tokenize; // real-tokenizer estimates when a provider reports no usage
 pub mod types; // canonical request/response/stream/usage types
 pub mod usage; // durable usage writer with group commit

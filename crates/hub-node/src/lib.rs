@@ -53,7 +53,8 @@ pub struct OpenOptions {
     pub identity_negative_ttl_ms: Option<u32>,
     /// Upstream connect timeout (default 10 000 ms).
     pub connect_timeout_ms: Option<u32>,
-    /// Upstream timeout for a whole call or a stream's first byte (default 600 000 ms).
+    /// Upstream timeout of one attempt: a stream's first event or a whole non-streaming answer
+    /// (default 300 000 ms; `HUB_TIMEOUT_TTFB_MS` in `env`).
     pub request_timeout_ms: Option<u32>,
     /// How often configuration written by other processes is picked up (default 500 ms).
     pub reload_interval_ms: Option<u32>,
@@ -196,8 +197,16 @@ impl NativeHub {
         let env = options.env.unwrap_or_default();
         opts.env_providers = providers_from_env(|k| env.get(k).cloned());
         opts.public_url = options.public_url;
-        opts.connect_timeout = ms(options.connect_timeout_ms, opts.connect_timeout);
-        opts.request_timeout = ms(options.request_timeout_ms, opts.request_timeout);
+        // Timeouts and health tunables as the server reads them (`HUB_TIMEOUT_*_MS`, ...).
+        let (timeouts, per_provider) =
+            hub_core::timeouts::timeouts_from_env(|k| env.get(k).cloned())
+                .map_err(|e| invalid(HubError::invalid(e)))?;
+        opts.timeouts = timeouts;
+        opts.provider_timeouts = per_provider;
+        opts.health = hub_core::timeouts::health_from_env(|k| env.get(k).cloned())
+            .map_err(|e| invalid(HubError::invalid(e)))?;
+        opts.timeouts.connect = ms(options.connect_timeout_ms, opts.timeouts.connect);
+        opts.timeouts.ttfb = ms(options.request_timeout_ms, opts.timeouts.ttfb);
         opts.reload_interval = ms(options.reload_interval_ms, opts.reload_interval);
         let defaults = Hooks::default();
         opts.hooks = Hooks {

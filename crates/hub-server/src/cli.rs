@@ -168,6 +168,16 @@ pub fn hub_options(data_dir: PathBuf, public_url: Option<String>) -> HubOptions 
     opts
 }
 
+/// Timeouts and health tunables from the environment (`HUB_TIMEOUT_*_MS`,
+/// `<PREFIX>_TIMEOUT_*_MS`, `HUB_BREAKER_*`, `HUB_AUTH_RECHECK_*`, ...). Bad values stop the start.
+pub fn resilience_from_env(opts: &mut HubOptions) -> Result<(), String> {
+    let (timeouts, per) = hub_core::timeouts::timeouts_from_env(|k| std::env::var(k).ok())?;
+    opts.timeouts = timeouts;
+    opts.provider_timeouts = per;
+    opts.health = hub_core::timeouts::health_from_env(|k| std::env::var(k).ok())?;
+    Ok(())
+}
+
 /// Output lines for the operator (stdout), kept apart from logs (stderr).
 pub trait Out {
     fn line(&mut self, s: &str);
@@ -175,7 +185,8 @@ pub trait Out {
 
 /// Runs `serve`. Prints the listening address, and the owner key when one was just created.
 pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
-    let opts = hub_options(args.data.data_dir.clone(), args.public_url.clone());
+    let mut opts = hub_options(args.data.data_dir.clone(), args.public_url.clone());
+    resilience_from_env(&mut opts)?;
     let opened = Hub::open(opts).await.map_err(|e| e.to_string())?;
     if let Some(key) = &opened.new_owner_key {
         out.line(&format!("owner API key (shown once, store it now): {key}"));

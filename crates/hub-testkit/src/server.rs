@@ -103,7 +103,9 @@ pub struct MockStats {
 
 pub(crate) struct Shared {
     pub(crate) flavor: Flavor,
-    pub(crate) auth_header: String,
+    /// Bearer keys accepted now by the OpenAI-family flavors (initially `config.api_key`; see
+    /// `set_accepted_keys`).
+    pub(crate) accepted_keys: Mutex<Vec<String>>,
     pub(crate) origin: String,
     pub(crate) config: MockConfig,
     pub(crate) queue: Mutex<VecDeque<Arc<Script>>>,
@@ -222,7 +224,7 @@ impl MockServer {
         let origin = format!("http://{addr}");
         let shared = Arc::new(Shared {
             flavor,
-            auth_header: format!("Bearer {}", config.api_key),
+            accepted_keys: Mutex::new(vec![config.api_key.clone()]),
             origin,
             config,
             queue: Mutex::new(VecDeque::new()),
@@ -283,6 +285,12 @@ impl MockServer {
     /// The AWS secret access key (Bedrock; the access key id is [`MockServer::api_key`]).
     pub fn aws_secret_key(&self) -> &str {
         &self.shared.config.aws_secret_key
+    }
+
+    /// Replaces the bearer keys the OpenAI-family flavors accept (a key revoked and restored at the
+    /// provider).
+    pub fn set_accepted_keys(&self, keys: &[&str]) {
+        *self.shared.accepted_keys.lock() = keys.iter().map(|k| (*k).to_owned()).collect();
     }
 
     /// Queues a script; the next API request consumes it (FIFO).
@@ -508,8 +516,8 @@ async fn route(
         let auth = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if auth != Some(shared.auth_header.as_str()) {
-            let presented = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+        let presented = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+        if !shared.accepted_keys.lock().iter().any(|k| k == presented) {
             let hint = key_hint(presented);
             return reject(shared, Reject::Auth { key_hint: &hint }, request_id);
         }

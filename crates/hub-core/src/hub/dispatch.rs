@@ -1,14 +1,18 @@
 //! Candidates and attempts: tries providers (and credentials) in order until one answers; failures
-//! before the first byte move on when another attempt may succeed.
+//! before the first byte move on when another attempt may succeed. Health decides who is tried
+//! (breakers, cool-downs, disabled credentials) and learns from every attempt; timeouts bound each
+//! attempt (first byte) and the whole call (total deadline).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use super::Hub;
+use super::resilience::{StreamGuard, guard_stream, secret_values};
 use super::snapshot::ProviderInstance;
 use crate::error::{ErrorClass, ErrorKind, HubError, ProviderError};
+use crate::health::{Block, Effect, Next, next_after};
 use crate::providers::{EventStream, Provider, ProviderKind, Upstream};
 use crate::router;
 use crate::types::{
@@ -42,6 +46,73 @@ pub(crate) enum OpOut {
     Images(ImagesResponse),
 }
 
+/// Candidates that were skipped without an attempt, and why (for the error when nobody could be
+/// tried).
+#[derive(Default)]
+struct Skipped {
+    reason: Option<Block>,
+    provider: Option<ProviderKind>,
+    until: Option<Instant>,
+}
+
+impl Skipped {
+    fn note(&mut self, kind: ProviderKind, block: Block, until: Instant) {
+        // Prefer the reason that clears soonest: a cool-down over an open circuit over a disabled
+        // credential.
+        let rank = |b: Block| match b {
+            Block::RateLimited => 0,
+            Block::CircuitOpen => 1,
+            Block::Disabled => 2,
+        };
+        let better = match self.reason {
+            None => true,
+            Some(r) => {
+                rank(block) < rank(r) || (rank(block) == rank(r) && Some(until) < self.until)
+            }
+        };
+        if better {
+            self.reason = Some(block);
+            self.provider = Some(kind);
+            self.until = Some(until);
+        }
+    }
+
+    fn error(&self, model: &str) -> Option<HubError> {
+        let reason = self.reason?;
+        let provider = self.provider.map_or("the provider", |p| p.name());
+        let retry = self
+            .until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .map(|d| d.max(Duration::from_secs(1)));
+        let mut e = match reason {
+            Block::RateLimited => HubError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "{provider} is rate limiting requests for `{model}` and no other provider can serve it now; retry after the indicated delay"
+                ),
+            )
+            .with_code("rate_limit_exceeded"),
+            Block::CircuitOpen => HubError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{provider} is failing repeatedly (circuit open) and no other provider can serve `{model}` now"
+                ),
+            )
+            .with_code("circuit_open"),
+            Block::Disabled => HubError::new(
+                ErrorKind::Upstream,
+                format!(
+                    "{provider} rejected every credential configured on this hub; they are re-checked in the background"
+                ),
+            )
+            .with_code("credential_disabled"),
+        };
+        e.provider = self.provider.map(|p| p.name().to_string());
+        e.retry_after = retry.filter(|_| reason != Block::Disabled);
+        Some(e)
+    }
+}
+
 impl Hub {
     pub(crate) fn candidates(
         &self,
@@ -72,9 +143,10 @@ impl Hub {
         self.candidates(model).map(|_| ())
     }
 
-    /// Tries candidates (and credentials) in order until one answers. A credential-specific
-    /// failure (auth, rate limit, quota) tries the provider's next credential; another retryable
-    /// failure moves to the next provider; anything else is the caller's answer.
+    /// Tries candidates (and credentials) in order until one answers, within the total deadline.
+    /// A credential-specific failure (auth, rate limit, quota) tries the provider's next
+    /// credential; another retryable failure moves to the next provider; the caller's own errors
+    /// and a provider 402 are the caller's answer. Unhealthy providers/credentials are skipped.
     pub(crate) async fn dispatch(
         &self,
         model: &str,
@@ -82,55 +154,152 @@ impl Hub {
         attempted: &mut Attempted,
     ) -> Result<OpOut, HubError> {
         let candidates = self.candidates(model)?;
-        let mut last: Option<HubError> = None;
+        let health = &self.inner.health;
         let started = Instant::now();
+        let mut deadline: Option<Instant> = None;
+        let mut last: Option<HubError> = None;
+        let mut skipped = Skipped::default();
         'providers: for (inst, upstream_model) in &candidates {
-            for ci in inst.credential_order() {
+            let t = self.timeouts_for(inst.kind);
+            // The first candidate's total bounds the call (a later provider cannot extend it).
+            let deadline = *deadline.get_or_insert(started + t.total);
+            let ph = health.provider(inst.kind);
+            if let Err((block, until)) = health.admit_provider(&ph) {
+                skipped.note(inst.kind, block, until);
+                continue;
+            }
+            let weights: Vec<(usize, Arc<crate::health::CredHealth>)> = (0..inst.creds.len())
+                .map(|i| (i, health.cred(&inst.creds[i].id)))
+                .collect();
+            let order = inst.credential_order_with(|i| {
+                let c = &weights[i].1;
+                if health.cred_available(c) {
+                    c.weight(inst.creds[i].weight, &health.cfg)
+                } else {
+                    0
+                }
+            });
+            for ci in order {
                 let cred = &inst.creds[ci];
+                let ch = &weights[ci].1;
+                if let Err((block, until)) = health.admit_cred(ch) {
+                    skipped.note(inst.kind, block, until);
+                    continue;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    last = Some(deadline_error(inst.kind));
+                    break 'providers;
+                }
+                let remaining = deadline - now;
+                let limit = t.ttfb.min(remaining);
                 attempted.attempts += 1;
                 attempted.provider = Some(inst.kind);
                 attempted.credential = Some(cred.id.clone());
                 attempted.upstream_model = Some(upstream_model.clone());
                 let up = Upstream {
-                    http: &self.inner.http,
+                    http: self.client(inst.kind),
                     base_url: &inst.base_url,
                     credential: &cred.secret,
                     model: upstream_model,
                     settings: &inst.settings,
                 };
-                let result = tokio::time::timeout(
-                    self.inner.request_timeout,
-                    call(inst.imp.as_ref(), up, &op),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProviderError::new(ErrorClass::Timeout, "no answer in time"))
-                });
+                let attempt_started = Instant::now();
+                let result = tokio::time::timeout(limit, call(inst.imp.as_ref(), up, &op))
+                    .await
+                    .unwrap_or_else(|_| {
+                        let what = if limit < t.ttfb {
+                            "the call's total deadline passed before the first byte"
+                        } else {
+                            "no first byte within the time limit"
+                        };
+                        Err(ProviderError::new(ErrorClass::Timeout, what))
+                    });
+                let latency_ms = attempt_started.elapsed().as_millis() as u64;
                 match result {
                     Ok(out) => {
+                        self.inner.metrics.observe_attempt(inst.kind, true);
+                        health.on_success(&ph, ch, inst.kind, upstream_model, latency_ms);
                         attempted.ttfb_ms = Some(started.elapsed().as_millis() as u64);
+                        let out = match out {
+                            OpOut::Stream(s, first) => OpOut::Stream(
+                                guard_stream(
+                                    s,
+                                    StreamGuard {
+                                        hub: self.clone(),
+                                        provider: ph.clone(),
+                                        cred: ch.clone(),
+                                        cred_id: cred.id.clone(),
+                                        secret: cred.secret.clone(),
+                                        kind: inst.kind,
+                                        model: upstream_model.clone(),
+                                        idle: t.idle,
+                                        deadline,
+                                    },
+                                ),
+                                first,
+                            ),
+                            other => other,
+                        };
                         return Ok(out);
                     }
                     Err(e) => {
-                        tracing::warn!(provider = inst.kind.name(), credential = %cred.id, class = e.class.as_str(), status = ?e.status, "upstream attempt failed");
-                        let credential_specific = matches!(
-                            e.class,
-                            ErrorClass::Auth | ErrorClass::RateLimited | ErrorClass::QuotaExceeded
+                        self.inner.metrics.observe_attempt(inst.kind, false);
+                        tracing::warn!(provider = inst.kind.name(), credential = %cred.id, class = e.class.as_str(), status = ?e.status, latency_ms, "upstream attempt failed");
+                        let secrets = secret_values(&cred.secret);
+                        let effect = health.on_failure(
+                            &ph,
+                            ch,
+                            inst.kind,
+                            upstream_model,
+                            &e,
+                            &secrets,
+                            super::now_ms(),
                         );
-                        let retryable = e.class.retryable();
-                        last = Some(HubError::from_provider(inst.kind.name(), &e));
-                        if !retryable && !credential_specific {
-                            break 'providers;
+                        if effect == Effect::Disabled {
+                            tracing::warn!(provider = inst.kind.name(), credential = %cred.id, "credential rejected by the provider; disabled until a background re-check passes");
+                            self.spawn_recheck(inst.kind, cred.id.clone());
                         }
-                        if !credential_specific {
-                            continue 'providers;
+                        last = Some(HubError::from_provider(inst.kind.name(), &e));
+                        match next_after(&e) {
+                            Next::Stop => break 'providers,
+                            Next::Provider => continue 'providers,
+                            Next::Credential => {}
                         }
                     }
                 }
             }
         }
-        Err(last.unwrap_or_else(|| HubError::model_not_found(model)))
+        // Nothing answered. If no attempt was even made, say why (cool-down, open circuit,
+        // disabled credentials) instead of a generic error.
+        match last {
+            Some(e) => {
+                // When the last failure was a rate limit but other candidates were skipped for a
+                // cool-down, the earliest of those is the useful Retry-After.
+                if e.retry_after.is_none()
+                    && e.kind == ErrorKind::RateLimited
+                    && let Some(s) = skipped.error(model)
+                {
+                    let mut e = e;
+                    e.retry_after = s.retry_after;
+                    return Err(e);
+                }
+                Err(e)
+            }
+            None => Err(skipped
+                .error(model)
+                .unwrap_or_else(|| HubError::model_not_found(model))),
+        }
     }
+}
+
+fn deadline_error(kind: ProviderKind) -> HubError {
+    let mut e = HubError::from_provider(
+        kind.name(),
+        &ProviderError::new(ErrorClass::Timeout, "the call's total deadline passed"),
+    );
+    e.code = Some("deadline_exceeded".to_string());
+    e
 }
 
 pub(crate) async fn call(

@@ -54,6 +54,7 @@ impl Hub {
 
     /// Commits a record; the caller must not see the end of the response unless this succeeded.
     pub(crate) async fn commit(&self, record: UsageRecord) -> Result<(), HubError> {
+        self.observe(&record);
         self.inner.writer.commit(record).await.map_err(|e| {
             tracing::error!(error = %e, "usage record could not be committed");
             HubError::internal("the call could not be metered; it was not delivered")
@@ -206,6 +207,7 @@ impl Drop for StreamMeter {
         // Reached with a record still open only when the caller went away mid-stream: meter what
         // was delivered.
         if let Some((rec, _)) = self.take_record(CallStatus::Cancelled, None) {
+            self.hub.observe(&rec);
             self.hub.inner.writer.submit(rec);
         }
     }

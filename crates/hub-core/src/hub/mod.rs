@@ -9,8 +9,10 @@ mod count;
 mod dispatch;
 mod meter;
 mod probe; // testing one credential against its provider
+mod resilience;
 mod snapshot;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,9 +27,12 @@ use crate::auth::Principal;
 use crate::config::{EnvProvider, HubOptions};
 use crate::error::HubError;
 use crate::hooks::{Cached, IdentityCache, IdentityResolver};
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::providers::ProviderKind;
 use crate::router::Catalog;
 use crate::store::{Store, StoreError};
+use crate::timeouts::{TimeoutOverrides, Timeouts};
 use crate::types::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImagesRequest,
     ImagesResponse, ModelInfo, ModelType, StreamEvent, Usage,
@@ -133,17 +138,22 @@ struct Inner {
     writer_task: Mutex<Option<JoinHandle<()>>>,
     reloader: Mutex<Option<JoinHandle<()>>>,
     env_providers: Vec<EnvProvider>,
+    /// Fallback pool (every provider has its own in `clients`).
     http: reqwest::Client,
+    clients: HashMap<ProviderKind, reqwest::Client>,
     catalog: Catalog,
     public_url: Option<String>,
     version: AtomicI64,
-    request_timeout: Duration,
     /// Per-key rate-limit windows (policy.rs); outlive snapshots.
     limiter: crate::policy::Limiter,
     /// Serialises reloads, so an older snapshot never replaces a newer one.
     reload_lock: tokio::sync::Mutex<()>,
     identity: Option<Arc<dyn IdentityResolver>>,
     identity_cache: IdentityCache,
+    timeouts: Timeouts,
+    provider_timeouts: HashMap<ProviderKind, TimeoutOverrides>,
+    health: Health,
+    metrics: Arc<Metrics>,
 }
 
 /// The hub. Cheap to clone.
@@ -178,9 +188,10 @@ impl Hub {
             &opts.public_url,
         )
         .await?;
+        let clients = resilience::build_clients(&opts.timeouts, &opts.provider_timeouts)?;
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .connect_timeout(opts.connect_timeout)
+            .connect_timeout(opts.timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build()
@@ -199,10 +210,10 @@ impl Hub {
             reloader: Mutex::new(None),
             env_providers: opts.env_providers,
             http,
+            clients,
             catalog: Catalog::builtin(),
             public_url: opts.public_url,
             version: AtomicI64::new(version),
-            request_timeout: opts.request_timeout,
             limiter: crate::policy::Limiter::default(),
             reload_lock: tokio::sync::Mutex::new(()),
             identity: opts.hooks.identity.clone(),
@@ -210,6 +221,10 @@ impl Hub {
                 opts.hooks.identity_ttl,
                 opts.hooks.identity_negative_ttl,
             ),
+            timeouts: opts.timeouts,
+            provider_timeouts: opts.provider_timeouts,
+            health: Health::new(opts.health),
+            metrics: Arc::new(Metrics::default()),
         });
         let hub = Hub { inner };
         hub.spawn_reloader(opts.reload_interval);

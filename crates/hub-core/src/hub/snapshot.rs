@@ -36,23 +36,39 @@ pub(crate) struct ProviderInstance {
 
 impl ProviderInstance {
     /// Order in which to try this provider's credentials for one call: the SWRR pick first.
+    #[cfg(test)]
     pub(crate) fn credential_order(&self) -> Vec<usize> {
+        self.credential_order_with(|i| self.creds[i].weight)
+    }
+
+    /// SWRR over the given effective weights (health lowers a rate-limited credential's weight and
+    /// gives unusable ones 0): the pick first, then the other usable ones, then the unusable ones.
+    pub(crate) fn credential_order_with(&self, weight: impl Fn(usize) -> i64) -> Vec<usize> {
         let n = self.creds.len();
         if n <= 1 {
             return (0..n).collect();
         }
+        let w: Vec<i64> = (0..n).map(weight).collect();
+        let total: i64 = w.iter().filter(|x| **x > 0).sum();
+        if total <= 0 {
+            return (0..n).collect();
+        }
         let mut cur = self.swrr.lock();
-        let total: i64 = self.creds.iter().map(|c| c.weight).sum();
-        let mut best = 0;
-        for (i, c) in self.creds.iter().enumerate() {
-            cur[i] += c.weight;
-            if cur[i] > cur[best] {
-                best = i;
+        let mut best: Option<usize> = None;
+        for i in 0..n {
+            if w[i] <= 0 {
+                continue;
+            }
+            cur[i] += w[i];
+            if best.is_none_or(|b| cur[i] > cur[b]) {
+                best = Some(i);
             }
         }
+        let best = best.unwrap_or(0);
         cur[best] -= total;
         let mut order = vec![best];
-        order.extend((0..n).filter(|&i| i != best));
+        order.extend((0..n).filter(|&i| i != best && w[i] > 0));
+        order.extend((0..n).filter(|&i| w[i] <= 0));
         order
     }
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::error::ProviderError;
 use crate::types::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImagesRequest,
-    ImagesResponse, StreamEvent,
+    ImagesResponse, Message, Role, StreamEvent,
 };
 
 /// The providers the hub knows. The string form is the provider prefix in model strings and the
@@ -294,6 +294,18 @@ pub trait Provider: Send + Sync + 'static {
         _req: &ImagesRequest,
     ) -> Result<ImagesResponse, ProviderError> {
         Err(ProviderError::unsupported("image generation"))
+    }
+
+    /// A cheap real call telling whether the credential is accepted (the background re-check of a
+    /// credential the provider rejected). Default: a one-token chat with `up.model`.
+    async fn probe(&self, up: Upstream<'_>) -> Result<(), ProviderError> {
+        let req = ChatRequest {
+            model: up.model.to_string(),
+            messages: vec![Message::text(Role::User, "ping")],
+            max_tokens: Some(1),
+            ..ChatRequest::default()
+        };
+        self.chat(up, &req).await.map(|_| ())
     }
 }
 
