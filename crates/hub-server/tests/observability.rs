@@ -1,0 +1,309 @@
+//! `GET /api/admin/health` and `GET /metrics` over real sockets (admin only, no secrets), an idle
+//! stream ended with an OpenAI error event, and outbound calls through `HTTPS_PROXY` (the real
+//! binary, a tiny local CONNECT proxy; no real provider is contacted).
+
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hub_core::Hub;
+use hub_core::auth::{self, Role};
+use hub_core::config::{EnvProvider, HubOptions};
+use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
+use hub_core::store::{ApiKeyRow, UserRow};
+use hub_testkit::{Flavor, MockServer, Script};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
+const PROVIDER_KEY: &str = "sk-provider-secret-value-42";
+
+struct Server {
+    base: String,
+    hub: Hub,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(mock: &MockServer, tune: impl FnOnce(&mut HubOptions)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = HubOptions::new(dir.path());
+    opts.admin_key = Some(Secret::new(ADMIN));
+    opts.env_providers = vec![EnvProvider {
+        kind: ProviderKind::OpenAi,
+        base_url: Some(mock.base_url()),
+        region: None,
+        credentials: vec![CredentialSecret::api_key(PROVIDER_KEY)],
+    }];
+    tune(&mut opts);
+    let hub = Hub::open(opts).await.unwrap().hub;
+    let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let h = hub.clone();
+    tokio::spawn(async move {
+        let _ = hub_server::serve(
+            h,
+            "127.0.0.1:0".parse().unwrap(),
+            hub_server::ServerOptions::default(),
+            move |a| {
+                let _ = tx.send(a);
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await;
+    });
+    let addr = rx.await.unwrap();
+    Server {
+        base: format!("http://{addr}"),
+        hub,
+        stop: Some(stop_tx),
+        _dir: dir,
+    }
+}
+
+async fn member_key(hub: &Hub) -> String {
+    let store = hub.store();
+    store
+        .insert_user(&UserRow {
+            id: "member".into(),
+            name: "member".into(),
+            role: Role::Member,
+            team_id: None,
+            created_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    let key = auth::generate_key();
+    store
+        .insert_api_key(&ApiKeyRow {
+            id: "key_member".into(),
+            user_id: "member".into(),
+            digest_hex: hex_digest(&key),
+            prefix: auth::key_prefix(&key),
+            name: "member".into(),
+            team_id: None,
+            created_at_ms: 0,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+        })
+        .await
+        .unwrap();
+    assert!(hub.reload_if_changed().await.unwrap());
+    key
+}
+
+fn hex_digest(key: &str) -> String {
+    auth::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_admin_only_and_hold_no_secrets() {
+    let mock = MockServer::start_with_key(Flavor::OpenAi, PROVIDER_KEY).await;
+    let srv = start(&mock, |_| {}).await;
+    let http = client();
+    // One successful and one rate-limited call, so there is something to report.
+    mock.push(Script::text("hello there"));
+    mock.push(Script::error(429).with_header("retry-after-ms", "5000"));
+    for _ in 0..2 {
+        let _ = http
+            .post(format!("{}/v1/chat/completions", srv.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let member = member_key(&srv.hub).await;
+    let mut bodies = Vec::new();
+    for path in ["/api/admin/health", "/metrics"] {
+        let url = format!("{}{path}", srv.base);
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without a key");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+        let r = http.get(&url).bearer_auth(&member).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path} with a member key");
+        let r = http.get(&url).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} with an admin key");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("provider-secret-value"), "{path}: {text}");
+        bodies.push(text);
+    }
+    let health: Value = serde_json::from_str(&bodies[0]).unwrap();
+    let p = &health["providers"][0];
+    assert_eq!(p["provider"], "openai");
+    let c = &p["credentials"][0];
+    assert_eq!(c["id"], "env:openai:1");
+    assert_eq!(c["state"], "cooling_down");
+    assert_eq!(c["stats"]["requests"], 2);
+    assert_eq!(c["stats"]["success_rate"], 0.5);
+    assert_eq!(c["stats"]["last_error"]["status"], 429);
+    assert!(c["stats"]["avg_latency_ms"].is_u64());
+    assert_eq!(p["models"][0]["model"], "gpt-4o-mini");
+    assert_eq!(p["models"][0]["state"], "failing");
+
+    let m = &bodies[1];
+    assert!(
+        m.contains("aigne_hub_requests_total{provider=\"openai\",status=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("aigne_hub_requests_total{provider=\"openai\",status=\"failed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("aigne_hub_errors_total{class=\"rate_limited\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE aigne_hub_request_duration_seconds histogram"));
+    assert!(
+        m.contains("aigne_hub_request_duration_seconds_count{provider=\"openai\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("aigne_hub_tokens_total{provider=\"openai\",kind=\"completion\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_stream_ends_with_an_openai_error_event() {
+    let mock = MockServer::start_with_key(Flavor::OpenAi, PROVIDER_KEY).await;
+    let srv = start(&mock, |o| o.timeouts.idle = Duration::from_millis(300)).await;
+    mock.push(
+        Script::text("one two three")
+            .with_chunks(3)
+            .with_chunk_delay_ms(5000),
+    );
+    let started = std::time::Instant::now();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", srv.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"model": "openai/gpt-4o-mini", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let last = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .last()
+        .unwrap();
+    let ev: Value = serde_json::from_str(last).unwrap();
+    assert!(
+        ev["error"]["message"].as_str().unwrap().contains("openai"),
+        "{body}"
+    );
+    assert!(!body.contains("[DONE]"), "{body}");
+    let usage = srv.hub.store().list_usage(10).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].error_class.as_deref(), Some("timeout"));
+}
+
+/// A minimal forward proxy: records the first request line of each connection and answers 502.
+fn spawn_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            if reader.read_line(&mut line).is_ok() {
+                s.lock().unwrap().push(line.trim().to_string());
+            }
+            let _ = conn.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn outbound_calls_go_through_https_proxy() {
+    let (proxy_port, seen) = spawn_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aigne-hub"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HUB_ADMIN_KEY", ADMIN)
+        .env("OPENAI_API_KEY", PROVIDER_KEY)
+        // A name that never resolves: only the proxy can make the connection.
+        .env("OPENAI_BASE_URL", "https://api.openai.invalid/v1")
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy_port}"))
+        .env("HUB_TIMEOUT_CONNECT_MS", "2000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut base = None;
+    for _ in 0..10 {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), async {
+            use tokio::io::AsyncBufReadExt;
+            lines.read_line(&mut l).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(rest) = l.trim().strip_prefix("aigne-hub listening on ") {
+            base = Some(rest.to_string());
+            break;
+        }
+    }
+    let base = base.expect("the hub printed its address");
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "the tunnel was refused, so the upstream is unreachable"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["CONNECT api.openai.invalid:443 HTTP/1.1".to_string()]
+    );
+    let _ = child.kill().await;
+}
