@@ -214,7 +214,7 @@ async fn an_idle_stream_ends_with_an_openai_error_event() {
     let last = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let ev: Value = serde_json::from_str(last).unwrap();
     assert!(
