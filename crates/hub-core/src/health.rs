@@ -227,12 +227,62 @@ impl Stats {
     }
 }
 
+/// Cool-downs per upstream model (providers rate-limit per model: a 429 on one model says nothing
+/// about another). The hot path reads one atomic unless some cool-down is running.
+#[derive(Default)]
+pub(crate) struct Cooldowns {
+    /// The latest end of any cool-down (ms since epoch).
+    any_until: AtomicU64,
+    by_model: Mutex<HashMap<String, u64>>,
+}
+
+impl Cooldowns {
+    fn until(&self, model: &str, now: u64) -> Option<u64> {
+        if now >= self.any_until.load(Ordering::Acquire) {
+            return None;
+        }
+        self.by_model
+            .lock()
+            .get(model)
+            .copied()
+            .filter(|u| *u > now)
+    }
+
+    fn set(&self, model: &str, until: u64, now: u64) {
+        let mut m = self.by_model.lock();
+        if m.len() >= 64 {
+            m.retain(|_, u| *u > now);
+        }
+        let e = m.entry(model.to_string()).or_insert(0);
+        *e = (*e).max(until);
+        self.any_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Running cool-downs: (model, remaining ms), soonest first.
+    fn running(&self, now: u64) -> Vec<(String, u64)> {
+        if now >= self.any_until.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut v: Vec<(String, u64)> = self
+            .by_model
+            .lock()
+            .iter()
+            .filter(|(_, u)| **u > now)
+            .map(|(m, u)| (m.clone(), u - now))
+            .collect();
+        v.sort_by_key(|(_, r)| *r);
+        v
+    }
+}
+
 /// Health of one credential.
 #[derive(Default)]
 pub(crate) struct CredHealth {
     pub(crate) breaker: Breaker,
-    /// No traffic before this (ms since epoch): rate-limit / quota cool-down.
+    /// No traffic before this (ms since epoch): quota cool-down (account-wide).
     cooldown_until_ms: AtomicU64,
+    /// Rate-limit cool-downs, per upstream model.
+    model_cooldowns: Cooldowns,
     /// Rejected by the provider (401/403); a background check re-enables it.
     disabled: AtomicBool,
     /// A re-check task is running for this credential.
@@ -269,8 +319,8 @@ impl CredHealth {
 #[derive(Default)]
 pub(crate) struct ProviderHealth {
     pub(crate) breaker: Breaker,
-    /// Cool-down after an overloaded answer that named a delay.
-    cooldown_until_ms: AtomicU64,
+    /// Cool-down after an overloaded answer that named a delay, per upstream model.
+    model_cooldowns: Cooldowns,
     pub(crate) stats: Stats,
 }
 
@@ -409,12 +459,15 @@ impl Health {
         Some(w.entry(key).or_default().clone())
     }
 
-    /// Is the provider usable now? `Err` carries why not and until when.
-    pub(crate) fn admit_provider(&self, p: &ProviderHealth) -> Result<(), (Block, Instant)> {
+    /// Is the provider usable for `model` now? `Err` carries why not and until when.
+    pub(crate) fn admit_provider(
+        &self,
+        p: &ProviderHealth,
+        model: &str,
+    ) -> Result<(), (Block, Instant)> {
         let now = self.now();
-        let cool = p.cooldown_until_ms.load(Ordering::Acquire);
-        if now < cool {
-            return Err((Block::RateLimited, self.to_instant(cool)));
+        if let Some(until) = p.model_cooldowns.until(model, now) {
+            return Err((Block::RateLimited, self.to_instant(until)));
         }
         if !p
             .breaker
@@ -426,8 +479,19 @@ impl Health {
         Ok(())
     }
 
-    /// Is the credential usable now? (Takes the half-open trial when its breaker allows one.)
-    pub(crate) fn admit_cred(&self, c: &CredHealth) -> Result<(), (Block, Instant)> {
+    fn cred_cooling(&self, c: &CredHealth, model: &str, now: u64) -> Option<u64> {
+        let account = c.cooldown_until_ms.load(Ordering::Acquire);
+        let model = c.model_cooldowns.until(model, now);
+        match (now < account, model) {
+            (true, Some(m)) => Some(m.max(account)),
+            (true, None) => Some(account),
+            (false, m) => m,
+        }
+    }
+
+    /// Is the credential usable for `model` now? (Takes the half-open trial when its breaker
+    /// allows one.)
+    pub(crate) fn admit_cred(&self, c: &CredHealth, model: &str) -> Result<(), (Block, Instant)> {
         let now = self.now();
         if c.is_disabled() {
             return Err((
@@ -435,9 +499,8 @@ impl Health {
                 self.to_instant(now) + self.cfg.auth_recheck_initial,
             ));
         }
-        let cool = c.cooldown_until_ms.load(Ordering::Acquire);
-        if now < cool {
-            return Err((Block::RateLimited, self.to_instant(cool)));
+        if let Some(until) = self.cred_cooling(c, model, now) {
+            return Err((Block::RateLimited, self.to_instant(until)));
         }
         if !c
             .breaker
@@ -449,11 +512,11 @@ impl Health {
         Ok(())
     }
 
-    /// Whether the credential could be picked now, without taking a half-open trial.
-    pub(crate) fn cred_available(&self, c: &CredHealth) -> bool {
+    /// Whether the credential could be picked for `model` now, without taking a half-open trial.
+    pub(crate) fn cred_available(&self, c: &CredHealth, model: &str) -> bool {
         let now = self.now();
         !c.is_disabled()
-            && now >= c.cooldown_until_ms.load(Ordering::Acquire)
+            && self.cred_cooling(c, model, now).is_none()
             && c.breaker.blocked_until(now).is_none()
     }
 
@@ -520,7 +583,7 @@ impl Health {
             }
             ErrorClass::RateLimited => {
                 let d = retry_after.unwrap_or(self.cfg.rate_limit_cooldown.as_millis() as u64);
-                c.cooldown_until_ms.fetch_max(now + d, Ordering::AcqRel);
+                c.model_cooldowns.set(model, now + d, now);
                 c.penalised.store(true, Ordering::Relaxed);
             }
             ErrorClass::QuotaExceeded => {
@@ -531,7 +594,7 @@ impl Health {
                 if class == ErrorClass::Overloaded
                     && let Some(d) = retry_after
                 {
-                    p.cooldown_until_ms.fetch_max(now + d, Ordering::AcqRel);
+                    p.model_cooldowns.set(model, now + d, now);
                 }
                 c.breaker.on_failure(now, &self.cfg);
                 if p.breaker.on_failure(now, &self.cfg) {
@@ -573,9 +636,12 @@ impl Health {
         if c.is_disabled() {
             return ("disabled", None);
         }
-        let cool = c.cooldown_until_ms.load(Ordering::Acquire);
-        if now < cool {
-            return ("cooling_down", Some(cool - now));
+        let account = c.cooldown_until_ms.load(Ordering::Acquire);
+        if now < account {
+            return ("cooling_down", Some(account - now));
+        }
+        if let Some((_, r)) = c.model_cooldowns.running(now).first() {
+            return ("cooling_down", Some(*r));
         }
         match c.breaker.state_name() {
             "closed" => ("ok", None),
@@ -606,12 +672,13 @@ impl Health {
                     weight: *weight,
                     effective_weight: c.weight(*weight, &self.cfg),
                     breaker: c.breaker.state_name(),
+                    cooling_models: cooling(&c.model_cooldowns, now),
                     stats: c.stats.report(),
                 });
             }
-            let cool = p.cooldown_until_ms.load(Ordering::Acquire);
-            let (state, retry_in_ms) = if now < cool {
-                ("cooling_down", Some(cool - now))
+            let (state, retry_in_ms) = if let Some((_, r)) = p.model_cooldowns.running(now).first()
+            {
+                ("cooling_down", Some(*r))
             } else if p.breaker.state_name() != "closed" {
                 (
                     p.breaker.state_name(),
@@ -648,6 +715,7 @@ impl Health {
                 state,
                 retry_in_ms,
                 breaker: p.breaker.state_name(),
+                cooling_models: cooling(&p.model_cooldowns, now),
                 stats: p.stats.report(),
                 credentials,
                 models,
@@ -655,6 +723,20 @@ impl Health {
         }
         HealthReport { providers: out }
     }
+}
+
+fn cooling(c: &Cooldowns, now: u64) -> Vec<CoolingModel> {
+    c.running(now)
+        .into_iter()
+        .map(|(model, retry_in_ms)| CoolingModel { model, retry_in_ms })
+        .collect()
+}
+
+/// A model cooling down after a 429 (or an overloaded answer with a delay).
+#[derive(Debug, Clone, Serialize)]
+pub struct CoolingModel {
+    pub model: String,
+    pub retry_in_ms: u64,
 }
 
 /// `GET /api/admin/health`.
@@ -671,6 +753,8 @@ pub struct ProviderReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
     pub breaker: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cooling_models: Vec<CoolingModel>,
     pub stats: StatsReport,
     pub credentials: Vec<CredentialReport>,
     pub models: Vec<ModelReport>,
@@ -687,6 +771,8 @@ pub struct CredentialReport {
     pub weight: i64,
     pub effective_weight: i64,
     pub breaker: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cooling_models: Vec<CoolingModel>,
     pub stats: StatsReport,
 }
 
@@ -800,9 +886,19 @@ mod tests {
         let mut err = ProviderError::new(ErrorClass::RateLimited, "slow down").with_status(429);
         err.retry_after = Some(Duration::from_secs(60));
         h.on_failure(&p, &c, ProviderKind::OpenAi, "m", &err, &[], 0);
-        assert_eq!(h.admit_cred(&c).map_err(|e| e.0), Err(Block::RateLimited));
+        assert_eq!(
+            h.admit_cred(&c, "m").map_err(|e| e.0),
+            Err(Block::RateLimited)
+        );
+        assert!(
+            h.admit_cred(&c, "other").is_ok(),
+            "rate limits are per model"
+        );
         assert_eq!(c.weight(100, &h.cfg), 10);
-        assert!(h.admit_provider(&p).is_ok(), "a 429 is the credential's");
+        assert!(
+            h.admit_provider(&p, "m").is_ok(),
+            "a 429 is the credential's"
+        );
         h.on_success(&p, &c, ProviderKind::OpenAi, "m", 5);
         assert_eq!(c.weight(100, &h.cfg), 100);
     }
@@ -834,12 +930,12 @@ mod tests {
             0,
         );
         assert_eq!(again, Effect::None);
-        assert_eq!(h.admit_cred(&c).map_err(|e| e.0), Err(Block::Disabled));
+        assert_eq!(h.admit_cred(&c, "m").map_err(|e| e.0), Err(Block::Disabled));
         let report = h.report(&[(ProviderKind::OpenAi, vec![("a".to_string(), 100)])]);
         let text = serde_json::to_string(&report).unwrap_or_default();
         assert!(!text.contains("secret-value"), "{text}");
         assert!(text.contains("\"disabled\""));
         c.enable();
-        assert!(h.admit_cred(&c).is_ok());
+        assert!(h.admit_cred(&c, "m").is_ok());
     }
 }

@@ -190,12 +190,18 @@ async fn rate_limit_storm_honours_retry_after_and_recovers() {
     }
     assert_eq!(openai.hits(), 1);
 
+    // Providers rate-limit per model: another model on the same key is served meanwhile.
+    let (id, r) = chat(&fx.hub, "openai/gpt-4o").await;
+    ids.push(id);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(openai.hits(), 2);
+
     // After the delay the provider is used again without a restart.
     tokio::time::sleep(Duration::from_millis(450)).await;
     let (id, r) = chat(&fx.hub, "openai/gpt-4o-mini").await;
     ids.push(id.clone());
     assert!(r.is_ok(), "{r:?}");
-    assert_eq!(openai.hits(), 2);
+    assert_eq!(openai.hits(), 3);
     let rec = record(&fx.hub, &id).await;
     assert_eq!((rec.status, rec.attempts), (CallStatus::Success, 1));
     assert_one_record_each(&fx.hub, &ids).await;

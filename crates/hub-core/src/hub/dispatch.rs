@@ -164,7 +164,7 @@ impl Hub {
             // The first candidate's total bounds the call (a later provider cannot extend it).
             let deadline = *deadline.get_or_insert(started + t.total);
             let ph = health.provider(inst.kind);
-            if let Err((block, until)) = health.admit_provider(&ph) {
+            if let Err((block, until)) = health.admit_provider(&ph, upstream_model) {
                 skipped.note(inst.kind, block, until);
                 continue;
             }
@@ -173,7 +173,7 @@ impl Hub {
                 .collect();
             let order = inst.credential_order_with(|i| {
                 let c = &weights[i].1;
-                if health.cred_available(c) {
+                if health.cred_available(c, upstream_model) {
                     c.weight(inst.creds[i].weight, &health.cfg)
                 } else {
                     0
@@ -182,7 +182,7 @@ impl Hub {
             for ci in order {
                 let cred = &inst.creds[ci];
                 let ch = &weights[ci].1;
-                if let Err((block, until)) = health.admit_cred(ch) {
+                if let Err((block, until)) = health.admit_cred(ch, upstream_model) {
                     skipped.note(inst.kind, block, until);
                     continue;
                 }
