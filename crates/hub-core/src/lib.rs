@@ -8,8 +8,8 @@ pub mod health; // credential/provider/model health: breakers, cool-downs, repor
 pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, record
 pub mod iam; // scopes and admin operations (teams, users, keys, providers, credentials), audited
 pub mod keyring; // master-key files (current, next, retired) and rotation without downtime
-pub mod policy; // per-key policy: allowed models and surfaces, RPM/TPM limits
 pub mod metrics; // Prometheus counters and histograms (atomics)
+pub mod policy; // per-key policy: allowed models and surfaces, RPM/TPM limits
 pub mod providers; // one module per wire protocol behind one trait
 pub mod router; // model string -> ordered candidates; built-in catalog
 pub mod store; // persistence trait; sqlite backend
