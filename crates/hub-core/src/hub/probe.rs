@@ -113,7 +113,7 @@ impl Hub {
             ..ChatRequest::default()
         };
         let up = Upstream {
-            http: &self.inner.http,
+            http: self.client(kind),
             base_url: &base_url,
             credential: &secret,
             model: &model,
@@ -121,13 +121,17 @@ impl Hub {
         };
         let started = Instant::now();
         let result = tokio::time::timeout(
-            self.inner
-                .request_timeout
+            self.timeouts_for(kind)
+                .ttfb
                 .min(std::time::Duration::from_secs(30)),
             imp.chat(up, &req),
         )
         .await;
         let latency_ms = started.elapsed().as_millis() as u64;
+        if matches!(result, Ok(Ok(_))) {
+            // A credential the provider rejected earlier works again: use it now.
+            self.credential_accepted(&row.id);
+        }
         let (ok, class, error) = match result {
             Ok(Ok(_)) => (true, None, None),
             Ok(Err(e)) => (false, Some(e.class.as_str().to_string()), Some(e.message)),

@@ -69,7 +69,28 @@ impl Hub {
         tokio::spawn(async move {
             let mut delay = initial;
             loop {
-                tokio::time::sleep(delay).await;
+                // Sleep out the backoff, but check at once when the configuration changes (an
+                // administrator replaced the key).
+                let Some(version) = weak
+                    .upgrade()
+                    .map(|i| i.version.load(std::sync::atomic::Ordering::Acquire))
+                else {
+                    return;
+                };
+                let wake = tokio::time::Instant::now() + delay;
+                loop {
+                    let step = wake
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .min(Duration::from_secs(1));
+                    if step.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(step).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.version.load(std::sync::atomic::Ordering::Acquire) != version {
+                        break;
+                    }
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let hub = Hub { inner };
                 if !ch.is_disabled() {
@@ -95,6 +116,15 @@ impl Hub {
             ch.rechecking
                 .store(false, std::sync::atomic::Ordering::Release);
         });
+    }
+
+    /// A credential was seen working (e.g. an administrator's test call): re-enable it.
+    pub(crate) fn credential_accepted(&self, cred_id: &str) {
+        let ch = self.inner.health.cred(cred_id);
+        if ch.is_disabled() {
+            ch.enable();
+            tracing::info!(credential = %cred_id, "credential accepted again; re-enabled");
+        }
     }
 
     /// One re-check: `Some(true)` accepted, `Some(false)` still rejected (or inconclusive),
