@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hooks::Hooks;
 use crate::health::HealthConfig;
+use crate::hooks::Hooks;
 use crate::providers::{CredentialSecret, ProviderKind, Secret};
 use crate::timeouts::{TimeoutOverrides, Timeouts};
 

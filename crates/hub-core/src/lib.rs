@@ -3,8 +3,8 @@
 pub mod auth; // API keys (stored hashed), principals, roles
 pub mod config; // start-up options, provider credentials from env
 pub mod error; // ProviderError (upstream, classified) and HubError (what the caller sees)
-pub mod hooks; // host hooks: identity resolver for unknown tokens (TTL-cached), usage observer
 pub mod health; // credential/provider/model health: breakers, cool-downs, report
+pub mod hooks; // host hooks: identity resolver for unknown tokens (TTL-cached), usage observer
 pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, record
 pub mod iam; // scopes and admin operations (teams, users, keys, providers, credentials), audited
 pub mod keyring; // master-key files (current, next, retired) and rotation without downtime
