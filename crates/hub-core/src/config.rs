@@ -60,6 +60,8 @@ pub struct HubOptions {
     pub provider_timeouts: HashMap<ProviderKind, TimeoutOverrides>,
     /// Circuit breakers, cool-downs, credential re-checks.
     pub health: HealthConfig,
+    /// Billing defaults (`HUB_BILLING_MODE`, ...); stored settings override them.
+    pub billing: crate::hub::BillingDefaults,
 }
 
 impl HubOptions {
@@ -75,6 +77,7 @@ impl HubOptions {
             timeouts: Timeouts::default(),
             provider_timeouts: HashMap::new(),
             health: HealthConfig::default(),
+            billing: crate::hub::BillingDefaults::default(),
         }
     }
 }

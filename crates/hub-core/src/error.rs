@@ -224,6 +224,22 @@ impl HubError {
         .with_param("model")
     }
 
+    /// 402: not enough credits for this call (before any upstream traffic). `link` is where to buy
+    /// more (the `billing.payment_link` setting; ingresses that render it as a field, such as the
+    /// AIGNE `/api` one, read it from `Hub::billing().payment_link`).
+    pub fn insufficient_credits(link: Option<String>) -> HubError {
+        let message = match link {
+            Some(l) => format!(
+                "Hello, in order to continue using AI services, please first buy some credits in the link below. {l}"
+            ),
+            None => {
+                "You do not have enough credits for this call. Ask an administrator to grant more."
+                    .to_string()
+            }
+        };
+        HubError::new(ErrorKind::InsufficientCredits, message).with_code("insufficient_quota")
+    }
+
     pub fn internal(message: impl Into<String>) -> HubError {
         HubError::new(ErrorKind::Internal, message)
     }

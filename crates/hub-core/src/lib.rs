@@ -8,8 +8,10 @@ pub mod hooks; // host hooks: identity resolver for unknown tokens (TTL-cached),
 pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, record
 pub mod iam; // scopes and admin operations (teams, users, keys, providers, credentials), audited
 pub mod keyring; // master-key files (current, next, retired) and rotation without downtime
+pub mod ledger; // credit ledger (reserve / capture / release), price book and reports behind a trait
 pub mod metrics; // Prometheus counters and histograms (atomics)
 pub mod policy; // per-key policy: allowed models and surfaces, RPM/TPM limits
+pub mod pricing; // decimal rates, cost formula, built-in list prices, fixed-point money
 pub mod providers; // one module per wire protocol behind one trait
 pub mod router; // model string -> ordered candidates; built-in catalog
 pub mod store; // persistence trait; sqlite backend

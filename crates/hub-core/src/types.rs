@@ -298,6 +298,10 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// Cost the provider itself reported (OpenRouter `usage.cost`), as a decimal string.
     pub provider_cost: Option<String>,
+    /// What this call cost, set by the hub after metering: credits charged (credits mode) or the
+    /// provider's list cost in USD (internal mode). `None` from provider modules.
+    #[serde(default)]
+    pub cost: Option<rust_decimal::Decimal>,
 }
 
 /// One normalised stream event.
@@ -368,6 +372,9 @@ pub struct EmbeddingsResponse {
     pub model: String,
     pub data: Vec<Embedding>,
     pub usage: Usage,
+    /// Cost of the call, set by the hub (see `ChatResponse::cost`).
+    #[serde(default)]
+    pub cost: Option<rust_decimal::Decimal>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -407,10 +414,13 @@ pub struct ImagesResponse {
     pub model: String,
     pub data: Vec<GeneratedImage>,
     pub usage: Usage,
+    /// Cost of the call, set by the hub (see `ChatResponse::cost`).
+    #[serde(default)]
+    pub cost: Option<rust_decimal::Decimal>,
 }
 
 /// What a model is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelType {
     Chat,

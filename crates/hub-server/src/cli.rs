@@ -31,6 +31,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Change configuration in a data dir (works while `serve` runs).
     Admin(AdminArgs),
+    /// The credit ledger (`ledger verify`).
+    Ledger(crate::ledger_cli::LedgerArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -72,12 +74,21 @@ pub enum AdminCommand {
     /// Provider credentials (stored encrypted, shown masked).
     #[command(subcommand)]
     Credential(CredentialCommand),
-    /// Usage records.
+    /// Usage records, reports and CSV export.
     #[command(subcommand)]
     Usage(UsageCommand),
     /// Users, teams, API keys, audit log, master-key rotation.
     #[command(flatten)]
     Iam(crate::admin_cli::IamCommand),
+    /// Credit balances: grant, adjust, balance, entries.
+    #[command(subcommand)]
+    Credits(crate::ledger_cli::CreditsCommand),
+    /// Billing mode and settings.
+    #[command(subcommand)]
+    Billing(crate::ledger_cli::BillingCommand),
+    /// The price book.
+    #[command(subcommand)]
+    Price(crate::ledger_cli::PriceCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +155,10 @@ pub enum UsageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Usage and cost grouped by user, team, app, provider, model and hour/day/month, with totals.
+    Report(crate::ledger_cli::ReportArgs),
+    /// Usage records as CSV (RFC 4180).
+    Export(crate::ledger_cli::ExportArgs),
 }
 
 /// Everything the hub reads from the environment at start.
@@ -187,6 +202,7 @@ pub trait Out {
 pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
     let mut opts = hub_options(args.data.data_dir.clone(), args.public_url.clone());
     resilience_from_env(&mut opts)?;
+    opts.billing = crate::ledger_cli::billing_defaults()?;
     let opened = Hub::open(opts).await.map_err(|e| e.to_string())?;
     if let Some(key) = &opened.new_owner_key {
         out.line(&format!("owner API key (shown once, store it now): {key}"));
@@ -380,6 +396,15 @@ async fn run_admin(
             return Err(format!(
                 "{cmd:?} runs through `admin` (it needs the data dir options)"
             ));
+        }
+        AdminCommand::Credits(c) => return crate::ledger_cli::credits(store, c, out).await,
+        AdminCommand::Billing(c) => return crate::ledger_cli::billing(store, c, out).await,
+        AdminCommand::Price(c) => return crate::ledger_cli::price(store, c, out).await,
+        AdminCommand::Usage(UsageCommand::Report(a)) => {
+            return crate::ledger_cli::report(store, a, out).await;
+        }
+        AdminCommand::Usage(UsageCommand::Export(a)) => {
+            return crate::ledger_cli::export(store, a, out).await;
         }
         AdminCommand::Usage(UsageCommand::List { limit, json }) => {
             let rows = store.list_usage(limit).await.map_err(e)?;

@@ -6,6 +6,7 @@ pub mod aigne; // AIGNE Hub ingress (`/api/v2/*`, `/api/ai/models`, `/api/user/i
 pub mod anthropic; // Anthropic-compatible ingress (/v1/messages)
 pub mod cli; // `aigne-hub` command line: serve, admin
 pub mod errors; // HubError -> the caller's error format
+pub mod ledger_cli; // `ledger verify`, `admin credits|billing|price`, usage report/export
 pub mod observability; // admin health report, Prometheus metrics
 pub mod openai; // OpenAI-compatible ingress
 pub mod request; // bearer token, call context, body limits

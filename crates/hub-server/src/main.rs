@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => cli::serve(args, &mut out).await,
             Command::Admin(args) => cli::admin(args, &mut out).await,
+            Command::Ledger(args) => hub_server::ledger_cli::ledger(args, &mut out).await,
         }
     });
     match result {

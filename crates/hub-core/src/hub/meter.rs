@@ -3,6 +3,7 @@
 
 use futures::{Stream, StreamExt};
 
+use super::billing::Hold;
 use super::dispatch::Attempted;
 use super::{CallContext, Hub, StreamItem};
 use crate::error::HubError;
@@ -49,6 +50,7 @@ impl Hub {
             error_message: None,
             provider_cost: None,
             attempts: 0,
+            billing: crate::store::Billing::default(),
         }
     }
 
@@ -145,6 +147,8 @@ pub(crate) struct StreamMeter {
     pub(crate) output: String,
     /// Token-limit reservation, settled with the recorded usage.
     pub(crate) permit: Option<crate::policy::Permit>,
+    /// The credit held for this stream; settled with the record.
+    pub(crate) hold: Hold,
 }
 
 impl StreamMeter {
@@ -175,7 +179,7 @@ impl StreamMeter {
         &mut self,
         status: CallStatus,
         err: Option<&HubError>,
-    ) -> Option<(UsageRecord, Usage)> {
+    ) -> Option<(UsageRecord, Usage, Option<rust_decimal::Decimal>)> {
         let mut rec = self.record.take()?;
         let usage = match self.usage {
             Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
@@ -198,7 +202,8 @@ impl StreamMeter {
             rec.http_status = 499;
             rec.error_class = Some("client_closed".to_string());
         }
-        Some((rec, usage))
+        let cost = self.hub.charge(&mut rec, &mut self.hold, &usage);
+        Some((rec, usage, cost))
     }
 }
 
@@ -206,7 +211,7 @@ impl Drop for StreamMeter {
     fn drop(&mut self) {
         // Reached with a record still open only when the caller went away mid-stream: meter what
         // was delivered.
-        if let Some((rec, _)) = self.take_record(CallStatus::Cancelled, None) {
+        if let Some((rec, _, _)) = self.take_record(CallStatus::Cancelled, None) {
             self.hub.observe(&rec);
             self.hub.inner.writer.submit(rec);
         }
@@ -231,7 +236,7 @@ pub(crate) fn metered_stream(
                 Some(Err(e)) => {
                     drop(upstream);
                     let err = HubError::from_provider(&provider, &e);
-                    if let Some((rec, _)) = meter.take_record(CallStatus::Failed, Some(&err)) {
+                    if let Some((rec, _, _)) = meter.take_record(CallStatus::Failed, Some(&err)) {
                         let _ = meter.hub.commit(rec).await;
                     }
                     yield StreamItem::Error(err);
@@ -240,8 +245,8 @@ pub(crate) fn metered_stream(
                 None => {
                     drop(upstream);
                     match meter.take_record(CallStatus::Success, None) {
-                        Some((rec, usage)) => match meter.hub.commit(rec).await {
-                            Ok(()) => yield StreamItem::Done { usage },
+                        Some((rec, usage, cost)) => match meter.hub.commit(rec).await {
+                            Ok(()) => yield StreamItem::Done { usage, cost },
                             Err(e) => yield StreamItem::Error(e),
                         },
                         None => yield StreamItem::Error(HubError::internal("stream already settled")),

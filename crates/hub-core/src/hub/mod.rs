@@ -5,6 +5,7 @@
 //! candidates and retries; `meter` turns outcomes into usage records, committed before the caller
 //! sees the end of a response.
 
+mod billing;
 mod count;
 mod dispatch;
 mod meter;
@@ -28,6 +29,7 @@ use crate::config::{EnvProvider, HubOptions};
 use crate::error::HubError;
 use crate::health::Health;
 use crate::hooks::{Cached, IdentityCache, IdentityResolver};
+use crate::ledger::LedgerWriter;
 use crate::metrics::Metrics;
 use crate::providers::ProviderKind;
 use crate::router::Catalog;
@@ -40,6 +42,10 @@ use crate::types::{
 use crate::usage::UsageWriter;
 use crate::vault::{Vault, VaultError};
 
+use billing::Demand;
+pub use billing::{
+    BillingConfig, BillingDefaults, keys as billing_keys, load_billing_config, seed_builtin_prices,
+};
 pub use count::TokenCount;
 use dispatch::{Attempted, Op, OpOut};
 use meter::{StreamMeter, apply_attempt, apply_usage, estimate_chat_usage, fail, metered_stream};
@@ -117,9 +123,12 @@ impl CallContext {
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     Event(StreamEvent),
-    /// The stream ended and its usage record is committed: send the terminator now.
+    /// The stream ended and its usage record (and settlement) is committed: send the terminator
+    /// now. `cost`: credits charged (credits mode) or provider cost (internal mode); `None` when
+    /// the model has no price.
     Done {
         usage: Usage,
+        cost: Option<rust_decimal::Decimal>,
     },
     /// The stream failed after it started (already recorded): render in the stream's format and end.
     Error(HubError),
@@ -154,6 +163,13 @@ struct Inner {
     provider_timeouts: HashMap<ProviderKind, TimeoutOverrides>,
     health: Health,
     metrics: Arc<Metrics>,
+    billing: ArcSwap<billing::BillingConfig>,
+    billing_defaults: billing::BillingDefaults,
+    ledger: LedgerWriter,
+    ledger_task: Mutex<Option<JoinHandle<()>>>,
+    upkeep: Mutex<Option<JoinHandle<()>>>,
+    /// This process's id in the ledger (its reservations are released if it stops beating).
+    instance: String,
 }
 
 /// The hub. Cheap to clone.
@@ -200,6 +216,12 @@ impl Hub {
         key_opts.master_key = opts.master_key.clone();
         let (writer, writer_task) =
             UsageWriter::start_with_observer(store.clone(), opts.hooks.usage.clone());
+        let pricing = load_billing_config(store.as_ref(), &opts.billing)
+            .await?
+            .pricing;
+        seed_builtin_prices(store.as_ref(), &pricing).await?;
+        let billing_cfg = load_billing_config(store.as_ref(), &opts.billing).await?;
+        let (ledger, ledger_task) = LedgerWriter::start(store.clone());
         let inner = Arc::new(Inner {
             store,
             vault: ArcSwap::from_pointee(vault),
@@ -225,8 +247,17 @@ impl Hub {
             provider_timeouts: opts.provider_timeouts,
             health: Health::new(opts.health),
             metrics: Arc::new(Metrics::default()),
+            billing: ArcSwap::from_pointee(billing_cfg),
+            billing_defaults: opts.billing,
+            ledger,
+            ledger_task: Mutex::new(Some(ledger_task)),
+            upkeep: Mutex::new(None),
+            instance: format!("inst_{}", uuid::Uuid::new_v4().simple()),
         });
         let hub = Hub { inner };
+        // Reservations a stopped instance left open are released before we serve.
+        hub.ledger_upkeep(true).await?;
+        hub.spawn_ledger_upkeep();
         hub.spawn_reloader(opts.reload_interval);
         Ok(Opened { hub, new_owner_key })
     }
@@ -273,6 +304,7 @@ impl Hub {
             .limiter
             .retain(|key_id| snap.gates.contains_key(key_id));
         self.inner.snapshot.store(Arc::new(snap));
+        self.reload_billing().await?;
         self.inner.version.store(v, Ordering::Release);
         tracing::info!(version = v, "configuration reloaded");
         Ok(true)
@@ -283,6 +315,9 @@ impl Hub {
         if let Some(t) = self.inner.reloader.lock().take() {
             t.abort();
         }
+        if let Some(t) = self.inner.upkeep.lock().take() {
+            t.abort();
+        }
         // Everything queued so far (including records of cancelled streams) is committed.
         let flushed = tokio::time::timeout(Duration::from_secs(10), self.inner.writer.flush())
             .await
@@ -291,6 +326,7 @@ impl Hub {
             tracing::error!(error = %e, "usage flush at close failed");
         }
         let _ = self.inner.writer_task.lock().take();
+        let _ = self.inner.ledger_task.lock().take();
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -450,6 +486,14 @@ impl Hub {
         let permit = self
             .admit_or_record(ctx, "chat", &req.model, false, || chat_estimate(&req))
             .await?;
+        let demand = Demand::Chat {
+            prompt_tokens: crate::tokenize::prompt_upper_bound(&req),
+            max_output: req.max_tokens,
+        };
+        let mut hold = match self.reserve(ctx, &req.model, "chat", false, demand).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.rejected(ctx, "chat", &req.model, false, e).await),
+        };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Chat(&req), &mut att).await;
         let mut rec = self.record(ctx, "chat", &req.model, false);
@@ -462,6 +506,7 @@ impl Hub {
                 apply_usage(&mut rec, &resp.usage);
                 rec.provider_cost = resp.provider_cost.clone();
                 permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
+                resp.cost = self.charge(&mut rec, &mut hold, &resp.usage);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -470,6 +515,7 @@ impl Hub {
             )),
             Err(e) => {
                 fail(&mut rec, &e);
+                self.charge(&mut rec, &mut hold, &Usage::default());
                 self.commit(rec).await?;
                 Err(e)
             }
@@ -486,6 +532,14 @@ impl Hub {
         let permit = self
             .admit_or_record(&ctx, "chat", &req.model, true, || chat_estimate(&req))
             .await?;
+        let demand = Demand::Chat {
+            prompt_tokens: crate::tokenize::prompt_upper_bound(&req),
+            max_output: req.max_tokens,
+        };
+        let mut hold = match self.reserve(&ctx, &req.model, "chat", true, demand).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.rejected(&ctx, "chat", &req.model, true, e).await),
+        };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Stream(&req), &mut att).await;
         let mut rec = self.record(&ctx, "chat", &req.model, true);
@@ -499,6 +553,7 @@ impl Hub {
             }
             Err(e) => {
                 fail(&mut rec, &e);
+                self.charge(&mut rec, &mut hold, &Usage::default());
                 self.commit(rec).await?;
                 return Err(e);
             }
@@ -515,6 +570,7 @@ impl Hub {
             usage: None,
             output: String::new(),
             permit: Some(permit),
+            hold,
         };
         Ok(Box::pin(metered_stream(meter, upstream, first, provider)))
     }
@@ -529,6 +585,16 @@ impl Hub {
                 req.texts().iter().map(|t| crate::tokenize::count(t)).sum()
             })
             .await?;
+        let demand = Demand::Embeddings {
+            tokens: billing::embeddings_upper_bound(&req),
+        };
+        let mut hold = match self
+            .reserve(ctx, &req.model, "embeddings", false, demand)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => return Err(self.rejected(ctx, "embeddings", &req.model, false, e).await),
+        };
         let mut att = Attempted::default();
         let result = self
             .dispatch(&req.model, Op::Embeddings(&req), &mut att)
@@ -543,6 +609,7 @@ impl Hub {
                 }
                 apply_usage(&mut rec, &resp.usage);
                 permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
+                resp.cost = self.charge(&mut rec, &mut hold, &resp.usage);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -551,6 +618,7 @@ impl Hub {
             )),
             Err(e) => {
                 fail(&mut rec, &e);
+                self.charge(&mut rec, &mut hold, &Usage::default());
                 self.commit(rec).await?;
                 Err(e)
             }
@@ -565,14 +633,25 @@ impl Hub {
         let permit = self
             .admit_or_record(ctx, "images", &req.model, false, || 0)
             .await?;
+        let demand = Demand::Images {
+            prompt_tokens: (req.prompt.len() as u64).div_ceil(2),
+            n: req.n.unwrap_or(1),
+            quality: req.quality.as_deref(),
+            size: req.size.as_deref(),
+        };
+        let mut hold = match self.reserve(ctx, &req.model, "images", false, demand).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.rejected(ctx, "images", &req.model, false, e).await),
+        };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Images(&req), &mut att).await;
         let mut rec = self.record(ctx, "images", &req.model, false);
         apply_attempt(&mut rec, &att);
         match result {
-            Ok(OpOut::Images(resp)) => {
+            Ok(OpOut::Images(mut resp)) => {
                 apply_usage(&mut rec, &resp.usage);
                 permit.settle(resp.usage.prompt_tokens + resp.usage.completion_tokens);
+                resp.cost = self.charge(&mut rec, &mut hold, &resp.usage);
                 self.commit(rec).await?;
                 Ok(resp)
             }
@@ -581,6 +660,7 @@ impl Hub {
             )),
             Err(e) => {
                 fail(&mut rec, &e);
+                self.charge(&mut rec, &mut hold, &Usage::default());
                 self.commit(rec).await?;
                 Err(e)
             }

@@ -1000,6 +1000,7 @@ pub fn parse_chat_response(
         finish_reason,
         usage,
         provider_cost,
+        cost: None,
     })
 }
 
@@ -1051,6 +1052,7 @@ fn parse_embeddings(
             })
             .collect(),
         usage,
+        cost: None,
     })
 }
 
@@ -1097,6 +1099,7 @@ fn parse_images(bytes: &[u8], model: &str) -> Result<ImagesResponse, ProviderErr
         model: wire.model.unwrap_or_else(|| model.to_string()),
         data: wire.data,
         usage,
+        cost: None,
     })
 }
 

@@ -152,11 +152,39 @@ pub struct UsageRecord {
     pub provider_cost: Option<String>,
     /// Number of upstream attempts made for this call.
     pub attempts: u32,
+    /// Cost, price version and settlement of this call (see `crate::ledger`).
+    #[serde(default)]
+    pub billing: Billing,
 }
 
-/// The persistence trait.
+/// What a call cost and how it was settled. Amounts are ledger units (1e-10 credit).
+///
+/// When `account` is set, the store settles the call in the same transaction that writes the
+/// record: it captures `cost_units` from the reservation of this request id (held under the
+/// record's id), releases the rest, and writes exactly one `capture` ledger entry. A record
+/// replayed with the same id changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Billing {
+    /// `internal` or `credits`; `None` for calls made before billing existed.
+    pub mode: Option<String>,
+    /// The price-book version that priced this call (`None`: no price known).
+    pub price_version: Option<i64>,
+    /// Credits charged (credits mode) or the provider's list cost in USD (internal mode).
+    pub cost_units: i64,
+    /// The provider's list cost in USD, when its unit costs are known.
+    pub provider_cost_units: i64,
+    /// Ledger account settled (`user:<id>` / `team:<id>`), credits mode only.
+    pub account: Option<String>,
+    /// Amount reserved before the call.
+    pub reserved_units: i64,
+    /// Part of the cost that exceeded reservation + available balance and was written off.
+    pub shortfall_units: i64,
+}
+
+/// The persistence trait (with the ledger, price book and reports of `crate::ledger`).
 #[async_trait]
-pub trait Store: iam::IamStore + Send + Sync + 'static {
+pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'static {
     /// Cheap reachability check (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

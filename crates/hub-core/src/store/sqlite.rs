@@ -20,8 +20,11 @@ use crate::providers::ProviderKind;
 
 mod iam; // IamStore: teams, key policies, credential updates, audit log
 
+mod ledger; // LedgerStore for SQLite: reservations, settlement, grants, verify, prices, reports
+
 /// Schema migrations, applied in order; `PRAGMA user_version` is the index of the last applied.
 const MIGRATIONS: &[&str] = &[
+    // 1: foundation.
     r#"
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
@@ -122,6 +125,80 @@ CREATE TABLE audit_log (
     after_json    TEXT
 );
 CREATE INDEX audit_at ON audit_log (at_ms);
+"#,
+    // 3: billing (issue 5): price book, cost on every record, credit ledger, roll-ups.
+    r#"
+CREATE TABLE prices (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    model_type    TEXT NOT NULL,
+    terms         TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX prices_key ON prices (provider, model, model_type, id);
+ALTER TABLE usage_records ADD COLUMN billing_mode TEXT;
+ALTER TABLE usage_records ADD COLUMN price_version INTEGER;
+ALTER TABLE usage_records ADD COLUMN cost_units INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN provider_cost_units INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN account TEXT;
+ALTER TABLE usage_records ADD COLUMN reserved_units INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN shortfall_units INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE ledger_accounts (
+    id            TEXT PRIMARY KEY,
+    available     INTEGER NOT NULL DEFAULT 0 CHECK (available >= 0),
+    reserved      INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE ledger_entries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    account         TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    available_delta INTEGER NOT NULL,
+    reserved_delta  INTEGER NOT NULL,
+    charged         INTEGER NOT NULL DEFAULT 0,
+    request_id      TEXT,
+    idem_key        TEXT NOT NULL UNIQUE,
+    expires_at_ms   INTEGER,
+    note            TEXT,
+    created_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX ledger_entries_account ON ledger_entries (account, id);
+CREATE INDEX ledger_entries_request ON ledger_entries (request_id);
+CREATE INDEX ledger_entries_expiry ON ledger_entries (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE reservations (
+    request_id    TEXT PRIMARY KEY,
+    account       TEXT NOT NULL,
+    amount        INTEGER NOT NULL CHECK (amount >= 0),
+    instance      TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    settled_at_ms INTEGER
+);
+CREATE INDEX reservations_open ON reservations (status, created_at_ms);
+CREATE TABLE instances (
+    id           TEXT PRIMARY KEY,
+    heartbeat_ms INTEGER NOT NULL
+);
+CREATE TABLE usage_rollup (
+    bucket_ms           INTEGER NOT NULL,
+    user_id             TEXT NOT NULL,
+    team_id             TEXT NOT NULL,
+    app                 TEXT NOT NULL,
+    provider            TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    calls               INTEGER NOT NULL,
+    success_calls       INTEGER NOT NULL,
+    prompt_tokens       INTEGER NOT NULL,
+    completion_tokens   INTEGER NOT NULL,
+    images              INTEGER NOT NULL,
+    cost_units          INTEGER NOT NULL,
+    provider_cost_units INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ms, user_id, team_id, app, provider, model)
+) WITHOUT ROWID;
+CREATE INDEX usage_rollup_user ON usage_rollup (user_id, bucket_ms);
+CREATE INDEX usage_account_created ON usage_records (account, created_at_ms);
 "#,
 ];
 
@@ -256,8 +333,24 @@ fn usage_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         error_message: r.get(26)?,
         provider_cost: r.get(27)?,
         attempts: r.get::<_, i64>(28)? as u32,
+        billing: super::Billing {
+            mode: r.get(29)?,
+            price_version: r.get(30)?,
+            cost_units: r.get(31)?,
+            provider_cost_units: r.get(32)?,
+            account: r.get(33)?,
+            reserved_units: r.get(34)?,
+            shortfall_units: r.get(35)?,
+        },
     })
 }
+
+/// Columns read by `usage_from_row`, in order.
+pub(crate) const USAGE_COLUMNS: &str = "id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress, endpoint,
+    requested_model, provider, credential, upstream_model, stream, prompt_tokens, completion_tokens,
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated, latency_ms, ttfb_ms,
+    status, http_status, error_class, error_message, provider_cost, attempts,
+    billing_mode, price_version, cost_units, provider_cost_units, account, reserved_units, shortfall_units";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -556,21 +649,25 @@ impl Store for SqliteStore {
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            // IMMEDIATE: the settlement reads balances it then writes (another process may write).
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             {
                 let mut st = tx
                     .prepare_cached(
                         "INSERT INTO usage_records (id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress,
                            endpoint, requested_model, provider, credential, upstream_model, stream, prompt_tokens,
                            completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated,
-                           latency_ms, ttfb_ms, status, http_status, error_class, error_message, provider_cost, attempts)
+                           latency_ms, ttfb_ms, status, http_status, error_class, error_message, provider_cost, attempts,
+                           billing_mode, price_version, cost_units, provider_cost_units, account, reserved_units)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                                 ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+                                 ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)
                          ON CONFLICT(id) DO NOTHING",
                     )
                     .map_err(db_err)?;
                 for r in &records {
-                    st.execute(params![
+                    let inserted = st.execute(params![
                         r.id,
                         r.created_at_ms,
                         r.client_request_id,
@@ -600,8 +697,19 @@ impl Store for SqliteStore {
                         r.error_message,
                         r.provider_cost,
                         r.attempts as i64,
+                        r.billing.mode,
+                        r.billing.price_version,
+                        r.billing.cost_units,
+                        r.billing.provider_cost_units,
+                        r.billing.account,
+                        r.billing.reserved_units,
                     ])
                     .map_err(db_err)?;
+                    // A replayed record (same id) settles nothing and counts nothing again.
+                    if inserted == 1 {
+                        ledger::settle_in_tx(&tx, r)?;
+                        ledger::rollup_in_tx(&tx, r)?;
+                    }
                 }
             }
             tx.commit().map_err(db_err)
@@ -612,13 +720,9 @@ impl Store for SqliteStore {
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
         self.read(move |c| {
             let mut st = c
-                .prepare(
-                    "SELECT id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress, endpoint,
-                       requested_model, provider, credential, upstream_model, stream, prompt_tokens, completion_tokens,
-                       cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated, latency_ms, ttfb_ms,
-                       status, http_status, error_class, error_message, provider_cost, attempts
-                     FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT ?1",
-                )
+                .prepare(&format!(
+                    "SELECT {USAGE_COLUMNS} FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT ?1"
+                ))
                 .map_err(db_err)?;
             let rows = st.query_map([limit], usage_from_row).map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
@@ -662,6 +766,7 @@ mod tests {
             error_message: None,
             provider_cost: Some("0.95".into()),
             attempts: 1,
+            billing: crate::store::Billing::default(),
         }
     }
 

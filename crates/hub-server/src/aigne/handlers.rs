@@ -115,7 +115,7 @@ pub async fn chat(
                                 yield Ok(Bytes::from(f));
                             }
                         }
-                        StreamItem::Done { usage } => {
+                        StreamItem::Done { usage, .. } => {
                             yield Ok(Bytes::from(writer.done(&usage, &call_id, &credits)));
                             return;
                         }

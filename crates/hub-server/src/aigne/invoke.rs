@@ -867,6 +867,7 @@ mod tests {
                 ..Usage::default()
             },
             provider_cost: None,
+            cost: None,
         }
     }
 

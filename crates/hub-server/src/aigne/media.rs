@@ -479,6 +479,7 @@ mod tests {
                 images: 2,
                 ..Usage::default()
             },
+            cost: None,
         }
     }
 
@@ -566,6 +567,7 @@ mod tests {
                 prompt_tokens: 3,
                 ..Usage::default()
             },
+            cost: None,
         };
         let call = EmbeddingsCall {
             request: EmbeddingsRequest {

@@ -1173,6 +1173,7 @@ mod tests {
             finish_reason: finish,
             usage,
             provider_cost: None,
+            cost: None,
         }
     }
 

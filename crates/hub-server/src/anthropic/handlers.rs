@@ -102,7 +102,7 @@ pub async fn messages(
             let body = stream.filter_map(move |item| {
                 let text = match item {
                     StreamItem::Event(ev) => writer.event(&ev),
-                    StreamItem::Done { usage } => Some(writer.done(&usage)),
+                    StreamItem::Done { usage, .. } => Some(writer.done(&usage)),
                     StreamItem::Error(e) => Some(writer.error(&e)),
                 };
                 std::future::ready(text.map(|t| Ok::<_, Infallible>(Bytes::from(t))))

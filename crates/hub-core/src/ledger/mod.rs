@@ -1,0 +1,233 @@
+//! The credit ledger: accounts, idempotent entries, reservations; the price book; usage reports.
+//!
+//! Money model (amounts are `i64` units of 1e-10 credit, see `crate::pricing`):
+//! - An account has `available` and `reserved`. Every change to either is one ledger entry with
+//!   `available_delta` / `reserved_delta`, so `available = Σ available_delta` and
+//!   `reserved = Σ reserved_delta` for every account (`verify` proves it).
+//! - **Reserve** (before the upstream call): one conditional UPDATE
+//!   `available = available - x, reserved = reserved + x WHERE available >= x` plus a `reserve`
+//!   entry and an open reservation keyed by request id. Atomic on any SQL database with any number
+//!   of instances; no process-local lock involved.
+//! - **Capture** (in the transaction that writes the usage record): claims the open reservation
+//!   (`UPDATE ... WHERE status = 'open'`), charges the cost, returns the rest to `available`, one
+//!   `capture` entry. A cost above reservation + available is written off as `shortfall`, never
+//!   overdrawn.
+//! - **Release** (reconcile after a crash): an open reservation whose instance died (or older than
+//!   the window) goes back to `available`, flagged `reconciled`.
+//! - Every entry has a UNIQUE idempotency key (`reserve:<req>`, `capture:<req>`,
+//!   `release:<req>`, `starter:<user>`, `grant:<key>`, `expire:<entry id>`): a replay changes
+//!   nothing.
+
+pub mod expiry;
+pub mod report;
+mod writer;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::Price;
+use crate::store::{StoreError, UsageRecord};
+
+pub use report::{Quota, ReportQuery, ReportRow, UsageFilter};
+pub use writer::LedgerWriter;
+
+/// Ledger account of a user.
+pub fn user_account(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// Ledger account of a team.
+pub fn team_account(team_id: &str) -> String {
+    format!("team:{team_id}")
+}
+
+/// Starter credits granted once, when a user's account is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Starter {
+    pub amount: i64,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A reservation to hold before an upstream call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveReq {
+    /// The hub's request id: the reservation's key, and the usage record's id.
+    pub request_id: String,
+    pub account: String,
+    pub amount: i64,
+    /// The instance holding it (reconciled when that instance stops heart-beating).
+    pub instance: String,
+    pub now_ms: i64,
+    /// Granted (idempotently, key `starter:<user>`) if this creates a user account.
+    pub starter: Option<Starter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved,
+    /// Not enough available; nothing changed.
+    Insufficient {
+        available: i64,
+    },
+    /// A reservation with this request id exists already; nothing changed.
+    Duplicate,
+}
+
+/// What kind of balance change an operator makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantKind {
+    /// Credits granted (bought, given); may expire.
+    Grant,
+    /// A correction, positive or negative (never below zero available).
+    Adjust,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Grant => "grant",
+            GrantKind::Adjust => "adjust",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantReq {
+    pub account: String,
+    pub kind: GrantKind,
+    /// Signed for adjustments; positive for grants.
+    pub amount: i64,
+    /// Unique: the same key again is a replay and changes nothing.
+    pub idem_key: String,
+    pub expires_at_ms: Option<i64>,
+    pub note: Option<String>,
+    pub now_ms: i64,
+    /// Applied if this creates a user account (so an admin grant never skips the starter grant).
+    pub starter: Option<Starter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    Applied,
+    /// An entry with this idempotency key exists; nothing changed.
+    Replayed,
+    /// A negative adjustment larger than the available balance; nothing changed.
+    Insufficient {
+        available: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBalance {
+    pub account: String,
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// One ledger entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub account: String,
+    pub kind: String,
+    pub available_delta: i64,
+    pub reserved_delta: i64,
+    pub charged: i64,
+    pub request_id: Option<String>,
+    pub idem_key: String,
+    pub expires_at_ms: Option<i64>,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Result of `verify`: the invariants of design.md §4, checked over the whole ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub accounts: u64,
+    pub entries: u64,
+    pub usage_records: u64,
+    pub captures: u64,
+    pub open_reservations: u64,
+    pub reconciled_reservations: u64,
+    /// Σ available over accounts (units).
+    pub total_available: i64,
+    pub total_reserved: i64,
+    /// Σ of grant, starter and adjust entries.
+    pub total_granted: i64,
+    pub total_charged: i64,
+    pub total_shortfall: i64,
+    pub total_expired: i64,
+    /// Each violation, human readable. Empty = the ledger is consistent.
+    pub violations: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    pub released: u64,
+    pub released_units: i64,
+}
+
+/// The ledger, price book and reports, as the store implements them. Every write is a
+/// transaction of conditional statements that holds with several processes on one database.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Holds many reservations in one transaction (group commit); one outcome per request.
+    async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError>;
+    /// A grant or adjustment, idempotent by key.
+    async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError>;
+    async fn balance(&self, account: &str) -> Result<Option<AccountBalance>, StoreError>;
+    /// Entries of one account, oldest first.
+    async fn entries(&self, account: &str) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Checks every invariant; `window_ms`: how old an open reservation may be.
+    async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError>;
+    /// Releases (flagged `reconciled`) every open reservation held by an instance other than `me`
+    /// whose heartbeat is older than `stale_before_ms`, and every open reservation created before
+    /// `older_than_ms`.
+    async fn reconcile(
+        &self,
+        me: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+        older_than_ms: i64,
+    ) -> Result<ReconcileReport, StoreError>;
+    /// Records that instance `id` is alive.
+    async fn heartbeat(&self, id: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Expires what is left of grants whose expiry passed (entries keyed `expire:<grant id>`).
+    /// Returns the number of grants expired.
+    async fn expire_grants(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Appends price versions (and bumps the config version); returns their version ids.
+    async fn insert_prices(&self, prices: &[Price]) -> Result<Vec<i64>, StoreError>;
+    /// The current version of every price, or every version when `history`.
+    async fn list_prices(&self, history: bool) -> Result<Vec<Price>, StoreError>;
+
+    /// Usage and cost grouped by the query's dimensions, from the roll-up table.
+    async fn usage_report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
+    /// Raw usage records matching a filter, oldest first.
+    async fn usage_records(&self, f: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Charged in `[since_ms, now)` by one user (for the quota projection).
+    async fn charged_since(&self, user_id: &str, since_ms: i64) -> Result<i64, StoreError>;
+}
+
+/// The quota of an account (what `/usage/quota` answers): granted, used, remaining, and days
+/// left at the user's average daily spend over the last 30 days.
+pub async fn quota_of(
+    store: &dyn crate::store::Store,
+    account: &str,
+    user_id: &str,
+    now_ms: i64,
+) -> Result<Quota, StoreError> {
+    let balance = store.balance(account).await?;
+    let entries = store.entries(account).await?;
+    let spent = store
+        .charged_since(user_id, now_ms - 30 * 86_400_000)
+        .await?;
+    Ok(report::quota(balance.as_ref(), &entries, spent))
+}

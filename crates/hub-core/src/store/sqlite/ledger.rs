@@ -1,0 +1,888 @@
+//! `LedgerStore` for SQLite. Every money write runs in an IMMEDIATE transaction of conditional
+//! statements (`... WHERE available >= ?`, `... WHERE status = 'open'`, `ON CONFLICT(idem_key) DO
+//! NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
+//! processes sharing the file, PostgreSQL's row locks would serialise instances.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{SqliteStore, USAGE_COLUMNS, bump_config, db_err, kind_of, usage_from_row};
+use crate::ledger::report::{BUCKET_MS, Period};
+use crate::ledger::{
+    AccountBalance, GrantKind, GrantOutcome, GrantReq, LedgerEntry, LedgerStore, ReconcileReport,
+    ReportQuery, ReportRow, ReserveOutcome, ReserveReq, Starter, UsageFilter, VerifyReport, expiry,
+};
+use crate::pricing::Price;
+use crate::store::{StoreError, UsageRecord};
+use crate::types::ModelType;
+
+struct NewEntry<'a> {
+    account: &'a str,
+    kind: &'a str,
+    available_delta: i64,
+    reserved_delta: i64,
+    charged: i64,
+    request_id: Option<&'a str>,
+    idem_key: &'a str,
+    expires_at_ms: Option<i64>,
+    note: Option<&'a str>,
+    now_ms: i64,
+}
+
+/// Inserts an entry unless its idempotency key exists. Returns whether it was inserted.
+fn insert_entry(tx: &Transaction<'_>, e: &NewEntry<'_>) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key,
+               expires_at_ms, note, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(idem_key) DO NOTHING",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            e.account,
+            e.kind,
+            e.available_delta,
+            e.reserved_delta,
+            e.charged,
+            e.request_id,
+            e.idem_key,
+            e.expires_at_ms,
+            e.note,
+            e.now_ms
+        ])
+        .map_err(db_err)?;
+    Ok(n == 1)
+}
+
+/// Creates the account if missing; a new user account gets its starter credits (once: the
+/// entry's key is `starter:<user>`).
+fn ensure_account(
+    tx: &Transaction<'_>,
+    account: &str,
+    starter: Option<&Starter>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let created = tx
+        .prepare_cached(
+            "INSERT INTO ledger_accounts (id, available, reserved, created_at_ms) VALUES (?1, 0, 0, ?2)
+             ON CONFLICT(id) DO NOTHING",
+        )
+        .map_err(db_err)?
+        .execute(params![account, now_ms])
+        .map_err(db_err)?;
+    if created == 1
+        && let Some(s) = starter
+        && s.amount > 0
+        && let Some(user) = account.strip_prefix("user:")
+    {
+        let key = format!("starter:{user}");
+        let inserted = insert_entry(
+            tx,
+            &NewEntry {
+                account,
+                kind: "starter",
+                available_delta: s.amount,
+                reserved_delta: 0,
+                charged: 0,
+                request_id: None,
+                idem_key: &key,
+                expires_at_ms: s.expires_at_ms,
+                note: Some("starter credits"),
+                now_ms,
+            },
+        )?;
+        if inserted {
+            move_money(tx, account, s.amount, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies deltas to an account (the CHECK constraints refuse anything below zero).
+fn move_money(
+    tx: &Transaction<'_>,
+    account: &str,
+    available_delta: i64,
+    reserved_delta: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE ledger_accounts SET available = available + ?2, reserved = reserved + ?3 WHERE id = ?1",
+    )
+    .map_err(db_err)?
+    .execute(params![account, available_delta, reserved_delta])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn available_of(tx: &Transaction<'_>, account: &str) -> Result<i64, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT available FROM ledger_accounts WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([account], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(db_err)?
+        .unwrap_or(0))
+}
+
+/// Settles a just-inserted usage record (same transaction): claims its open reservation,
+/// charges the cost, returns the rest; exactly one `capture` entry per settled call.
+pub(super) fn settle_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
+    let Some(account) = r.billing.account.as_deref() else {
+        return Ok(());
+    };
+    let now_ms = crate::hub::now_ms();
+    // Claim the reservation: only one settlement can flip it from open.
+    let reserved: i64 = tx
+        .prepare_cached(
+            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
+             WHERE request_id = ?1 AND status = 'open' RETURNING amount",
+        )
+        .map_err(db_err)?
+        .query_row(params![r.id, now_ms], |row| row.get(0))
+        .optional()
+        .map_err(db_err)?
+        .unwrap_or(0);
+    let cost = r.billing.cost_units.max(0);
+    if reserved == 0 && cost == 0 {
+        return Ok(()); // nothing held, nothing owed: the record is its own zero-cost marker
+    }
+    ensure_account(tx, account, None, now_ms)?;
+    let available = available_of(tx, account)?;
+    // Never overdraw: what exceeds reservation + available is written off (and flagged).
+    let charged = cost.min(reserved.saturating_add(available));
+    let shortfall = cost - charged;
+    let key = format!("capture:{}", r.id);
+    let inserted = insert_entry(
+        tx,
+        &NewEntry {
+            account,
+            kind: "capture",
+            available_delta: reserved - charged,
+            reserved_delta: -reserved,
+            charged,
+            request_id: Some(&r.id),
+            idem_key: &key,
+            expires_at_ms: None,
+            note: (shortfall > 0)
+                .then_some("cost above reservation and balance; shortfall written off"),
+            now_ms,
+        },
+    )?;
+    if !inserted {
+        // Settled before (cannot happen with a fresh record id; kept as a guard).
+        return Err(StoreError::Conflict(format!(
+            "request {} settled twice",
+            r.id
+        )));
+    }
+    move_money(tx, account, reserved - charged, -reserved)?;
+    if shortfall > 0 {
+        tx.prepare_cached("UPDATE usage_records SET shortfall_units = ?2 WHERE id = ?1")
+            .map_err(db_err)?
+            .execute(params![r.id, shortfall])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Adds a record to its 15-minute roll-up row (same transaction as the record).
+pub(super) fn rollup_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
+    let bucket = r.created_at_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+    let model = r
+        .upstream_model
+        .clone()
+        .unwrap_or_else(|| r.requested_model.clone());
+    let success = i64::from(r.status == crate::store::CallStatus::Success);
+    tx.prepare_cached(
+        "INSERT INTO usage_rollup (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
+           prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET
+           calls = calls + 1, success_calls = success_calls + excluded.success_calls,
+           prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+           completion_tokens = completion_tokens + excluded.completion_tokens,
+           images = images + excluded.images, cost_units = cost_units + excluded.cost_units,
+           provider_cost_units = provider_cost_units + excluded.provider_cost_units",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        bucket,
+        r.user_id,
+        r.team_id.as_deref().unwrap_or(""),
+        r.app.as_deref().unwrap_or(""),
+        r.provider.as_deref().unwrap_or(""),
+        model,
+        success,
+        r.prompt_tokens as i64,
+        r.completion_tokens as i64,
+        r.images as i64,
+        r.billing.cost_units,
+        r.billing.provider_cost_units,
+    ])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
+    ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM reservations WHERE request_id = ?1")
+        .map_err(db_err)?
+        .exists([&q.request_id])
+        .map_err(db_err)?;
+    if exists {
+        return Ok(ReserveOutcome::Duplicate);
+    }
+    // The one conditional update that keeps available >= 0 under any concurrency.
+    let n = tx
+        .prepare_cached(
+            "UPDATE ledger_accounts SET available = available - ?2, reserved = reserved + ?2
+             WHERE id = ?1 AND available >= ?2",
+        )
+        .map_err(db_err)?
+        .execute(params![q.account, q.amount])
+        .map_err(db_err)?;
+    if n == 0 {
+        return Ok(ReserveOutcome::Insufficient {
+            available: available_of(tx, &q.account)?,
+        });
+    }
+    tx.prepare_cached(
+        "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        q.request_id,
+        q.account,
+        q.amount,
+        q.instance,
+        q.now_ms
+    ])
+    .map_err(db_err)?;
+    let key = format!("reserve:{}", q.request_id);
+    insert_entry(
+        tx,
+        &NewEntry {
+            account: &q.account,
+            kind: "reserve",
+            available_delta: -q.amount,
+            reserved_delta: q.amount,
+            charged: 0,
+            request_id: Some(&q.request_id),
+            idem_key: &key,
+            expires_at_ms: None,
+            note: None,
+            now_ms: q.now_ms,
+        },
+    )?;
+    Ok(ReserveOutcome::Reserved)
+}
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    Ok(LedgerEntry {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        kind: r.get(2)?,
+        available_delta: r.get(3)?,
+        reserved_delta: r.get(4)?,
+        charged: r.get(5)?,
+        request_id: r.get(6)?,
+        idem_key: r.get(7)?,
+        expires_at_ms: r.get(8)?,
+        note: r.get(9)?,
+        created_at_ms: r.get(10)?,
+    })
+}
+
+const ENTRY_COLUMNS: &str = "id, account, kind, available_delta, reserved_delta, charged, request_id, idem_key, expires_at_ms, note, created_at_ms";
+
+fn entries_of(c: &rusqlite::Connection, account: &str) -> Result<Vec<LedgerEntry>, StoreError> {
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account = ?1 ORDER BY id"
+        ))
+        .map_err(db_err)?;
+    let rows = st.query_map([account], entry_from_row).map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+fn verify_in(
+    c: &rusqlite::Connection,
+    now_ms: i64,
+    window_ms: i64,
+) -> Result<VerifyReport, StoreError> {
+    let mut rep = VerifyReport::default();
+    let one = |sql: &str| -> Result<i64, StoreError> {
+        c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.unwrap_or(0))
+            .map_err(db_err)
+    };
+    rep.accounts = one("SELECT COUNT(*) FROM ledger_accounts")? as u64;
+    rep.entries = one("SELECT COUNT(*) FROM ledger_entries")? as u64;
+    rep.usage_records = one("SELECT COUNT(*) FROM usage_records")? as u64;
+    rep.captures = one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'capture'")? as u64;
+    rep.open_reservations = one("SELECT COUNT(*) FROM reservations WHERE status = 'open'")? as u64;
+    rep.reconciled_reservations =
+        one("SELECT COUNT(*) FROM reservations WHERE status = 'reconciled'")? as u64;
+    rep.total_available = one("SELECT SUM(available) FROM ledger_accounts")?;
+    rep.total_reserved = one("SELECT SUM(reserved) FROM ledger_accounts")?;
+    rep.total_granted = one(
+        "SELECT SUM(available_delta) FROM ledger_entries WHERE kind IN ('grant', 'starter', 'adjust')",
+    )?;
+    rep.total_charged = one("SELECT SUM(charged) FROM ledger_entries")?;
+    rep.total_shortfall = one("SELECT SUM(shortfall_units) FROM usage_records")?;
+    rep.total_expired =
+        -one("SELECT SUM(available_delta) FROM ledger_entries WHERE kind = 'expire'")?;
+    let mut v = Vec::new();
+    let mut q = |sql: &str,
+                 f: &dyn Fn(&rusqlite::Row<'_>) -> rusqlite::Result<String>|
+     -> Result<(), StoreError> {
+        let mut st = c.prepare(sql).map_err(db_err)?;
+        let rows = st.query_map([], |r| f(r)).map_err(db_err)?;
+        for row in rows.take(1000) {
+            v.push(row.map_err(db_err)?);
+        }
+        Ok(())
+    };
+    // 1. balance = Σ entries, for both buckets of every account (and no account without entries
+    //    holding money).
+    q(
+        "SELECT a.id, a.available, a.reserved, COALESCE(SUM(e.available_delta), 0), COALESCE(SUM(e.reserved_delta), 0)
+         FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.id
+         GROUP BY a.id HAVING a.available != COALESCE(SUM(e.available_delta), 0)
+                          OR a.reserved != COALESCE(SUM(e.reserved_delta), 0)",
+        &|r| {
+            Ok(format!(
+                "account {}: available {} / reserved {} but entries sum to {} / {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?
+            ))
+        },
+    )?;
+    q(
+        "SELECT DISTINCT e.account FROM ledger_entries e LEFT JOIN ledger_accounts a ON a.id = e.account WHERE a.id IS NULL",
+        &|r| {
+            Ok(format!(
+                "entries for missing account {}",
+                r.get::<_, String>(0)?
+            ))
+        },
+    )?;
+    q(
+        "SELECT id, available, reserved FROM ledger_accounts WHERE available < 0 OR reserved < 0",
+        &|r| Ok(format!("account {} is negative", r.get::<_, String>(0)?)),
+    )?;
+    // 2. reserved = Σ open reservations.
+    q(
+        "SELECT a.id, a.reserved, COALESCE((SELECT SUM(amount) FROM reservations r WHERE r.account = a.id AND r.status = 'open'), 0) AS held
+         FROM ledger_accounts a WHERE a.reserved != held",
+        &|r| {
+            Ok(format!(
+                "account {}: reserved {} but open reservations hold {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?
+            ))
+        },
+    )?;
+    // 3. every capture has exactly one usage record (same id, same account, same amount) ...
+    q(
+        "SELECT e.request_id, e.charged, u.id, u.cost_units - u.shortfall_units, u.account, e.account
+         FROM ledger_entries e LEFT JOIN usage_records u ON u.id = e.request_id
+         WHERE e.kind = 'capture' AND (u.id IS NULL OR u.cost_units - u.shortfall_units != e.charged OR u.account IS NOT e.account)",
+        &|r| {
+            Ok(match r.get::<_, Option<String>>(2)? {
+                None => format!("capture for request {} has no usage record", r.get::<_, String>(0)?),
+                Some(id) => format!(
+                    "capture for request {id} charged {} but its record says {} (account {:?} vs {})",
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?
+                ),
+            })
+        },
+    )?;
+    // ... and every usage record that reserved or cost credits has exactly one capture.
+    q(
+        "SELECT u.id FROM usage_records u
+         WHERE u.account IS NOT NULL AND (u.reserved_units > 0 OR u.cost_units > 0)
+           AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.kind = 'capture' AND e.request_id = u.id)",
+        &|r| Ok(format!("usage record {} has no capture", r.get::<_, String>(0)?)),
+    )?;
+    q(
+        "SELECT request_id, COUNT(*) FROM ledger_entries WHERE kind = 'capture' GROUP BY request_id HAVING COUNT(*) > 1",
+        &|r| {
+            Ok(format!(
+                "request {} captured more than once",
+                r.get::<_, String>(0)?
+            ))
+        },
+    )?;
+    // 4. reservations: each has its reserve entry; settled ones a capture, reconciled ones a release.
+    q(
+        "SELECT r.request_id, r.status FROM reservations r WHERE
+           NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'reserve:' || r.request_id AND e.available_delta = -r.amount)
+           OR (r.status = 'settled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id AND e.reserved_delta = -r.amount))
+           OR (r.status = 'reconciled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'release:' || r.request_id AND e.reserved_delta = -r.amount))",
+        &|r| {
+            Ok(format!(
+                "reservation {} ({}) does not match its ledger entries",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?
+            ))
+        },
+    )?;
+    // 5. nothing stays reserved past the window.
+    let cutoff = now_ms - window_ms;
+    let mut st = c
+        .prepare("SELECT request_id, created_at_ms FROM reservations WHERE status = 'open' AND created_at_ms < ?1 LIMIT 1000")
+        .map_err(db_err)?;
+    let rows = st
+        .query_map([cutoff], |r| {
+            Ok(format!(
+                "reservation {} open for {} s (window {} s)",
+                r.get::<_, String>(0)?,
+                (now_ms - r.get::<_, i64>(1)?) / 1000,
+                window_ms / 1000
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        v.push(row.map_err(db_err)?);
+    }
+    rep.violations = v;
+    Ok(rep)
+}
+
+fn price_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Price> {
+    let id: i64 = r.get(0)?;
+    let provider = kind_of(&r.get::<_, String>(1)?)?;
+    let model: String = r.get(2)?;
+    let ty: String = r.get(3)?;
+    let terms: String = r.get(4)?;
+    let source: String = r.get(5)?;
+    let created_at_ms: i64 = r.get(6)?;
+    let model_type = match ty.as_str() {
+        "embedding" => ModelType::Embedding,
+        "image" => ModelType::Image,
+        _ => ModelType::Chat,
+    };
+    let t: Terms = serde_json::from_str(&terms).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Price {
+        version: id,
+        provider,
+        model,
+        model_type,
+        unit: t.unit,
+        margin_pct: t.margin_pct,
+        rates: t.rates,
+        source,
+        created_at_ms,
+    })
+}
+
+/// The JSON stored per price version (decimals as strings).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Terms {
+    #[serde(default)]
+    unit: Option<crate::pricing::Rates>,
+    #[serde(default)]
+    margin_pct: Option<rust_decimal::Decimal>,
+    rates: crate::pricing::Rates,
+}
+
+fn filter_sql(
+    since: Option<i64>,
+    until: Option<i64>,
+    user: &Option<String>,
+    team: &Option<String>,
+    app: &Option<String>,
+    time_col: &str,
+) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut w = vec!["1 = 1".to_string()];
+    let mut p: Vec<Value> = Vec::new();
+    if let Some(s) = since {
+        p.push(Value::Integer(s));
+        w.push(format!("{time_col} >= ?{}", p.len()));
+    }
+    if let Some(u) = until {
+        p.push(Value::Integer(u));
+        w.push(format!("{time_col} < ?{}", p.len()));
+    }
+    for (col, v) in [("user_id", user), ("team_id", team), ("app", app)] {
+        if let Some(v) = v {
+            p.push(Value::Text(v.clone()));
+            w.push(format!("{col} = ?{}", p.len()));
+        }
+    }
+    (w.join(" AND "), p)
+}
+
+#[async_trait]
+impl LedgerStore for SqliteStore {
+    async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError> {
+        let batch = batch.to_vec();
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for q in &batch {
+                out.push(reserve_one(&tx, q)?);
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError> {
+        let req = req.clone();
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            ensure_account(&tx, &req.account, req.starter.as_ref(), req.now_ms)?;
+            let available = available_of(&tx, &req.account)?;
+            if req.amount < 0 && available + req.amount < 0 {
+                return Ok(GrantOutcome::Insufficient { available });
+            }
+            if req.kind == GrantKind::Grant && req.amount <= 0 {
+                return Err(StoreError::Conflict("a grant must be positive".into()));
+            }
+            let inserted = insert_entry(
+                &tx,
+                &NewEntry {
+                    account: &req.account,
+                    kind: req.kind.as_str(),
+                    available_delta: req.amount,
+                    reserved_delta: 0,
+                    charged: 0,
+                    request_id: None,
+                    idem_key: &req.idem_key,
+                    expires_at_ms: req.expires_at_ms,
+                    note: req.note.as_deref(),
+                    now_ms: req.now_ms,
+                },
+            )?;
+            if !inserted {
+                tx.commit().map_err(db_err)?;
+                return Ok(GrantOutcome::Replayed);
+            }
+            move_money(&tx, &req.account, req.amount, 0)?;
+            tx.commit().map_err(db_err)?;
+            Ok(GrantOutcome::Applied)
+        })
+        .await
+    }
+
+    async fn balance(&self, account: &str) -> Result<Option<AccountBalance>, StoreError> {
+        let account = account.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, available, reserved FROM ledger_accounts WHERE id = ?1",
+                [&account],
+                |r| {
+                    Ok(AccountBalance {
+                        account: r.get(0)?,
+                        available: r.get(1)?,
+                        reserved: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn entries(&self, account: &str) -> Result<Vec<LedgerEntry>, StoreError> {
+        let account = account.to_string();
+        self.read(move |c| entries_of(c, &account)).await
+    }
+
+    async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError> {
+        // One read transaction: a consistent snapshot even while `serve` writes.
+        self.read(move |c| {
+            c.execute_batch("BEGIN").map_err(db_err)?;
+            let rep = verify_in(c, now_ms, window_ms);
+            let _ = c.execute_batch("COMMIT");
+            rep
+        })
+        .await
+    }
+
+    async fn reconcile(
+        &self,
+        me: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+        older_than_ms: i64,
+    ) -> Result<ReconcileReport, StoreError> {
+        let me = me.to_string();
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let stale: Vec<(String, String, i64)> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT r.request_id, r.account, r.amount FROM reservations r
+                         LEFT JOIN instances i ON i.id = r.instance
+                         WHERE r.status = 'open' AND (r.created_at_ms < ?3 OR
+                           (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2)))",
+                    )
+                    .map_err(db_err)?;
+                let rows = st
+                    .query_map(params![me, stale_before_ms, older_than_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            let mut rep = ReconcileReport::default();
+            for (req, account, amount) in stale {
+                let n = tx
+                    .execute(
+                        "UPDATE reservations SET status = 'reconciled', settled_at_ms = ?2 WHERE request_id = ?1 AND status = 'open'",
+                        params![req, now_ms],
+                    )
+                    .map_err(db_err)?;
+                if n == 0 {
+                    continue;
+                }
+                let key = format!("release:{req}");
+                if insert_entry(
+                    &tx,
+                    &NewEntry {
+                        account: &account,
+                        kind: "release",
+                        available_delta: amount,
+                        reserved_delta: -amount,
+                        charged: 0,
+                        request_id: Some(&req),
+                        idem_key: &key,
+                        expires_at_ms: None,
+                        note: Some("reconciled: the instance holding it stopped before settling"),
+                        now_ms,
+                    },
+                )? {
+                    move_money(&tx, &account, amount, -amount)?;
+                    rep.released += 1;
+                    rep.released_units += amount;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(rep)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO instances (id, heartbeat_ms) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                params![id, now_ms],
+            )
+            .map_err(db_err)?;
+            // Forget instances gone for a day.
+            c.execute(
+                "DELETE FROM instances WHERE heartbeat_ms < ?1",
+                [now_ms - 86_400_000],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_grants(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let due: Vec<(i64, String)> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT g.id, g.account FROM ledger_entries g
+                         WHERE g.expires_at_ms IS NOT NULL AND g.expires_at_ms <= ?1 AND g.available_delta > 0
+                           AND NOT EXISTS (SELECT 1 FROM ledger_entries x WHERE x.idem_key = 'expire:' || g.id)
+                         ORDER BY g.expires_at_ms, g.id",
+                    )
+                    .map_err(db_err)?;
+                let rows = st
+                    .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            let mut n = 0;
+            for (grant_id, account) in due {
+                let entries = entries_of(&tx, &account)?;
+                let unused = expiry::unused_of_grant(&entries, grant_id);
+                // What is reserved in flight stays; only available credit can expire.
+                let amount = unused.min(available_of(&tx, &account)?).max(0);
+                let key = format!("expire:{grant_id}");
+                if insert_entry(
+                    &tx,
+                    &NewEntry {
+                        account: &account,
+                        kind: "expire",
+                        available_delta: -amount,
+                        reserved_delta: 0,
+                        charged: 0,
+                        request_id: None,
+                        idem_key: &key,
+                        expires_at_ms: None,
+                        note: Some("unused part of an expired grant"),
+                        now_ms,
+                    },
+                )? {
+                    move_money(&tx, &account, -amount, 0)?;
+                    n += 1;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn insert_prices(&self, prices: &[Price]) -> Result<Vec<i64>, StoreError> {
+        let prices = prices.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let mut ids = Vec::with_capacity(prices.len());
+            for p in &prices {
+                let terms = serde_json::to_string(&Terms {
+                    unit: p.unit.clone(),
+                    margin_pct: p.margin_pct,
+                    rates: p.rates.clone(),
+                })
+                .map_err(|e| StoreError::Db(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO prices (provider, model, model_type, terms, source, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![p.provider.name(), p.model, p.model_type.as_str(), terms, p.source, p.created_at_ms],
+                )
+                .map_err(db_err)?;
+                ids.push(tx.last_insert_rowid());
+            }
+            bump_config(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn list_prices(&self, history: bool) -> Result<Vec<Price>, StoreError> {
+        self.read(move |c| {
+            let sql = if history {
+                "SELECT id, provider, model, model_type, terms, source, created_at_ms FROM prices ORDER BY id"
+            } else {
+                "SELECT p.id, p.provider, p.model, p.model_type, p.terms, p.source, p.created_at_ms FROM prices p
+                 WHERE p.id = (SELECT MAX(q.id) FROM prices q WHERE q.provider = p.provider AND q.model = p.model AND q.model_type = p.model_type)
+                 ORDER BY p.provider, p.model, p.model_type"
+            };
+            let mut st = c.prepare(sql).map_err(db_err)?;
+            let rows = st.query_map([], price_from_row).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn usage_report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| {
+            // Roll-ups are 15-minute buckets: a bound inside a bucket moves to its next start.
+            let (where_sql, params) =
+                filter_sql(q.since_ms, q.until_ms, &q.user_id, &q.team_id, &q.app, "bucket_ms");
+            let offset_ms = i64::from(q.tz_offset_minutes) * 60_000;
+            let period_expr = q.period.map(|p: Period| {
+                format!(
+                    "strftime('{}', (bucket_ms + {offset_ms}) / 1000, 'unixepoch')",
+                    p.pattern()
+                )
+            });
+            let mut select: Vec<String> = Vec::new();
+            select.push(period_expr.clone().unwrap_or_else(|| "NULL".to_string()));
+            for d in &q.group_by {
+                select.push(d.column().to_string());
+            }
+            let group: Vec<String> = (1..=select.len()).skip(usize::from(period_expr.is_none())).map(|i| i.to_string()).collect();
+            let sql = format!(
+                "SELECT {}, SUM(calls), SUM(success_calls), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),
+                   SUM(cost_units), SUM(provider_cost_units)
+                 FROM usage_rollup WHERE {where_sql} {} ORDER BY {}",
+                select.join(", "),
+                if group.is_empty() { String::new() } else { format!("GROUP BY {}", group.join(", ")) },
+                if group.is_empty() { "1".to_string() } else { group.join(", ") },
+            );
+            let mut st = c.prepare(&sql).map_err(db_err)?;
+            let n = q.group_by.len();
+            let rows = st
+                .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    let mut keys = Vec::with_capacity(n);
+                    for i in 0..n {
+                        keys.push(r.get::<_, Option<String>>(1 + i)?.unwrap_or_default());
+                    }
+                    let g = |i: usize| -> rusqlite::Result<i64> { Ok(r.get::<_, Option<i64>>(1 + n + i)?.unwrap_or(0)) };
+                    Ok(ReportRow {
+                        period: r.get(0)?,
+                        keys,
+                        calls: g(0)?,
+                        success_calls: g(1)?,
+                        prompt_tokens: g(2)?,
+                        completion_tokens: g(3)?,
+                        images: g(4)?,
+                        cost_units: g(5)?,
+                        provider_cost_units: g(6)?,
+                    })
+                })
+                .map_err(db_err)?;
+            let rows: Vec<ReportRow> = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+            // An empty filter still yields one all-NULL row from SUM(): drop it.
+            Ok(rows.into_iter().filter(|r| r.calls > 0).collect())
+        })
+        .await
+    }
+
+    async fn usage_records(&self, f: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError> {
+        let f = f.clone();
+        self.read(move |c| {
+            let (where_sql, params) =
+                filter_sql(f.since_ms, f.until_ms, &f.user_id, &f.team_id, &f.app, "created_at_ms");
+            let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+            let sql = format!(
+                "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {where_sql} ORDER BY created_at_ms, rowid{limit}"
+            );
+            let mut st = c.prepare(&sql).map_err(db_err)?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(params.iter()), usage_from_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn charged_since(&self, user_id: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let user = user_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(cost_units), 0) FROM usage_rollup WHERE user_id = ?1 AND bucket_ms >= ?2",
+                params![user, since_ms.div_euclid(BUCKET_MS) * BUCKET_MS],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+}

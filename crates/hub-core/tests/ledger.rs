@@ -1,0 +1,363 @@
+//! The ledger at the store level: reservations, settlement with the usage record, grants,
+//! idempotency, starter credits under concurrency (also from two connections, as two processes
+//! would), reconcile, expiry, and a property test that settlement never creates or destroys money.
+
+use std::sync::Arc;
+
+use hub_core::ledger::{
+    GrantKind, GrantOutcome, GrantReq, LedgerStore, ReserveOutcome, ReserveReq, Starter,
+    user_account,
+};
+use hub_core::store::sqlite::SqliteStore;
+use hub_core::store::{Billing, CallStatus, Store, UsageRecord};
+use proptest::prelude::*;
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn record(id: &str, account: &str, reserved: i64, cost: i64) -> UsageRecord {
+    UsageRecord {
+        id: id.into(),
+        created_at_ms: 1_700_000_000_000,
+        client_request_id: None,
+        principal: "k".into(),
+        user_id: account.trim_start_matches("user:").into(),
+        team_id: None,
+        app: None,
+        ingress: "openai".into(),
+        endpoint: "chat".into(),
+        requested_model: "openai/gpt-4o-mini".into(),
+        provider: Some("openai".into()),
+        credential: None,
+        upstream_model: Some("gpt-4o-mini".into()),
+        stream: false,
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        images: 0,
+        estimated: false,
+        latency_ms: 1,
+        ttfb_ms: None,
+        status: CallStatus::Success,
+        http_status: 200,
+        error_class: None,
+        error_message: None,
+        provider_cost: None,
+        attempts: 1,
+        billing: Billing {
+            mode: Some("credits".into()),
+            price_version: Some(1),
+            cost_units: cost,
+            provider_cost_units: cost,
+            account: Some(account.into()),
+            reserved_units: reserved,
+            shortfall_units: 0,
+        },
+    }
+}
+
+fn reserve(req: &str, account: &str, amount: i64) -> ReserveReq {
+    ReserveReq {
+        request_id: req.into(),
+        account: account.into(),
+        amount,
+        instance: "me".into(),
+        now_ms: 1,
+        starter: None,
+    }
+}
+
+fn grant(account: &str, amount: i64, key: &str) -> GrantReq {
+    GrantReq {
+        account: account.into(),
+        kind: GrantKind::Grant,
+        amount,
+        idem_key: key.into(),
+        expires_at_ms: None,
+        note: None,
+        now_ms: 1,
+        starter: None,
+    }
+}
+
+fn open() -> Result<(tempfile::TempDir, Arc<SqliteStore>), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open(&dir.path().join("hub.db"))?);
+    Ok((dir, store))
+}
+
+async fn assert_consistent(store: &SqliteStore) -> R {
+    let rep = store.verify(10, 1_000_000).await?;
+    assert!(rep.ok(), "{:#?}", rep.violations);
+    // Money is conserved: everything granted is available, held, charged or expired.
+    assert_eq!(
+        rep.total_granted,
+        rep.total_available + rep.total_reserved + rep.total_charged + rep.total_expired,
+        "{rep:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reserve_capture_release_and_refuse() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    assert_eq!(
+        store.grant(&grant(&acct, 100, "g1")).await?,
+        GrantOutcome::Applied
+    );
+    let out = store
+        .reserve(&[
+            reserve("r1", &acct, 60),
+            reserve("r2", &acct, 60),
+            reserve("r1", &acct, 1),
+        ])
+        .await?;
+    // r2 would overdraw; a second reservation under the same request id is refused.
+    assert_eq!(
+        out,
+        vec![
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Insufficient { available: 40 },
+            ReserveOutcome::Duplicate
+        ]
+    );
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (40, 60));
+    // Capture 25 of the 60: 35 goes back.
+    store.insert_usage(&[record("r1", &acct, 60, 25)]).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (75, 0));
+    // A replayed record (same request id) settles nothing again.
+    let mut again = record("r1", &acct, 60, 25);
+    again.billing.cost_units = 70;
+    store.insert_usage(&[again]).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (75, 0));
+    let captures = store
+        .entries(&acct)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == "capture")
+        .count();
+    assert_eq!(captures, 1);
+    assert_consistent(&store).await
+}
+
+#[tokio::test]
+async fn a_cost_above_the_hold_never_overdraws() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 50, "g")).await?;
+    store.reserve(&[reserve("r", &acct, 20)]).await?;
+    // Costs 100: 20 held + 30 available = 50 charged, 50 written off.
+    store.insert_usage(&[record("r", &acct, 20, 100)]).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (0, 0));
+    let rec = store.list_usage(1).await?;
+    assert_eq!(rec[0].billing.shortfall_units, 50);
+    assert_consistent(&store).await
+}
+
+#[tokio::test]
+async fn grants_and_adjustments_are_idempotent() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    assert_eq!(
+        store.grant(&grant(&acct, 10, "k")).await?,
+        GrantOutcome::Applied
+    );
+    assert_eq!(
+        store.grant(&grant(&acct, 10, "k")).await?,
+        GrantOutcome::Replayed
+    );
+    let mut adj = grant(&acct, -4, "adj1");
+    adj.kind = GrantKind::Adjust;
+    assert_eq!(store.grant(&adj).await?, GrantOutcome::Applied);
+    assert_eq!(store.grant(&adj).await?, GrantOutcome::Replayed);
+    let mut too_much = grant(&acct, -7, "adj2");
+    too_much.kind = GrantKind::Adjust;
+    assert_eq!(
+        store.grant(&too_much).await?,
+        GrantOutcome::Insufficient { available: 6 }
+    );
+    assert_eq!(store.balance(&acct).await?.map(|b| b.available), Some(6));
+    assert_consistent(&store).await
+}
+
+#[tokio::test]
+async fn starter_credits_once_under_concurrent_first_requests() -> R {
+    let (dir, store) = open()?;
+    // A second connection to the same file stands in for a second process.
+    let other = Arc::new(SqliteStore::open(&dir.path().join("hub.db"))?);
+    let acct = user_account("newbie");
+    let starter = Starter {
+        amount: 1_000,
+        expires_at_ms: None,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s: Arc<SqliteStore> = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let mut q = reserve(&format!("req{i}"), &acct, 10);
+        q.starter = Some(starter.clone());
+        tasks.push(tokio::spawn(async move { s.reserve(&[q]).await }));
+    }
+    // An admin grant racing the first requests must not skip or double the starter grant either.
+    let mut g = grant(&acct, 5, "admin");
+    g.starter = Some(starter.clone());
+    store.grant(&g).await?;
+    for t in tasks {
+        assert_eq!(t.await??, vec![ReserveOutcome::Reserved]);
+    }
+    let entries = store.entries(&acct).await?;
+    assert_eq!(entries.iter().filter(|e| e.kind == "starter").count(), 1);
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (1_000 + 5 - 400, 400));
+    assert_consistent(&store).await
+}
+
+#[tokio::test]
+async fn reconcile_releases_what_a_dead_instance_held() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 100, "g")).await?;
+    store.heartbeat("dead", 1_000).await?;
+    store.heartbeat("alive", 10_000).await?;
+    let mut a = reserve("a", &acct, 30);
+    a.instance = "dead".into();
+    a.now_ms = 1_000;
+    let mut b = reserve("b", &acct, 20);
+    b.instance = "alive".into();
+    b.now_ms = 9_000;
+    store.reserve(&[a, b]).await?;
+    // Window of 60 s; 'dead' last beat at 1 s, stale before 5 s.
+    let rep = store
+        .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
+        .await?;
+    assert_eq!((rep.released, rep.released_units), (1, 30));
+    // Replaying the reconcile changes nothing.
+    let rep = store
+        .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
+        .await?;
+    assert_eq!(rep.released, 0);
+    let bal = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((bal.available, bal.reserved), (80, 20));
+    // The live one settles normally.
+    store.insert_usage(&[record("b", &acct, 20, 5)]).await?;
+    // A late record for the reconciled request is charged from available, once.
+    store.insert_usage(&[record("a", &acct, 30, 7)]).await?;
+    let bal = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((bal.available, bal.reserved), (100 - 5 - 7, 0));
+    // Verify flags a reservation older than the window.
+    let mut c = reserve("c", &acct, 1);
+    c.now_ms = 0;
+    store.reserve(&[c]).await?;
+    let rep = store.verify(120_000, 60_000).await?;
+    assert_eq!(rep.violations.len(), 1, "{:?}", rep.violations);
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiry_takes_only_the_unused_part() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    let now = hub_core::hub::now_ms();
+    let mut starter = grant(&acct, 100, "s");
+    starter.now_ms = now;
+    starter.expires_at_ms = Some(now + 60_000);
+    store.grant(&starter).await?;
+    let mut bought = grant(&acct, 50, "bought");
+    bought.now_ms = now;
+    store.grant(&bought).await?;
+    store.reserve(&[reserve("r", &acct, 70)]).await?;
+    store.insert_usage(&[record("r", &acct, 70, 60)]).await?;
+    assert_eq!(store.expire_grants(now + 30_000).await?, 0, "not yet");
+    assert_eq!(store.expire_grants(now + 61_000).await?, 1);
+    assert_eq!(store.expire_grants(now + 90_000).await?, 0, "never twice");
+    // 60 spent from the starter (it expires first): 40 of it expires, the 50 bought stay.
+    assert_eq!(store.balance(&acct).await?.map(|b| b.available), Some(50));
+    assert_consistent(&store).await
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Grant(u8, i64),
+    Reserve(u8, i64),
+    /// Settle the n-th reservation made so far, with this cost (may exceed the hold).
+    Settle(usize, i64),
+    /// Replay the n-th settlement.
+    Replay(usize),
+    Adjust(u8, i64),
+    Reconcile,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..3, 1i64..1_000).prop_map(|(a, x)| Op::Grant(a, x)),
+        (0u8..3, 0i64..800).prop_map(|(a, x)| Op::Reserve(a, x)),
+        (0usize..40, 0i64..1_200).prop_map(|(i, c)| Op::Settle(i, c)),
+        (0usize..40).prop_map(Op::Replay),
+        (0u8..3, -500i64..500).prop_map(|(a, x)| Op::Adjust(a, x)),
+        Just(Op::Reconcile),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Whatever happens, in any order: no account goes negative, balance = Σ entries, every
+    /// capture has its record, and granted = available + reserved + charged + expired.
+    #[test]
+    fn settlement_never_creates_or_destroys_money(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let res: R = rt.block_on(async {
+            let (_d, store) = open()?;
+            let acct = |a: u8| user_account(&format!("u{a}"));
+            let mut reservations: Vec<(String, String, i64)> = Vec::new();
+            let mut settled: Vec<UsageRecord> = Vec::new();
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Grant(a, x) => {
+                        store.grant(&grant(&acct(a), x, &format!("g{n}"))).await?;
+                    }
+                    Op::Reserve(a, x) => {
+                        let id = format!("r{n}");
+                        if store.reserve(&[reserve(&id, &acct(a), x)]).await? == vec![ReserveOutcome::Reserved] {
+                            reservations.push((id, acct(a), x));
+                        }
+                    }
+                    Op::Settle(i, cost) => {
+                        if let Some((id, a, held)) = reservations.get(i % reservations.len().max(1)).cloned() {
+                            let rec = record(&id, &a, held, cost);
+                            store.insert_usage(std::slice::from_ref(&rec)).await?;
+                            settled.push(rec);
+                        }
+                    }
+                    Op::Replay(i) => {
+                        if let Some(rec) = settled.get(i % settled.len().max(1)).cloned() {
+                            store.insert_usage(&[rec]).await?;
+                        }
+                    }
+                    Op::Adjust(a, x) if x != 0 => {
+                        let mut g = grant(&acct(a), x, &format!("a{n}"));
+                        g.kind = GrantKind::Adjust;
+                        store.grant(&g).await?;
+                    }
+                    Op::Adjust(..) => {}
+                    Op::Reconcile => {
+                        // Everything open is treated as held by a dead instance.
+                        store.reconcile("me", 10, 5, 5).await?;
+                    }
+                }
+                assert_consistent(&store).await?;
+            }
+            Ok(())
+        });
+        prop_assert!(res.is_ok(), "{:?}", res.err().map(|e| e.to_string()));
+    }
+}

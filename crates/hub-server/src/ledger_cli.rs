@@ -1,0 +1,875 @@
+//! CLI for billing: `aigne-hub ledger verify`, `admin credits ...`, `admin billing ...`,
+//! `admin price ...`, `admin usage report|export`. All work against the data dir of a running
+//! server (balances live in the database; settings and prices bump the config version, which
+//! the server polls).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use hub_core::hub::{BillingDefaults, billing_keys, load_billing_config, now_ms};
+use hub_core::ledger::report::{
+    Dim, EXPORT_HEADER, Period, csv_line, export_line, parse_tz_offset, totals,
+};
+use hub_core::ledger::{
+    GrantKind, GrantOutcome, GrantReq, ReportQuery, UsageFilter, quota_of, team_account,
+    user_account,
+};
+use hub_core::pricing::{
+    BillingMode, Price, PriceBook, Rates, from_units, parse_amount, reprice, round, to_units,
+};
+use hub_core::providers::ProviderKind;
+use hub_core::store::{Store, StoreError};
+use hub_core::types::ModelType;
+use rust_decimal::Decimal;
+
+use crate::cli::{DataArgs, Out};
+
+fn e(err: StoreError) -> String {
+    err.to_string()
+}
+
+/// Billing defaults from the environment (`HUB_BILLING_MODE`, `HUB_STARTER_CREDITS`, ...).
+pub fn billing_defaults() -> Result<BillingDefaults, String> {
+    BillingDefaults::from_env(|k| std::env::var(k).ok())
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Proves the ledger: balance = Σ entries for every account; every capture has exactly one
+    /// usage record and vice versa; no open reservation older than the window. Exits non-zero
+    /// on any violation.
+    Verify {
+        /// Oldest an open reservation may be, seconds (default `HUB_RECONCILE_WINDOW_SECS`, 3600).
+        #[arg(long)]
+        window_secs: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCommand {
+    /// Grants credits to a user (or team); idempotent by `--idempotency-key`.
+    Grant {
+        #[command(flatten)]
+        who: Who,
+        /// Decimal credits, e.g. 10 or 0.5 (at most 10 decimal places).
+        #[arg(long)]
+        amount: String,
+        /// The grant expires (what is left of it) after this many days.
+        #[arg(long)]
+        expires_days: Option<u32>,
+        /// Replaying the same key changes nothing (default: a fresh key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Corrects a balance up or down (never below zero); idempotent by `--idempotency-key`.
+    Adjust {
+        #[command(flatten)]
+        who: Who,
+        /// Signed decimal credits, e.g. -2.5.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Prints the available balance as a decimal (`--json`: available, reserved, quota).
+    Balance {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ledger entries of an account, oldest first.
+    Entries {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Who {
+    /// User id.
+    #[arg(long, conflicts_with = "team", required_unless_present = "team")]
+    pub user: Option<String>,
+    /// Team id (keys of a team draw on the team's balance).
+    #[arg(long)]
+    pub team: Option<String>,
+}
+
+impl Who {
+    fn account(&self) -> String {
+        match (&self.user, &self.team) {
+            (_, Some(t)) => team_account(t),
+            (Some(u), None) => user_account(u),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BillingCommand {
+    /// Shows the billing settings in force.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes billing settings (a running server applies them within a second).
+    Set {
+        /// internal | credits
+        #[arg(long)]
+        mode: Option<String>,
+        /// Target margin in percent used to derive rates from provider cost.
+        #[arg(long)]
+        margin: Option<String>,
+        /// USD per credit.
+        #[arg(long)]
+        base_credit_price: Option<String>,
+        /// Credits granted once to every new user (0: none).
+        #[arg(long)]
+        starter_credits: Option<String>,
+        /// Starter credits expire after this many days (0: never).
+        #[arg(long)]
+        starter_expiry_days: Option<u32>,
+        /// Where a caller out of credits can buy more (the 402's link; empty to clear).
+        #[arg(long)]
+        payment_link: Option<String>,
+        /// Shown before amounts, e.g. `$`.
+        #[arg(long)]
+        credit_prefix: Option<String>,
+        /// Worst-case output tokens reserved when a request sets no max.
+        #[arg(long)]
+        max_output_tokens: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PriceCommand {
+    /// Current prices (credits and provider cost per 1M tokens; per image).
+    List {
+        /// Every version, oldest first.
+        #[arg(long)]
+        history: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets the price of one model (a new version; history is kept).
+    Set {
+        #[arg(long)]
+        provider: String,
+        /// The provider's own model id (`gpt-4o-mini`, `openai/gpt-4o-mini` on OpenRouter).
+        #[arg(long)]
+        model: String,
+        /// chat | embedding | image
+        #[arg(long = "type", default_value = "chat")]
+        model_type: String,
+        /// Per 1M tokens.
+        #[arg(long, default_value = "0")]
+        input: String,
+        #[arg(long, default_value = "0")]
+        output: String,
+        #[arg(long)]
+        cache_read: Option<String>,
+        #[arg(long)]
+        cache_write: Option<String>,
+        /// Per image.
+        #[arg(long)]
+        image: Option<String>,
+        /// The amounts are the provider's cost in USD; rates are derived with the margin.
+        /// Without it they are the rates in credits.
+        #[arg(long)]
+        unit_cost: bool,
+    },
+    /// Re-derives every rate that has a provider cost with a new margin (bulk re-price).
+    Reprice {
+        /// Margin in percent.
+        #[arg(long)]
+        margin: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Group by: comma list of user, team, app, provider, model.
+    #[arg(long, default_value = "")]
+    pub by: String,
+    /// hour | day | month
+    #[arg(long)]
+    pub period: Option<String>,
+    /// Time zone as a UTC offset (`+08:00`, `-05:30`, `UTC`) for periods and dates.
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// From (inclusive): `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` in `--tz`, or epoch milliseconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until (exclusive), same forms.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub team: Option<String>,
+    #[arg(long)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// CSV (RFC 4180; the only format, accepted for clarity).
+    #[arg(long)]
+    pub csv: bool,
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub team: Option<String>,
+    #[arg(long)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD[THH:MM[:SS]]` in the given offset, or epoch milliseconds.
+pub fn parse_time(s: &str, tz_offset_minutes: i32) -> Result<i64, String> {
+    let t = s.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad =
+        || format!("`{s}` is not a date (YYYY-MM-DD, YYYY-MM-DDTHH:MM) or epoch milliseconds");
+    let (date, time) = t.split_once(['T', ' ']).unwrap_or((t, "00:00"));
+    let dp: Vec<&str> = date.split('-').collect();
+    let tp: Vec<&str> = time.split(':').collect();
+    if dp.len() != 3 || tp.len() < 2 || tp.len() > 3 {
+        return Err(bad());
+    }
+    let n = |v: &str| v.parse::<i64>().map_err(|_| bad());
+    let (y, mo, d) = (n(dp[0])?, n(dp[1])?, n(dp[2])?);
+    let (h, mi) = (n(tp[0])?, n(tp[1])?);
+    let sec = if tp.len() == 3 { n(tp[2])? } else { 0 };
+    if !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&mi)
+        || !(0..60).contains(&sec)
+    {
+        return Err(bad());
+    }
+    let local = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000;
+    Ok(local - i64::from(tz_offset_minutes) * 60_000)
+}
+
+/// `aigne-hub ledger ...`
+pub async fn ledger(args: LedgerArgs, out: &mut dyn Out) -> Result<(), String> {
+    let defaults = billing_defaults()?;
+    let opts = crate::cli::hub_options(args.data.data_dir.clone(), None);
+    let (store, _vault) = hub_core::hub::open_store_and_vault(&opts).map_err(|e| e.to_string())?;
+    match args.command {
+        LedgerCommand::Verify { window_secs, json } => {
+            let window_ms = window_secs
+                .map(|s| s as i64 * 1000)
+                .unwrap_or(defaults.reconcile_window.as_millis() as i64);
+            let rep = store.verify(now_ms(), window_ms).await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?);
+            } else {
+                out.line(&format!(
+                    "accounts {}  entries {}  usage records {}  captures {}  open reservations {}  reconciled {}",
+                    rep.accounts, rep.entries, rep.usage_records, rep.captures, rep.open_reservations, rep.reconciled_reservations
+                ));
+                out.line(&format!(
+                    "granted {}  charged {}  expired {}  written off {}  available {}  reserved {}",
+                    from_units(rep.total_granted),
+                    from_units(rep.total_charged),
+                    from_units(rep.total_expired),
+                    from_units(rep.total_shortfall),
+                    from_units(rep.total_available),
+                    from_units(rep.total_reserved)
+                ));
+                for v in &rep.violations {
+                    out.line(&format!("VIOLATION: {v}"));
+                }
+                out.line(if rep.ok() {
+                    "ledger OK"
+                } else {
+                    "ledger INCONSISTENT"
+                });
+            }
+            if !rep.ok() {
+                return Err(format!(
+                    "ledger verify found {} violation(s)",
+                    rep.violations.len()
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn known_user(store: &dyn Store, who: &Who) -> Result<(), String> {
+    if let Some(u) = &who.user
+        && !store
+            .list_users()
+            .await
+            .map_err(e)?
+            .iter()
+            .any(|r| &r.id == u)
+    {
+        return Err(format!("no user `{u}` on this hub"));
+    }
+    Ok(())
+}
+
+/// `aigne-hub admin credits ...`
+pub async fn credits(
+    store: Arc<dyn Store>,
+    cmd: CreditsCommand,
+    out: &mut dyn Out,
+) -> Result<(), String> {
+    let defaults = billing_defaults()?;
+    let cfg = load_billing_config(store.as_ref(), &defaults)
+        .await
+        .map_err(e)?;
+    let now = now_ms();
+    match cmd {
+        CreditsCommand::Grant {
+            who,
+            amount,
+            expires_days,
+            idempotency_key,
+            note,
+        } => {
+            known_user(store.as_ref(), &who).await?;
+            let d = parse_amount(&amount)?;
+            if d <= Decimal::ZERO {
+                return Err("--amount of a grant must be positive (use `credits adjust` to take credits away)".into());
+            }
+            let units = to_units(d).ok_or("amount out of range")?;
+            let req = GrantReq {
+                account: who.account(),
+                kind: GrantKind::Grant,
+                amount: units,
+                idem_key: format!(
+                    "grant:{}",
+                    idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+                ),
+                expires_at_ms: expires_days.map(|d| now + i64::from(d) * 86_400_000),
+                note,
+                now_ms: now,
+                starter: who.user.as_ref().and_then(|_| cfg.starter(now)),
+            };
+            report_grant(store.as_ref(), &req, out).await
+        }
+        CreditsCommand::Adjust {
+            who,
+            amount,
+            idempotency_key,
+            note,
+        } => {
+            known_user(store.as_ref(), &who).await?;
+            let d = parse_amount(&amount)?;
+            let units = to_units(d).ok_or("amount out of range")?;
+            if units == 0 {
+                return Err("--amount must not be zero".into());
+            }
+            let req = GrantReq {
+                account: who.account(),
+                kind: GrantKind::Adjust,
+                amount: units,
+                idem_key: format!(
+                    "adjust:{}",
+                    idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+                ),
+                expires_at_ms: None,
+                note,
+                now_ms: now,
+                starter: who.user.as_ref().and_then(|_| cfg.starter(now)),
+            };
+            report_grant(store.as_ref(), &req, out).await
+        }
+        CreditsCommand::Balance { who, json } => {
+            let account = who.account();
+            let bal = store.balance(&account).await.map_err(e)?;
+            if json {
+                let quota = quota_of(
+                    store.as_ref(),
+                    &account,
+                    who.user.as_deref().unwrap_or(""),
+                    now,
+                )
+                .await
+                .map_err(e)?;
+                out.line(&serde_json::to_string_pretty(&serde_json::json!({
+                    "account": account,
+                    "available": from_units(bal.as_ref().map_or(0, |b| b.available)).to_string(),
+                    "reserved": from_units(bal.as_ref().map_or(0, |b| b.reserved)).to_string(),
+                    "quota": quota,
+                    "creditPrefix": cfg.credit_prefix,
+                })).map_err(|e| e.to_string())?);
+            } else {
+                out.line(&from_units(bal.map_or(0, |b| b.available)).to_string());
+            }
+            Ok(())
+        }
+        CreditsCommand::Entries { who, json } => {
+            let entries = store.entries(&who.account()).await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?);
+            } else {
+                for x in entries {
+                    out.line(&format!(
+                        "{}\t{}\t{}\tavailable {}\treserved {}\tcharged {}\t{}",
+                        x.id,
+                        x.created_at_ms,
+                        x.kind,
+                        from_units(x.available_delta),
+                        from_units(x.reserved_delta),
+                        from_units(x.charged),
+                        x.idem_key
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn report_grant(store: &dyn Store, req: &GrantReq, out: &mut dyn Out) -> Result<(), String> {
+    match store.grant(req).await.map_err(e)? {
+        GrantOutcome::Applied => {
+            let bal = store.balance(&req.account).await.map_err(e)?;
+            out.line(&format!(
+                "{} {} to {}; available now {}",
+                req.kind.as_str(),
+                from_units(req.amount),
+                req.account,
+                from_units(bal.map_or(0, |b| b.available))
+            ));
+            Ok(())
+        }
+        GrantOutcome::Replayed => {
+            out.line(&format!(
+                "{} already applied (key {}); nothing changed",
+                req.kind.as_str(),
+                req.idem_key
+            ));
+            Ok(())
+        }
+        GrantOutcome::Insufficient { available } => Err(format!(
+            "{} has only {} available; an adjustment cannot take it below zero",
+            req.account,
+            from_units(available)
+        )),
+    }
+}
+
+/// `aigne-hub admin billing ...`
+pub async fn billing(
+    store: Arc<dyn Store>,
+    cmd: BillingCommand,
+    out: &mut dyn Out,
+) -> Result<(), String> {
+    let defaults = billing_defaults()?;
+    match cmd {
+        BillingCommand::Show { json } => {
+            let cfg = load_billing_config(store.as_ref(), &defaults)
+                .await
+                .map_err(e)?;
+            let v = serde_json::json!({
+                "mode": cfg.mode.as_str(),
+                "margin_pct": cfg.pricing.margin_pct.to_string(),
+                "base_credit_price": cfg.pricing.base_credit_price.to_string(),
+                "max_output_tokens": cfg.max_output_tokens,
+                "starter_credits": from_units(cfg.starter_units).to_string(),
+                "starter_expiry_days": cfg.starter_expiry_days,
+                "payment_link": cfg.payment_link,
+                "credit_prefix": cfg.credit_prefix,
+                "prices": cfg.prices.len(),
+            });
+            if json {
+                out.line(&serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            } else if let Some(m) = v.as_object() {
+                for (k, v) in m {
+                    out.line(&format!("{k}\t{v}"));
+                }
+            }
+            Ok(())
+        }
+        BillingCommand::Set {
+            mode,
+            margin,
+            base_credit_price,
+            starter_credits,
+            starter_expiry_days,
+            payment_link,
+            credit_prefix,
+            max_output_tokens,
+        } => {
+            let mut sets: Vec<(&str, String)> = Vec::new();
+            if let Some(m) = mode {
+                let m = BillingMode::parse(&m)
+                    .ok_or_else(|| format!("--mode must be internal or credits, got `{m}`"))?;
+                sets.push((billing_keys::MODE, m.as_str().to_string()));
+            }
+            if let Some(v) = margin {
+                Decimal::from_str(v.trim())
+                    .map_err(|_| format!("--margin `{v}` is not a number"))?;
+                sets.push((billing_keys::MARGIN_PCT, v.trim().to_string()));
+            }
+            if let Some(v) = base_credit_price {
+                let d = Decimal::from_str(v.trim())
+                    .map_err(|_| format!("--base-credit-price `{v}` is not a number"))?;
+                if d <= Decimal::ZERO {
+                    return Err("--base-credit-price must be positive".into());
+                }
+                sets.push((billing_keys::BASE_CREDIT_PRICE, v.trim().to_string()));
+            }
+            if let Some(v) = starter_credits {
+                parse_amount(&v)?;
+                sets.push((billing_keys::STARTER_CREDITS, v.trim().to_string()));
+            }
+            if let Some(v) = starter_expiry_days {
+                sets.push((billing_keys::STARTER_EXPIRY_DAYS, v.to_string()));
+            }
+            if let Some(v) = payment_link {
+                sets.push((billing_keys::PAYMENT_LINK, v));
+            }
+            if let Some(v) = credit_prefix {
+                sets.push((billing_keys::CREDIT_PREFIX, v));
+            }
+            if let Some(v) = max_output_tokens {
+                sets.push((billing_keys::MAX_OUTPUT_TOKENS, v.to_string()));
+            }
+            if sets.is_empty() {
+                return Err("nothing to set; see `aigne-hub admin billing set --help`".into());
+            }
+            for (k, v) in &sets {
+                store.set_setting(k, v).await.map_err(e)?;
+                out.line(&format!("{k} = {v}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn per_million(d: Decimal) -> String {
+    (d * Decimal::from(1_000_000)).normalize().to_string()
+}
+
+fn parse_type(s: &str) -> Result<ModelType, String> {
+    match s {
+        "chat" => Ok(ModelType::Chat),
+        "embedding" => Ok(ModelType::Embedding),
+        "image" => Ok(ModelType::Image),
+        _ => Err(format!(
+            "--type must be chat, embedding or image, got `{s}`"
+        )),
+    }
+}
+
+/// `aigne-hub admin price ...`
+pub async fn price(
+    store: Arc<dyn Store>,
+    cmd: PriceCommand,
+    out: &mut dyn Out,
+) -> Result<(), String> {
+    let defaults = billing_defaults()?;
+    let cfg = load_billing_config(store.as_ref(), &defaults)
+        .await
+        .map_err(e)?;
+    match cmd {
+        PriceCommand::List { history, json } => {
+            let prices = store.list_prices(history).await.map_err(e)?;
+            if json {
+                out.line(&serde_json::to_string_pretty(&prices).map_err(|e| e.to_string())?);
+            } else {
+                out.line("version\tprovider\tmodel\ttype\tinput/1M\toutput/1M\tcache read/1M\tcache write/1M\timage\tcost input/1M\tcost output/1M\tmargin%\tsource");
+                for p in prices {
+                    let u = p.unit.clone().unwrap_or_default();
+                    out.line(&format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        p.version,
+                        p.provider,
+                        p.model,
+                        p.model_type.as_str(),
+                        per_million(p.rates.input),
+                        per_million(p.rates.output),
+                        p.rates.cache_read.map(per_million).unwrap_or_default(),
+                        p.rates.cache_write.map(per_million).unwrap_or_default(),
+                        p.rates
+                            .image
+                            .map(|d| d.normalize().to_string())
+                            .unwrap_or_default(),
+                        p.unit
+                            .as_ref()
+                            .map(|_| per_million(u.input))
+                            .unwrap_or_default(),
+                        p.unit
+                            .as_ref()
+                            .map(|_| per_million(u.output))
+                            .unwrap_or_default(),
+                        p.margin_pct.map(|m| m.to_string()).unwrap_or_default(),
+                        p.source
+                    ));
+                }
+            }
+            Ok(())
+        }
+        PriceCommand::Set {
+            provider,
+            model,
+            model_type,
+            input,
+            output,
+            cache_read,
+            cache_write,
+            image,
+            unit_cost,
+        } => {
+            let kind = ProviderKind::from_name(&provider)
+                .ok_or_else(|| format!("unknown provider `{provider}`"))?;
+            let ty = parse_type(&model_type)?;
+            let num = |name: &str, v: &str| -> Result<Decimal, String> {
+                let d = Decimal::from_str(v.trim())
+                    .map_err(|_| format!("--{name} `{v}` is not a number"))?;
+                if d < Decimal::ZERO {
+                    return Err(format!("--{name} must not be negative"));
+                }
+                Ok(d)
+            };
+            let m = Decimal::from(1_000_000);
+            let given = Rates {
+                input: round(num("input", &input)? / m),
+                output: round(num("output", &output)? / m),
+                cache_read: cache_read
+                    .as_deref()
+                    .map(|v| num("cache-read", v).map(|d| round(d / m)))
+                    .transpose()?,
+                cache_write: cache_write
+                    .as_deref()
+                    .map(|v| num("cache-write", v).map(|d| round(d / m)))
+                    .transpose()?,
+                image: image.as_deref().map(|v| num("image", v)).transpose()?,
+                image_by: Default::default(),
+            };
+            let (unit, rates, margin) = if unit_cost {
+                let rates = Rates::derive(
+                    &given,
+                    cfg.pricing.margin_pct,
+                    cfg.pricing.base_credit_price,
+                );
+                (Some(given), rates, Some(cfg.pricing.margin_pct))
+            } else {
+                let existing = cfg
+                    .prices
+                    .get(kind, &model, ty)
+                    .and_then(|p| p.unit.clone());
+                (existing, given, None)
+            };
+            let p = Price {
+                version: 0,
+                provider: kind,
+                model: model.clone(),
+                model_type: ty,
+                unit,
+                margin_pct: margin,
+                rates,
+                source: "admin".into(),
+                created_at_ms: now_ms(),
+            };
+            let ids = store.insert_prices(&[p]).await.map_err(e)?;
+            out.line(&format!(
+                "price of {kind}/{model} ({}) set: version {}",
+                ty.as_str(),
+                ids.first().copied().unwrap_or(0)
+            ));
+            Ok(())
+        }
+        PriceCommand::Reprice { margin } => {
+            let m = Decimal::from_str(margin.trim())
+                .map_err(|_| format!("--margin `{margin}` is not a number"))?;
+            let book = PriceBook::new(store.list_prices(false).await.map_err(e)?);
+            let changed = reprice(&book, m, cfg.pricing.base_credit_price, now_ms());
+            if !changed.is_empty() {
+                store.insert_prices(&changed).await.map_err(e)?;
+            }
+            store
+                .set_setting(billing_keys::MARGIN_PCT, &m.to_string())
+                .await
+                .map_err(e)?;
+            out.line(&format!(
+                "re-priced {} model(s) with margin {m}%",
+                changed.len()
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// `aigne-hub admin usage report ...`
+pub async fn report(store: Arc<dyn Store>, a: ReportArgs, out: &mut dyn Out) -> Result<(), String> {
+    let tz = parse_tz_offset(&a.tz)?;
+    let mut group_by = Vec::new();
+    for d in a.by.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        group_by.push(Dim::parse(d).ok_or_else(|| {
+            format!("--by: unknown dimension `{d}` (user, team, app, provider, model)")
+        })?);
+    }
+    let period = a
+        .period
+        .as_deref()
+        .map(|p| {
+            Period::parse(p)
+                .ok_or_else(|| format!("--period must be hour, day or month, got `{p}`"))
+        })
+        .transpose()?;
+    let q = ReportQuery {
+        group_by: group_by.clone(),
+        period,
+        tz_offset_minutes: tz,
+        since_ms: a.since.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        until_ms: a.until.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        user_id: a.user,
+        team_id: a.team,
+        app: a.app,
+    };
+    let rows = store.usage_report(&q).await.map_err(e)?;
+    let total = totals(&rows);
+    if a.json {
+        let v = serde_json::json!({"rows": rows, "totals": total});
+        out.line(&serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let mut header: Vec<String> = Vec::new();
+    if period.is_some() {
+        header.push("period".into());
+    }
+    header.extend(group_by.iter().map(|d| format!("{d:?}").to_lowercase()));
+    header.extend(
+        [
+            "calls",
+            "success",
+            "prompt_tokens",
+            "completion_tokens",
+            "images",
+            "cost",
+            "provider_cost",
+        ]
+        .map(String::from),
+    );
+    let line = |cells: Vec<String>| {
+        if a.csv {
+            csv_line(&cells).trim_end().to_string()
+        } else {
+            cells.join("\t")
+        }
+    };
+    out.line(&line(header));
+    let render = |r: &hub_core::ledger::ReportRow, label: Option<&str>| {
+        let mut c: Vec<String> = Vec::new();
+        if period.is_some() {
+            c.push(
+                label
+                    .map(str::to_string)
+                    .unwrap_or_else(|| r.period.clone().unwrap_or_default()),
+            );
+        }
+        for (i, _) in group_by.iter().enumerate() {
+            c.push(if label.is_some() {
+                String::new()
+            } else {
+                r.keys.get(i).cloned().unwrap_or_default()
+            });
+        }
+        c.extend([
+            r.calls.to_string(),
+            r.success_calls.to_string(),
+            r.prompt_tokens.to_string(),
+            r.completion_tokens.to_string(),
+            r.images.to_string(),
+            from_units(r.cost_units).to_string(),
+            from_units(r.provider_cost_units).to_string(),
+        ]);
+        c
+    };
+    for r in &rows {
+        out.line(&line(render(r, None)));
+    }
+    // With groups, a totals row; without, the single row already is the total.
+    if period.is_some() || !group_by.is_empty() || rows.is_empty() {
+        out.line(&line(render(&total, Some("TOTAL"))));
+    }
+    Ok(())
+}
+
+/// `aigne-hub admin usage export --csv ...`
+pub async fn export(store: Arc<dyn Store>, a: ExportArgs, out: &mut dyn Out) -> Result<(), String> {
+    let tz = parse_tz_offset(&a.tz)?;
+    let f = UsageFilter {
+        since_ms: a.since.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        until_ms: a.until.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        user_id: a.user,
+        team_id: a.team,
+        app: a.app,
+        limit: a.limit,
+    };
+    let records = store.usage_records(&f).await.map_err(e)?;
+    let mut buf = csv_line(EXPORT_HEADER);
+    for r in &records {
+        buf.push_str(&export_line(r));
+    }
+    // One write: `Out::line` adds the final newline, so strip ours.
+    out.line(buf.trim_end_matches(['\r', '\n']));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_in_the_given_zone() {
+        assert_eq!(parse_time("1970-01-01", 0), Ok(0));
+        assert_eq!(parse_time("2026-01-01", 0), Ok(1_767_225_600_000));
+        assert_eq!(parse_time("2026-01-01T08:00", 480), Ok(1_767_225_600_000));
+        assert_eq!(parse_time("2024-02-29T12:30:15", 0), Ok(1_709_209_815_000));
+        assert_eq!(parse_time("1700000000000", 0), Ok(1_700_000_000_000));
+        assert!(parse_time("2026-13-01", 0).is_err());
+        assert!(parse_time("yesterday", 0).is_err());
+    }
+}
