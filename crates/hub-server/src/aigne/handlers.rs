@@ -194,7 +194,7 @@ pub async fn completions(
                 while let Some(item) = stream.next().await {
                     let out = match item {
                         StreamItem::Event(ev) => writer.event(&ev),
-                        StreamItem::Done { usage } => Some(writer.done(&usage)),
+                        StreamItem::Done { usage, .. } => Some(writer.done(&usage)),
                         StreamItem::Error(e) => Some(writer.error(&e)),
                     };
                     if let Some(text) = out.filter(|t| !t.is_empty()) {

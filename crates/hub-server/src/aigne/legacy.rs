@@ -434,6 +434,7 @@ mod tests {
             finish_reason: FinishReason::ToolCalls,
             usage: Usage::default(),
             provider_cost: None,
+            cost: None,
         };
         assert_eq!(
             render_json(&resp),
