@@ -198,6 +198,22 @@ CREATE TABLE usage_rollup (
     PRIMARY KEY (bucket_ms, user_id, team_id, app, provider, model)
 ) WITHOUT ROWID;
 CREATE INDEX usage_rollup_user ON usage_rollup (user_id, bucket_ms);
+CREATE TABLE usage_rollup_day (
+    bucket_ms           INTEGER NOT NULL,
+    user_id             TEXT NOT NULL,
+    team_id             TEXT NOT NULL,
+    app                 TEXT NOT NULL,
+    provider            TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    calls               INTEGER NOT NULL,
+    success_calls       INTEGER NOT NULL,
+    prompt_tokens       INTEGER NOT NULL,
+    completion_tokens   INTEGER NOT NULL,
+    images              INTEGER NOT NULL,
+    cost_units          INTEGER NOT NULL,
+    provider_cost_units INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ms, user_id, team_id, app, provider, model)
+) WITHOUT ROWID;
 CREATE INDEX usage_account_created ON usage_records (account, created_at_ms);
 "#,
 ];

@@ -240,15 +240,12 @@ impl IamStore for SqliteStore {
         let (user_id, team_id) = (user_id.map(str::to_string), team_id.map(str::to_string));
         self.read(move |c| {
             let mut st = c
-                .prepare(
-                    "SELECT id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress, endpoint,
-                       requested_model, provider, credential, upstream_model, stream, prompt_tokens, completion_tokens,
-                       cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated, latency_ms, ttfb_ms,
-                       status, http_status, error_class, error_message, provider_cost, attempts
-                     FROM usage_records
+                .prepare(&format!(
+                    "SELECT {} FROM usage_records
                      WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR team_id = ?2)
                      ORDER BY created_at_ms DESC, rowid DESC LIMIT ?3",
-                )
+                    super::USAGE_COLUMNS
+                ))
                 .map_err(db_err)?;
             let rows = st
                 .query_map(params![user_id, team_id, limit], usage_from_row)

@@ -1,0 +1,223 @@
+//! kill -9 with calls in flight: the real `aigne-hub` binary in credits mode under a load of
+//! streaming and non-streaming calls is killed mid-load and restarted. Every response the client
+//! received complete has its usage record and capture; the reservations of the dead process are
+//! released (flagged `reconciled`); `aigne-hub ledger verify` passes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hub_core::ledger::LedgerStore;
+use hub_core::store::CallStatus;
+use hub_core::store::sqlite::SqliteStore;
+use hub_testkit::{Flavor, MockServer, Script, Usage};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aigne-hub");
+const KEY: &str = "sk-crash-test-key-0123456789abcdef";
+
+type R = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn cmd(data: &Path, mock: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HUB_DATA_DIR", data)
+        .env("HUB_ADMIN_KEY", KEY)
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", mock)
+        .env("HUB_BILLING_MODE", "credits")
+        .env("HUB_HEARTBEAT_MS", "100")
+        .env("HUB_LOG", "warn");
+    c
+}
+
+fn admin(
+    data: &Path,
+    mock: &str,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let out = cmd(data, mock).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts `serve` on a free port; returns the child and its base URL.
+fn serve(
+    data: &Path,
+    mock: &str,
+) -> Result<(Child, String), Box<dyn std::error::Error + Send + Sync>> {
+    let mut child = cmd(data, mock)
+        .args(["serve", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("aigne-hub listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30))?;
+    Ok((child, url))
+}
+
+async fn one_call(http: &reqwest::Client, url: &str, stream: bool) -> Option<String> {
+    let resp = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({
+            "model": "openai/crash-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 50,
+            "stream": stream,
+        }))
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let id = resp
+        .headers()
+        .get("x-request-id")?
+        .to_str()
+        .ok()?
+        .to_string();
+    let text = resp.text().await.ok()?;
+    // Complete: the whole JSON, or the stream's terminator.
+    let complete = if stream {
+        text.contains("data: [DONE]")
+    } else {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .is_some_and(|v| v["choices"][0]["message"]["content"].is_string())
+    };
+    complete.then_some(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_load_loses_no_completed_response_and_leaves_nothing_reserved() -> R {
+    let mock = MockServer::start(Flavor::OpenAi).await;
+    let base = mock.base_url();
+    mock.register_scenario(
+        "crash-model",
+        Script::text("one two three four five six")
+            .with_chunk_delay_ms(15)
+            .with_usage(Usage::new(9, 6)),
+    );
+    let dir = tempfile::tempdir()?;
+    let data = dir.path();
+    admin(
+        data,
+        &base,
+        &[
+            "admin",
+            "price",
+            "set",
+            "--provider",
+            "openai",
+            "--model",
+            "crash-model",
+            "--input",
+            "1",
+            "--output",
+            "2",
+        ],
+    )?;
+    let (mut child, url) = serve(data, &base)?;
+    // Granted from another process while `serve` runs (the owner exists once it has started).
+    admin(
+        data,
+        &base,
+        &[
+            "admin", "credits", "grant", "--user", "owner", "--amount", "100",
+        ],
+    )?;
+    let http = reqwest::Client::new();
+    let completed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (http, url, completed, stop) =
+            (http.clone(), url.clone(), completed.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(id) = one_call(&http, &url, (w + i).is_multiple_of(2)).await
+                    && let Ok(mut c) = completed.lock()
+                {
+                    c.push(id);
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Let the load run, then kill -9 with calls in flight.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let completed = completed.lock().map_err(|_| "poisoned")?.clone();
+    assert!(
+        completed.len() >= 10,
+        "the load ran ({} completed)",
+        completed.len()
+    );
+
+    // Restart: the dead instance's open reservations are released within a few heartbeats.
+    let (mut child, _url) = serve(data, &base)?;
+    let store = SqliteStore::open(&data.join("hub.db"))?;
+    let mut rep = store.verify(hub_core::hub::now_ms(), 3_600_000).await?;
+    for _ in 0..100 {
+        if rep.open_reservations == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rep = store.verify(hub_core::hub::now_ms(), 3_600_000).await?;
+    }
+    assert_eq!(rep.open_reservations, 0, "{rep:#?}");
+    assert!(rep.ok(), "{:#?}", rep.violations);
+    // Calls were in flight at the kill: their holds were released and flagged.
+    assert!(rep.reconciled_reservations > 0, "{rep:#?}");
+    eprintln!(
+        "{} responses completed before the kill; {} reservations reconciled after restart",
+        completed.len(),
+        rep.reconciled_reservations
+    );
+
+    // Every response the client received complete has its record and its capture.
+    let records = store
+        .usage_records(&hub_core::ledger::UsageFilter::default())
+        .await?;
+    let entries = store.entries("user:owner").await?;
+    for id in &completed {
+        let rec = records.iter().find(|r| &r.id == id);
+        let rec = rec.ok_or_else(|| format!("completed response {id} has no usage record"))?;
+        assert_eq!(rec.status, CallStatus::Success, "{rec:?}");
+        assert!(rec.billing.cost_units > 0);
+        let captures = entries
+            .iter()
+            .filter(|e| e.kind == "capture" && e.request_id.as_deref() == Some(id.as_str()))
+            .count();
+        assert_eq!(captures, 1, "completed response {id}");
+    }
+    child.kill()?;
+    child.wait()?;
+    let out = admin(data, &base, &["ledger", "verify", "--window-secs", "3600"])?;
+    assert!(out.contains("ledger OK"), "{out}");
+    Ok(())
+}
