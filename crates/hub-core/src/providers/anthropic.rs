@@ -828,6 +828,7 @@ pub fn parse_response(
         finish_reason,
         usage,
         provider_cost: None,
+        cost: None,
     })
 }
 

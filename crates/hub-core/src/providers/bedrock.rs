@@ -401,6 +401,7 @@ impl Provider for Bedrock {
                 estimated: prompt_tokens == 0,
                 ..Usage::default()
             },
+            cost: None,
         })
     }
 }
@@ -598,6 +599,7 @@ pub fn parse_response(
         output,
         usage: normalise_usage(v.get("usage")),
         provider_cost: None,
+        cost: None,
     })
 }
 

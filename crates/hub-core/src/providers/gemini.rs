@@ -194,6 +194,7 @@ impl Provider for Gemini {
                 estimated: true,
                 ..Usage::default()
             },
+            cost: None,
         })
     }
 
@@ -236,6 +237,7 @@ impl Provider for Gemini {
             model: up.model.to_string(),
             data,
             usage,
+            cost: None,
         })
     }
 }
@@ -475,6 +477,7 @@ pub fn parse_response(bytes: &[u8], model: &str) -> Result<ChatResponse, Provide
         finish_reason,
         usage: normalise_usage(wire_usage.as_ref()),
         provider_cost: None,
+        cost: None,
     })
 }
 
