@@ -15,13 +15,17 @@ use hub_core::store::{Billing, CallStatus, Store, UsageRecord};
 const DAY: i64 = 86_400_000;
 const START: i64 = 1_767_225_600_000; // 2026-01-01T00:00Z
 
-fn record(i: u64) -> UsageRecord {
+fn at(i: u64, n: u64) -> i64 {
+    START + (i as i128 * (90 * DAY) as i128 / n.max(1) as i128) as i64
+}
+
+fn record(i: u64, n: u64) -> UsageRecord {
     let user = i % 1000;
     let model = i % 50;
     UsageRecord {
         id: format!("r{i:012}"),
         // 90 days, evenly spread
-        created_at_ms: START + (i as i64 * 7_777) % (90 * DAY),
+        created_at_ms: at(i, n),
         client_request_id: None,
         principal: format!("key{user}"),
         user_id: format!("user{user}"),
@@ -88,19 +92,94 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
     let dir = tempfile::tempdir_in(std::env::var("HUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
-    let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+    let path = dir.path().join("hub.db");
+    let store = SqliteStore::open(&path)?;
+    // The real write path (record + both roll-ups per commit, as the group-commit writer does).
+    let real = n.min(
+        std::env::var("HUB_BENCH_REAL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000),
+    );
     let t = Instant::now();
     let batch = 10_000u64;
     let mut i = 0;
-    while i < n {
-        let rows: Vec<UsageRecord> = (i..(i + batch).min(n)).map(record).collect();
+    while i < real {
+        let rows: Vec<UsageRecord> = (i..(i + batch).min(real)).map(|j| record(j, n)).collect();
         store.insert_usage(&rows).await?;
         i += batch;
     }
-    let load = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     eprintln!(
-        "loaded {n} usage records in {load:.1} s ({:.0} rows/s, batches of {batch}, record + roll-up per commit)",
-        n as f64 / load
+        "write path: {real} usage records in {secs:.1} s = {:.0} records/s (batches of {batch}; record + 15-min and day roll-ups in each commit)",
+        real as f64 / secs
+    );
+    // The rest generated in SQL with the same values (the write path above is what a hub runs;
+    // this only makes a 10M-row database in minutes), roll-ups built from them.
+    if n > real {
+        let t = Instant::now();
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")?;
+        let span = 90 * DAY;
+        let mut lo = real;
+        while lo < n {
+            let hi = (lo + 1_000_000).min(n);
+            conn.execute(
+                &format!(
+                    "WITH RECURSIVE s(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?2)
+                     INSERT INTO usage_records (id, created_at_ms, principal, user_id, team_id, app, ingress, endpoint,
+                       requested_model, provider, upstream_model, stream, prompt_tokens, completion_tokens,
+                       cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated, latency_ms, ttfb_ms,
+                       status, http_status, attempts, billing_mode, price_version, cost_units, provider_cost_units)
+                     SELECT printf('r%012d', i), {START} + i * {span} / {n}, 'key' || (i % 1000), 'user' || (i % 1000),
+                       'team' || (i % 1000 % 20), 'app' || (i % 50), 'openai', 'chat', 'model' || (i % 50),
+                       'provider' || (i % 50 % 10), 'model' || (i % 50), i % 2 = 0, 100 + i % 900, 10 + i % 500,
+                       0, 0, 0, 0, 0, 300, 100, CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'success' END, 200, 1,
+                       'internal', 1, 1000000 + (i % 1000) * 1000, 1000000
+                     FROM s"
+                ),
+                rusqlite::params![lo as i64, hi as i64],
+            )?;
+            lo = hi;
+        }
+        for (table, width) in [
+            ("usage_rollup", 15 * 60 * 1000i64),
+            ("usage_rollup_day", DAY),
+        ] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
+                       prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
+                     SELECT (created_at_ms / {width}) * {width}, user_id, team_id, app, provider, upstream_model,
+                       COUNT(*), SUM(status = 'success'), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),
+                       SUM(cost_units), SUM(provider_cost_units)
+                     FROM usage_records WHERE id >= printf('r%012d', {real})
+                     GROUP BY 1, 2, 3, 4, 5, 6
+                     ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET
+                       calls = calls + excluded.calls, success_calls = success_calls + excluded.success_calls,
+                       prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                       completion_tokens = completion_tokens + excluded.completion_tokens,
+                       images = images + excluded.images, cost_units = cost_units + excluded.cost_units,
+                       provider_cost_units = provider_cost_units + excluded.provider_cost_units"
+                ),
+                [],
+            )?;
+        }
+        conn.execute_batch("ANALYZE;")?;
+        eprintln!(
+            "generated the other {} records and their roll-ups in {:.0} s",
+            n - real,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let conn = rusqlite::Connection::open(&path)?;
+    let count = |t: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+    };
+    eprintln!(
+        "{n} usage records; roll-up rows: 15-min {}, day {}",
+        count("usage_rollup")?,
+        count("usage_rollup_day")?
     );
     let month = ReportQuery {
         since_ms: Some(START + 30 * DAY),
