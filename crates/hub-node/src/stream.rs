@@ -57,7 +57,7 @@ fn item_json(item: StreamItem) -> std::result::Result<Option<String>, napi::Erro
         StreamItem::Event(ev) => serde_json::to_string(&ev)
             .map(Some)
             .map_err(|e| napi::Error::from_reason(e.to_string())),
-        StreamItem::Done { usage } => {
+        StreamItem::Done { usage, .. } => {
             Ok(Some(json!({ "type": "done", "usage": usage }).to_string()))
         }
         StreamItem::Error(e) => Err(hub_err(&e)),
