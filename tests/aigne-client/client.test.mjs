@@ -27,6 +27,8 @@ const children = [];
 let dataDir;
 let hubUrl;
 let mockOrigin;
+let mockBaseUrl;
+let cleanEnv;
 
 /** Starts a child and resolves with the first stdout line `pick` accepts. */
 function start(bin, args, env, pick) {
@@ -95,6 +97,8 @@ before(async () => {
     }
   });
   mockOrigin = mock.origin;
+  mockBaseUrl = mock.base_url;
+  cleanEnv = clean;
   hubUrl = await start(
     HUB_BIN,
     ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", dataDir],
@@ -262,5 +266,61 @@ describe("@aigne/aigne-hub against the hub", () => {
         // drain
       }
     }, /openai/);
+  });
+});
+
+describe("@aigne/aigne-hub against a hub in credits mode", () => {
+  let url;
+  let dir;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "aigne-client-credits-"));
+    url = await start(
+      HUB_BIN,
+      ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", dir],
+      {
+        ...cleanEnv,
+        HUB_ADMIN_KEY: ADMIN_KEY,
+        OPENAI_API_KEY: "sk-test",
+        OPENAI_BASE_URL: mockBaseUrl,
+        HUB_BILLING_MODE: "credits",
+        HUB_PAYMENT_LINK: "https://pay.example/buy",
+        HUB_CREDIT_PREFIX: "$",
+      },
+      (line) => line.match(/aigne-hub listening on (http:\/\/[0-9.]+:\d+)/)?.[1],
+    );
+  });
+  after(() => dir && rmSync(dir, { recursive: true, force: true }));
+
+  test("402 NOT_ENOUGH with the buy link; after a grant the call reports its cost", async () => {
+    await scenario("gpt-4o-mini", { text: "paid", usage: { prompt_tokens: 1000, completion_tokens: 200 } });
+    const model = new AIGNEHubChatModel({ baseURL: url, apiKey: ADMIN_KEY, model: "aignehub:openai/gpt-4o-mini" });
+    const input = { messages: [{ role: "user", content: "hi" }] };
+    await assert.rejects(model.invoke(input), (e) => {
+      assert.equal(e.type, "NOT_ENOUGH");
+      assert.match(e.message, /https:\/\/pay\.example\/buy/);
+      return true;
+    });
+
+    const info = await (await fetch(`${url}/api/user/info`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json();
+    assert.equal(info.enableCredit, true);
+    assert.equal(info.paymentLink, "https://pay.example/buy");
+    execFileSync(HUB_BIN, ["admin", "credits", "grant", "--data-dir", dir, "--user", info.user.did, "--amount", "5"], {
+      env: { ...cleanEnv, HUB_ADMIN_KEY: ADMIN_KEY },
+    });
+
+    const out = await model.invoke(input);
+    assert.equal(out.text, "paid");
+    assert.ok(out.usage.aigneHubCredits > 0, JSON.stringify(out.usage));
+    assert.equal(out.usage.creditPrefix, "$");
+
+    // The catalog still passes the client's schema, now with real rates.
+    process.env.AIGNE_HUB_API_URL = url;
+    try {
+      const models = await model.models();
+      const mini = models.find((m) => m.provider === "openai" && m.model === "gpt-4o-mini");
+      assert.ok(Number(mini.input_credits_per_token) > 0);
+    } finally {
+      process.env.AIGNE_HUB_API_URL = hubUrl;
+    }
   });
 });

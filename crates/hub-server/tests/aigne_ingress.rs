@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use hub_core::Hub;
 use hub_core::config::{EnvProvider, HubOptions};
+use hub_core::hub::{BillingDefaults, now_ms};
+use hub_core::ledger::{GrantKind, GrantOutcome, GrantReq, LedgerStore, user_account};
+use hub_core::pricing::BillingMode;
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::UsageRecord;
 use hub_server::ServerOptions;
@@ -26,6 +29,21 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(BillingDefaults::default()).await
+}
+
+/// A hub in credits mode: no starter credits, a payment link, `$` prefix.
+async fn credits_harness() -> Harness {
+    harness_with(BillingDefaults {
+        mode: BillingMode::Credits,
+        payment_link: Some("https://pay.example/buy".into()),
+        credit_prefix: "$".into(),
+        ..BillingDefaults::default()
+    })
+    .await
+}
+
+async fn harness_with(billing: BillingDefaults) -> Harness {
     let mock = MockServer::start(Flavor::OpenAi).await;
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
@@ -33,6 +51,7 @@ async fn harness() -> Harness {
     };
     let mut opts = HubOptions::new(dir.path());
     opts.admin_key = Some(Secret::new(KEY));
+    opts.billing = billing;
     opts.env_providers = vec![EnvProvider {
         kind: ProviderKind::OpenAi,
         base_url: Some(mock.base_url()),
@@ -633,4 +652,132 @@ async fn status_and_user_info() {
     assert_eq!(v["enableCredit"], json!(false));
     assert_eq!(v["creditBalance"], Value::Null);
     assert!(v["user"]["did"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test]
+async fn credits_mode_402_then_charged() {
+    let h = credits_harness().await;
+    h.mock.register_scenario(
+        "gpt-4o-mini",
+        Script::text("paid answer").with_usage(Usage::new(1000, 500)),
+    );
+    let body = invoke_body("openai/gpt-4o-mini", false);
+
+    // No credits: 402 NOT_ENOUGH with the buy link, before any upstream traffic.
+    let r = h.post("/api/v2/chat", &body, None).await;
+    assert_eq!(r.status(), 402);
+    let v = json_of(r).await;
+    assert_eq!(v["error"]["type"], json!("NOT_ENOUGH"));
+    assert_eq!(v["error"]["link"], json!("https://pay.example/buy"));
+    assert!(v["error"]["timestamp"].is_string());
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("https://pay.example/buy"))
+    );
+    assert_eq!(h.mock.hits(), 0);
+
+    // Legacy SSE callers get it in-stream.
+    let r = h
+        .post(
+            "/api/v2/chat/completions",
+            &json!({"model": "openai/gpt-4o-mini", "prompt": "hi"}),
+            Some("text/event-stream"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap_or_default();
+    assert!(text.contains(r#""type":"NOT_ENOUGH""#), "{text}");
+
+    // Status and user info say so too.
+    let v = json_of(
+        h.get("/api/v2/status?model=openai/gpt-4o-mini", Some(KEY))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (
+            v["available"].clone(),
+            v["code"].clone(),
+            v["type"].clone(),
+            v["link"].clone()
+        ),
+        (
+            json!(false),
+            json!(402),
+            json!("NOT_ENOUGH"),
+            json!("https://pay.example/buy")
+        )
+    );
+    let info = json_of(h.get("/api/user/info", Some(KEY)).await).await;
+    assert_eq!(info["enableCredit"], json!(true));
+    assert_eq!(info["creditBalance"]["balance"], json!("0"));
+    assert_eq!(info["paymentLink"], json!("https://pay.example/buy"));
+    assert_eq!(info["creditPrefix"], json!("$"));
+
+    // Catalog: priced models with their rates as strings; unpriced ones are not offered.
+    let models = json_of(h.get("/api/ai/models?type=chat", None).await).await;
+    let list = models.as_array().cloned().unwrap_or_default();
+    let mini = list
+        .iter()
+        .find(|m| m["key"] == json!("openai/gpt-4o-mini"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let rate = mini["input_credits_per_token"].as_str().unwrap_or_default();
+    assert!(rate.parse::<f64>().is_ok_and(|r| r > 0.0), "{mini}");
+    assert!(mini["output_credits_per_token"].is_string());
+
+    // Grant credits; the call goes through and reports what it cost.
+    let did = info["user"]["did"].as_str().unwrap_or_default().to_string();
+    let granted = h
+        .hub
+        .store()
+        .grant(&GrantReq {
+            account: user_account(&did),
+            kind: GrantKind::Grant,
+            amount: 5 * hub_core::pricing::UNITS_PER_CREDIT,
+            idem_key: "aigne-test-grant".into(),
+            expires_at_ms: None,
+            note: None,
+            now_ms: now_ms(),
+            starter: None,
+        })
+        .await;
+    assert!(matches!(granted, Ok(GrantOutcome::Applied)), "{granted:?}");
+    let r = h.post("/api/v2/chat", &body, None).await;
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    let credits = v["usage"]["aigneHubCredits"].as_f64().unwrap_or_default();
+    assert!(credits > 0.0, "{v}");
+    assert_eq!(v["usage"]["creditPrefix"], json!("$"));
+    let info = json_of(h.get("/api/user/info", Some(KEY)).await).await;
+    let balance: f64 = info["creditBalance"]["balance"]
+        .as_str()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        (balance - (5.0 - credits)).abs() < 1e-6,
+        "{info} after {credits}"
+    );
+    assert_eq!(info["creditBalance"]["grantCount"], json!(1));
+
+    // Streamed: the final frame carries the cost.
+    let text = h
+        .post(
+            "/api/v2/chat",
+            &invoke_body("openai/gpt-4o-mini", true),
+            None,
+        )
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    let data: Vec<Value> = frames(&text).iter().map(|(_, d)| parse(d)).collect();
+    let last = data.last().cloned().unwrap_or_default();
+    assert!(
+        last["delta"]["json"]["usage"]["aigneHubCredits"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0),
+        "{text}"
+    );
 }

@@ -11,9 +11,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hub_core::auth::Principal;
+use hub_core::ledger::{team_account, user_account};
+use hub_core::pricing::{BillingMode, from_units};
+use hub_core::providers::ProviderKind;
+use hub_core::types::{ModelInfo, ModelType};
 use hub_core::{CallContext, ErrorKind, HubError, StreamItem};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 
-use super::info::{self, Rates, TypeFilter, UserInfo};
+use super::info::{self, CreditStanding, Rates, TypeFilter, UserInfo};
 use super::invoke::{self, StreamWriter};
 use super::legacy::{self, LegacyStream};
 use super::media;
@@ -33,13 +40,30 @@ fn with_request_id(mut resp: Response, request_id: &str) -> Response {
 }
 
 /// An error as JSON `{"error":{"message","type"}}` with its status.
-pub(crate) fn error(e: &HubError, ctx: Option<&CallContext>) -> Response {
+pub(crate) fn error(st: &AppState, e: &HubError, ctx: Option<&CallContext>) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (status, Json(error_body(e, None))).into_response();
+    let link = st.hub.billing().payment_link.clone();
+    let mut resp = (status, Json(error_body(e, link.as_deref()))).into_response();
     error_headers(e, resp.headers_mut());
     match ctx {
         Some(ctx) => with_request_id(resp, &ctx.request_id),
         None => resp,
+    }
+}
+
+/// How a handler renders an error (JSON with its status, or in-stream for SSE callers).
+type Render = fn(&AppState, &HubError, Option<&CallContext>) -> Response;
+
+/// What a call cost the caller, for `usage.aigneHubCredits` / `creditPrefix`: only in credits
+/// mode (in internal mode nothing is charged to the caller; the hub's own cost is not credits).
+fn credits_for(st: &AppState, cost: Option<Decimal>) -> Credits {
+    let b = st.hub.billing();
+    if b.mode != BillingMode::Credits {
+        return Credits::default();
+    }
+    Credits {
+        amount: cost.and_then(|c| c.to_f64()),
+        prefix: Some(b.credit_prefix.clone()),
     }
 }
 
@@ -50,18 +74,18 @@ pub(crate) async fn prepare(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: &str,
-    render: fn(&HubError, Option<&CallContext>) -> Response,
+    render: Render,
 ) -> Result<(CallContext, Bytes), Response> {
     let principal = authenticate(&st.hub, headers)
         .await
-        .map_err(|e| render(&e, None))?;
+        .map_err(|e| render(st, &e, None))?;
     let ctx = call_context(principal, headers, "aigne");
     match body {
         Ok(b) => Ok((ctx, b)),
         Err(rej) => {
             let e = body_error(&rej);
             st.hub.record_rejected(&ctx, endpoint, "", false, &e).await;
-            Err(render(&e, Some(&ctx)))
+            Err(render(st, &e, Some(&ctx)))
         }
     }
 }
@@ -82,10 +106,9 @@ pub async fn chat(
             st.hub
                 .record_rejected(&ctx, "chat", &invoke::peek_model(&body), false, &e)
                 .await;
-            return error(&e, Some(&ctx));
+            return error(&st, &e, Some(&ctx));
         }
     };
-    let credits = Credits::default();
     if !call.streaming {
         return match st.hub.chat(&ctx, call.request).await {
             Ok(resp) => with_request_id(
@@ -93,12 +116,12 @@ pub async fn chat(
                     &resp,
                     &call.meta,
                     &ctx.request_id,
-                    &credits,
+                    &credits_for(&st, resp.cost),
                 ))
                 .into_response(),
                 &ctx.request_id,
             ),
-            Err(e) => error(&e, Some(&ctx)),
+            Err(e) => error(&st, &e, Some(&ctx)),
         };
     }
     let request_id = ctx.request_id.clone();
@@ -106,6 +129,7 @@ pub async fn chat(
         Ok(mut stream) => {
             let mut writer = StreamWriter::new(call.meta);
             let call_id = request_id.clone();
+            let st = st.clone();
             let body = async_stream::stream! {
                 yield Ok::<_, Infallible>(Bytes::from(writer.open()));
                 while let Some(item) = stream.next().await {
@@ -115,7 +139,8 @@ pub async fn chat(
                                 yield Ok(Bytes::from(f));
                             }
                         }
-                        StreamItem::Done { usage, .. } => {
+                        StreamItem::Done { usage, cost } => {
+                            let credits = credits_for(&st, cost);
                             yield Ok(Bytes::from(writer.done(&usage, &call_id, &credits)));
                             return;
                         }
@@ -128,7 +153,7 @@ pub async fn chat(
             };
             sse_response(Body::from_stream(body), &request_id)
         }
-        Err(e) => error(&e, Some(&ctx)),
+        Err(e) => error(&st, &e, Some(&ctx)),
     }
 }
 
@@ -142,9 +167,10 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 }
 
 /// An error sent to an SSE caller: status 200, `data: {"error":{...}}` (aigne-hub.md §2.7).
-fn sse_error(e: &HubError, ctx: Option<&CallContext>) -> Response {
+fn sse_error(st: &AppState, e: &HubError, ctx: Option<&CallContext>) -> Response {
     let id = ctx.map(|c| c.request_id.as_str()).unwrap_or_default();
-    sse_response(Body::from(legacy::sse_error(e)), id)
+    let link = st.hub.billing().payment_link.clone();
+    sse_response(Body::from(legacy::sse_error(e, link.as_deref())), id)
 }
 
 /// `POST /api/v2/chat/completions` and `/api/v2/completions` (legacy AI Kit body).
@@ -154,8 +180,7 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let sse = wants_sse(&headers);
-    let render: fn(&HubError, Option<&CallContext>) -> Response =
-        if sse { sse_error } else { error };
+    let render: Render = if sse { sse_error } else { error };
     let (ctx, body) = match prepare(&st, &headers, body, "chat", render).await {
         Ok(v) => v,
         Err(resp) => return resp,
@@ -172,7 +197,7 @@ pub async fn completions(
                     &e,
                 )
                 .await;
-            return render(&e, Some(&ctx));
+            return render(&st, &e, Some(&ctx));
         }
     };
     if !sse && !call.stream {
@@ -181,7 +206,7 @@ pub async fn completions(
                 Json(legacy::render_json(&resp)).into_response(),
                 &ctx.request_id,
             ),
-            Err(e) => error(&e, Some(&ctx)),
+            Err(e) => error(&st, &e, Some(&ctx)),
         };
     }
     let mut request = call.request;
@@ -219,7 +244,7 @@ pub async fn completions(
                 with_request_id(resp, &request_id)
             }
         }
-        Err(e) => render(&e, Some(&ctx)),
+        Err(e) => render(&st, &e, Some(&ctx)),
     }
 }
 
@@ -253,12 +278,12 @@ async fn image(
             st.hub
                 .record_rejected(&ctx, "images", &media::peek_model(&body), false, &e)
                 .await;
-            return error(&e, Some(&ctx));
+            return error(&st, &e, Some(&ctx));
         }
     };
-    let credits = Credits::default();
     match st.hub.images(&ctx, call.request.clone()).await {
         Ok(resp) => {
+            let credits = credits_for(&st, resp.cost);
             let v = if flat {
                 media::render_image_flat(&resp, &call, &credits)
             } else {
@@ -266,7 +291,7 @@ async fn image(
             };
             with_request_id(Json(v).into_response(), &ctx.request_id)
         }
-        Err(e) => error(&e, Some(&ctx)),
+        Err(e) => error(&st, &e, Some(&ctx)),
     }
 }
 
@@ -302,15 +327,20 @@ pub async fn embeddings(
             st.hub
                 .record_rejected(&ctx, "embeddings", &media::peek_model(&body), false, &e)
                 .await;
-            return error(&e, Some(&ctx));
+            return error(&st, &e, Some(&ctx));
         }
     };
     match st.hub.embeddings(&ctx, call.request.clone()).await {
         Ok(resp) => with_request_id(
-            Json(media::render_embeddings(&resp, &call, &Credits::default())).into_response(),
+            Json(media::render_embeddings(
+                &resp,
+                &call,
+                &credits_for(&st, resp.cost),
+            ))
+            .into_response(),
             &ctx.request_id,
         ),
-        Err(e) => error(&e, Some(&ctx)),
+        Err(e) => error(&st, &e, Some(&ctx)),
     }
 }
 
@@ -340,34 +370,126 @@ pub async fn models(
         TypeFilter::Only(t) => st.hub.models(Some(t)),
         TypeFilter::Unserved => Vec::new(),
     };
-    Json(info::render_models(&models, |_| Rates::free())).into_response()
+    let b = st.hub.billing();
+    let rates = |m: &ModelInfo| -> Option<Rates> {
+        if b.mode != BillingMode::Credits {
+            // Nothing is charged to callers in internal billing.
+            return Some(Rates::free());
+        }
+        let p = ProviderKind::from_name(&m.provider)?;
+        let price = b.prices.get(p, &m.model, m.model_type)?;
+        let output = match m.model_type {
+            ModelType::Image => price.rates.image.unwrap_or(price.rates.output),
+            ModelType::Chat | ModelType::Embedding => price.rates.output,
+        };
+        Some(Rates {
+            input: price.rates.input.normalize().to_string(),
+            output: output.normalize().to_string(),
+        })
+    };
+    Json(info::render_models(&models, rates)).into_response()
+}
+
+/// The ledger account a principal's calls are charged to (its team's, else its own).
+fn account_of(principal: &Principal) -> String {
+    match &principal.team_id {
+        Some(t) => team_account(t),
+        None => user_account(&principal.user_id),
+    }
+}
+
+/// Whether the caller can pay for a call now (credits mode): a positive balance, or no account
+/// yet while new users get starter credits on their first call.
+async fn credit_check(st: &AppState, principal: &Principal) -> Result<(), HubError> {
+    let b = st.hub.billing();
+    if b.mode != BillingMode::Credits {
+        return Ok(());
+    }
+    let balance = st
+        .hub
+        .store()
+        .balance(&account_of(principal))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading a balance for /api/v2/status failed");
+            HubError::internal("the credit ledger is unavailable")
+        })?;
+    let can_pay = match balance {
+        Some(bal) => bal.available > 0,
+        None => b.starter_units > 0 && principal.team_id.is_none(),
+    };
+    if can_pay {
+        Ok(())
+    } else {
+        Err(HubError::insufficient_credits(b.payment_link.clone()))
+    }
 }
 
 /// `GET /api/v2/status?model=`: can this caller use this model right now? Authentication is
-/// optional, as on the original.
+/// optional, as on the original; with a key in credits mode the balance is checked too.
 pub async fn status(
     State(st): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let principal = authenticate(&st.hub, &headers).ok();
     let result = if st.hub.configured_providers().is_empty() {
         Err(
             HubError::new(ErrorKind::Unavailable, "No providers available")
                 .with_code("no_providers"),
         )
     } else {
-        match q.get("model").map(|m| m.trim()).filter(|m| !m.is_empty()) {
-            Some(m) => st.hub.check_model(m),
+        let credit = match &principal {
+            Some(p) => credit_check(&st, p).await,
             None => Ok(()),
-        }
+        };
+        credit.and_then(
+            |()| match q.get("model").map(|m| m.trim()).filter(|m| !m.is_empty()) {
+                Some(m) => st.hub.check_model(m),
+                None => Ok(()),
+            },
+        )
     };
-    Json(info::render_status(&result)).into_response()
+    let link = st.hub.billing().payment_link.clone();
+    Json(info::render_status(&result, link.as_deref())).into_response()
+}
+
+/// The caller's balance, grants and holds (credits mode).
+async fn credit_standing(
+    st: &AppState,
+    principal: &Principal,
+) -> Result<Option<CreditStanding>, HubError> {
+    let b = st.hub.billing();
+    if b.mode != BillingMode::Credits {
+        return Ok(None);
+    }
+    let account = account_of(principal);
+    let store = st.hub.store();
+    let unavailable = |e: hub_core::store::StoreError| {
+        tracing::error!(error = %e, "reading the ledger for /api/user/info failed");
+        HubError::internal("the credit ledger is unavailable")
+    };
+    let balance = store.balance(&account).await.map_err(unavailable)?;
+    let entries = store.entries(&account).await.map_err(unavailable)?;
+    let quota = hub_core::ledger::report::quota(balance.as_ref(), &entries, 0);
+    Ok(Some(CreditStanding {
+        balance: quota.remaining,
+        total: quota.total,
+        grant_count: entries
+            .iter()
+            .filter(|e| matches!(e.kind.as_str(), "grant" | "starter") && e.available_delta > 0)
+            .count() as u64,
+        pending: from_units(balance.as_ref().map_or(0, |b| b.reserved)),
+        payment_link: b.payment_link.clone(),
+        prefix: b.credit_prefix.clone(),
+    }))
 }
 
 /// `GET /api/user/info`: who the caller is and their credit standing.
 pub async fn user_info(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let principal = match authenticate(&st.hub, &headers).await {
         Ok(p) => p,
-        Err(e) => return error(&e, None),
+        Err(e) => return error(&st, &e, None),
     };
     let full_name = match st.hub.store().list_users().await {
         Ok(users) => users
@@ -377,14 +499,19 @@ pub async fn user_info(State(st): State<AppState>, headers: HeaderMap) -> Respon
         Err(e) => {
             tracing::error!(error = %e, "listing users for /api/user/info failed");
             return error(
+                &st,
                 &HubError::internal("the user directory is unavailable"),
                 None,
             );
         }
     };
-    Json(info::render_user_info(&UserInfo {
+    let credits = match credit_standing(&st, &principal).await {
+        Ok(c) => c,
+        Err(e) => return error(&st, &e, None),
+    };
+    let user = UserInfo {
         did: principal.user_id.clone(),
         full_name,
-    }))
-    .into_response()
+    };
+    Json(info::render_user_info(&user, credits.as_ref())).into_response()
 }

@@ -2,8 +2,9 @@
 //! (`/api/ai/models`), availability (`/api/v2/status`) and the caller's account
 //! (`/api/user/info`). Pure renderers.
 
-use hub_core::HubError;
 use hub_core::types::{ModelInfo, ModelType};
+use hub_core::{ErrorKind, HubError};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::wire::error_message;
@@ -76,14 +77,15 @@ impl Rates {
 
 /// `/api/ai/models`: the schema `@aigne/aigne-hub` validates — rates as strings and `status` as an
 /// object, in every billing mode (the original's billing-off catalog fails the client's check).
-pub fn render_models(models: &[ModelInfo], rates: impl Fn(&ModelInfo) -> Rates) -> Value {
+/// A model `rates` has no rates for (unpriced in credits mode: it cannot be billed) is left out.
+pub fn render_models(models: &[ModelInfo], rates: impl Fn(&ModelInfo) -> Option<Rates>) -> Value {
     Value::Array(
         models
             .iter()
-            .map(|m| {
-                let r = rates(m);
+            .filter_map(|m| {
+                let r = rates(m)?;
                 let provider = hub_core::providers::ProviderKind::from_name(&m.provider);
-                json!({
+                Some(json!({
                     "key": m.id,
                     "model": m.model,
                     "type": m.model_type.as_str(),
@@ -93,16 +95,29 @@ pub fn render_models(models: &[ModelInfo], rates: impl Fn(&ModelInfo) -> Rates) 
                     "output_credits_per_token": r.output,
                     "modelMetadata": Value::Null,
                     "status": {"available": true},
-                })
+                }))
             })
             .collect(),
     )
 }
 
-/// `/api/v2/status`: `{available:true}`, or why not with the status it would have answered.
-pub fn render_status(result: &Result<(), HubError>) -> Value {
+/// `/api/v2/status`: `{available:true}`, or why not with the status it would have answered (a
+/// credit error as the original's: type `NOT_ENOUGH` and the buy `link`).
+pub fn render_status(result: &Result<(), HubError>, link: Option<&str>) -> Value {
     match result {
         Ok(()) => json!({"available": true}),
+        Err(e) if e.kind == ErrorKind::InsufficientCredits => {
+            let mut v = json!({
+                "available": false,
+                "error": error_message(e),
+                "code": e.status(),
+                "type": "NOT_ENOUGH",
+            });
+            if let (Some(l), Some(o)) = (link, v.as_object_mut()) {
+                o.insert("link".into(), json!(l));
+            }
+            v
+        }
         Err(e) => json!({
             "available": false,
             "error": error_message(e),
@@ -119,27 +134,58 @@ pub struct UserInfo {
     pub full_name: Option<String>,
 }
 
-/// `/api/user/info` with credit billing off: no balance, no payment link.
-pub fn render_user_info(user: &UserInfo) -> Value {
+/// The caller's credit standing (credits mode), in credits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditStanding {
+    /// Available now.
+    pub balance: Decimal,
+    /// Everything ever granted.
+    pub total: Decimal,
+    /// Grants received (starter credits included).
+    pub grant_count: u64,
+    /// Held for calls in flight.
+    pub pending: Decimal,
+    pub payment_link: Option<String>,
+    pub prefix: String,
+}
+
+/// `/api/user/info` (`UserInfoResult`): with credit billing off there is no balance and no
+/// payment link; with it on, the balance (amounts as decimal strings, as the original converts
+/// them) and where to buy more.
+pub fn render_user_info(user: &UserInfo, credits: Option<&CreditStanding>) -> Value {
     let mut u = serde_json::Map::new();
     u.insert("did".into(), json!(user.did));
     if let Some(n) = &user.full_name {
         u.insert("fullName".into(), json!(n));
     }
-    json!({
-        "user": Value::Object(u),
-        "enableCredit": false,
-        "creditBalance": Value::Null,
-        "paymentLink": Value::Null,
-        "profileLink": Value::Null,
-        "creditPrefix": "",
-    })
+    match credits {
+        None => json!({
+            "user": Value::Object(u),
+            "enableCredit": false,
+            "creditBalance": Value::Null,
+            "paymentLink": Value::Null,
+            "profileLink": Value::Null,
+            "creditPrefix": "",
+        }),
+        Some(c) => json!({
+            "user": Value::Object(u),
+            "enableCredit": true,
+            "creditBalance": {
+                "balance": c.balance.normalize().to_string(),
+                "total": c.total.normalize().to_string(),
+                "grantCount": c.grant_count,
+                "pendingCredit": c.pending.normalize().to_string(),
+            },
+            "paymentLink": c.payment_link,
+            "profileLink": Value::Null,
+            "creditPrefix": c.prefix,
+        }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hub_core::ErrorKind;
 
     #[test]
     fn discovery_names_the_hub_component() {
@@ -160,7 +206,7 @@ mod tests {
             model_type: ModelType::Chat,
             display_name: None,
         };
-        let v = render_models(&[m], |_| Rates::free());
+        let v = render_models(std::slice::from_ref(&m), |_| Some(Rates::free()));
         assert_eq!(
             v,
             json!([{
@@ -175,6 +221,7 @@ mod tests {
                 "status": {"available": true},
             }])
         );
+        assert_eq!(render_models(&[m], |_| None), json!([]));
         assert_eq!(
             model_type(Some("image_generation")),
             TypeFilter::Only(ModelType::Image)
@@ -185,25 +232,44 @@ mod tests {
 
     #[test]
     fn status_shapes() {
-        assert_eq!(render_status(&Ok(())), json!({"available": true}));
+        assert_eq!(render_status(&Ok(()), None), json!({"available": true}));
         let e = HubError::new(ErrorKind::Unavailable, "No providers available")
             .with_code("no_providers");
         assert_eq!(
-            render_status(&Err(e)),
+            render_status(&Err(e), Some("https://pay")),
             json!({"available": false, "error": "No providers available", "code": 503, "type": "no_providers"})
+        );
+        let e = HubError::new(ErrorKind::InsufficientCredits, "buy credits");
+        assert_eq!(
+            render_status(&Err(e), Some("https://pay")),
+            json!({"available": false, "error": "buy credits", "code": 402, "type": "NOT_ENOUGH", "link": "https://pay"})
         );
     }
 
     #[test]
     fn user_info_without_credits() {
-        let v = render_user_info(&UserInfo {
+        let user = UserInfo {
             did: "u1".into(),
             full_name: Some("Owner".into()),
-        });
+        };
         assert_eq!(
-            v,
+            render_user_info(&user, None),
             json!({"user":{"did":"u1","fullName":"Owner"},"enableCredit":false,"creditBalance":null,
                    "paymentLink":null,"profileLink":null,"creditPrefix":""})
+        );
+        let standing = CreditStanding {
+            balance: Decimal::new(12_5000, 4),
+            total: Decimal::from(20),
+            grant_count: 2,
+            pending: Decimal::ZERO,
+            payment_link: Some("https://pay".into()),
+            prefix: "$".into(),
+        };
+        assert_eq!(
+            render_user_info(&user, Some(&standing)),
+            json!({"user":{"did":"u1","fullName":"Owner"},"enableCredit":true,
+                   "creditBalance":{"balance":"12.5","total":"20","grantCount":2,"pendingCredit":"0"},
+                   "paymentLink":"https://pay","profileLink":null,"creditPrefix":"$"})
         );
     }
 }

@@ -237,8 +237,8 @@ fn frame(v: &Value) -> String {
 }
 
 /// An error as the legacy SSE shape sends it (also before the stream started, with status 200).
-pub fn sse_error(e: &HubError) -> String {
-    frame(&error_body(e, None))
+pub fn sse_error(e: &HubError, link: Option<&str>) -> String {
+    frame(&error_body(e, link))
 }
 
 /// Renders a hub stream in one of the two streaming shapes.
@@ -318,7 +318,7 @@ impl LegacyStream {
 
     pub fn error(&self, e: &HubError) -> String {
         if self.sse {
-            sse_error(e)
+            sse_error(e, None)
         } else {
             format!("ERROR: {}", super::wire::error_message(e))
         }
