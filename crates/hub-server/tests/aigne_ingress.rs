@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use hub_core::Hub;
 use hub_core::config::{EnvProvider, HubOptions};
 use hub_core::hub::{BillingDefaults, now_ms};
-use hub_core::ledger::{GrantKind, GrantOutcome, GrantReq, LedgerStore, user_account};
+use hub_core::ledger::{GrantKind, GrantOutcome, GrantReq, user_account};
 use hub_core::pricing::BillingMode;
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::UsageRecord;
