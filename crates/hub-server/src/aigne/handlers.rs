@@ -432,7 +432,7 @@ pub async fn status(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let principal = authenticate(&st.hub, &headers).ok();
+    let principal = authenticate(&st.hub, &headers).await.ok();
     let result = if st.hub.configured_providers().is_empty() {
         Err(
             HubError::new(ErrorKind::Unavailable, "No providers available")
