@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::health::HealthConfig;
 use crate::hooks::Hooks;
 use crate::providers::{CredentialSecret, ProviderKind, Secret};
+use crate::switches::BenchSwitches;
 use crate::timeouts::{TimeoutOverrides, Timeouts};
 
 /// Where the master key comes from.
@@ -62,6 +63,8 @@ pub struct HubOptions {
     pub health: HealthConfig,
     /// Billing defaults (`HUB_BILLING_MODE`, ...); stored settings override them.
     pub billing: crate::hub::BillingDefaults,
+    /// Benchmarking switches (`HUB_BENCH_DISABLE`); all on by default.
+    pub switches: BenchSwitches,
 }
 
 impl HubOptions {
@@ -78,6 +81,7 @@ impl HubOptions {
             provider_timeouts: HashMap::new(),
             health: HealthConfig::default(),
             billing: crate::hub::BillingDefaults::default(),
+            switches: BenchSwitches::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod pricing; // decimal rates, cost formula, built-in list prices, fixed-poi
 pub mod providers; // one module per wire protocol behind one trait
 pub mod router; // model string -> ordered candidates; built-in catalog
 pub mod store; // persistence trait; sqlite backend
+pub mod switches; // HUB_BENCH_DISABLE: benchmarking switches (all on by default)
 pub mod timeouts; // upstream timeouts and health tunables from env
 pub mod tokenize; // real-tokenizer estimates when a provider reports no usage
 pub mod types; // canonical request/response/stream/usage types

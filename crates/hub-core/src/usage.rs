@@ -23,7 +23,9 @@ struct Job {
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageWriter {
-    tx: mpsc::Sender<Job>,
+    /// `None`: the durable usage log is switched off for a benchmark (`HUB_BENCH_DISABLE=usage_log`);
+    /// records are dropped and `commit` answers at once.
+    tx: Option<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for UsageWriter {
@@ -46,44 +48,57 @@ impl UsageWriter {
     ) -> (UsageWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(run(store, rx, observer));
-        (UsageWriter { tx }, handle)
+        (UsageWriter { tx: Some(tx) }, handle)
+    }
+
+    /// A writer that writes nothing: only for measuring what the usage log costs
+    /// (`HUB_BENCH_DISABLE=usage_log`, see `switches`).
+    pub fn off() -> UsageWriter {
+        UsageWriter { tx: None }
     }
 
     /// Queues a record and waits until it is committed.
     pub async fn commit(&self, record: UsageRecord) -> Result<(), String> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job {
-                record: Some(record),
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| "usage writer stopped".to_string())?;
+        tx.send(Job {
+            record: Some(record),
+            done: Some(done),
+        })
+        .await
+        .map_err(|_| "usage writer stopped".to_string())?;
         wait.await.map_err(|_| "usage writer stopped".to_string())?
     }
 
     /// Waits until every record queued before this call is committed.
     pub async fn flush(&self) -> Result<(), String> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job {
-                record: None,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| "usage writer stopped".to_string())?;
+        tx.send(Job {
+            record: None,
+            done: Some(done),
+        })
+        .await
+        .map_err(|_| "usage writer stopped".to_string())?;
         wait.await.map_err(|_| "usage writer stopped".to_string())?
     }
 
     /// Queues a record without waiting (for paths with nobody left to answer, such as a caller
     /// that disconnected). It is still written; if the queue is full the send waits on a task.
     pub fn submit(&self, record: UsageRecord) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
         let job = Job {
             record: Some(record),
             done: None,
         };
-        if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
-            let tx = self.tx.clone();
+        if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
+            let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send(job).await;
             });
@@ -107,7 +122,8 @@ async fn run(
             }
         }
         records.clear();
-        records.extend(batch.iter().filter_map(|j| j.record.clone()));
+        // Moved, not cloned: a job only needs its record until it is in the batch.
+        records.extend(batch.iter_mut().filter_map(|j| j.record.take()));
         let mut result = Ok(());
         for attempt in 0..5u32 {
             if records.is_empty() {

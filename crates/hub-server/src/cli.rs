@@ -12,6 +12,7 @@ use hub_core::config::{HubOptions, MasterKeySource, providers_from_env};
 use hub_core::hub::{now_ms, open_store_and_vault, seal_credential};
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::{CredentialRow, ProviderRow, Store};
+use hub_core::switches::BenchSwitches;
 use hub_core::vault::Vault;
 
 #[derive(Parser, Debug)]
@@ -56,6 +57,10 @@ pub struct ServeArgs {
     /// Public URL of this hub (attribution, links).
     #[arg(long, env = "HUB_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// BENCHMARKING ONLY: comma list of parts to switch off (`auth`, `limits`, `usage_log`) to measure what
+    /// they cost. Everything is on unless named here. Never for a real hub.
+    #[arg(long, env = "HUB_BENCH_DISABLE", hide = true, default_value = "")]
+    pub bench_disable: String,
 }
 
 #[derive(Args, Debug)]
@@ -203,6 +208,7 @@ pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
     let mut opts = hub_options(args.data.data_dir.clone(), args.public_url.clone());
     resilience_from_env(&mut opts)?;
     opts.billing = crate::ledger_cli::billing_defaults()?;
+    opts.switches = BenchSwitches::from_disable_list(&args.bench_disable)?;
     let opened = Hub::open(opts).await.map_err(|e| e.to_string())?;
     if let Some(key) = &opened.new_owner_key {
         out.line(&format!("owner API key (shown once, store it now): {key}"));

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use hub_server::cli::{self, Cli, Command, Out};
 
+/// mimalloc instead of glibc malloc: the request path allocates many small, short-lived objects
+/// (JSON values, headers, records), and glibc's malloc/free was ~17 % of the hub's instructions per
+/// request (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Stdout;
 
 impl Out for Stdout {

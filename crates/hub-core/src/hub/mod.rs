@@ -90,6 +90,26 @@ pub enum OpenError {
     },
     #[error("http client: {0}")]
     Http(String),
+    #[error("{0}")]
+    Config(&'static str),
+}
+
+/// With auth switched off for a benchmark, the principal every call runs as: the owner whose key
+/// is `HUB_ADMIN_KEY` (required then, so records stay attributable).
+fn unauthenticated_principal(
+    opts: &HubOptions,
+    snapshot: &Snapshot,
+) -> Result<Option<Arc<Principal>>, OpenError> {
+    if opts.switches.auth {
+        return Ok(None);
+    }
+    opts.admin_key
+        .as_ref()
+        .and_then(|k| snapshot.keys.lookup(k.expose()))
+        .map(Some)
+        .ok_or(OpenError::Config(
+            "HUB_BENCH_DISABLE=auth needs HUB_ADMIN_KEY (calls are attributed to that owner key)",
+        ))
 }
 
 /// What the caller sent besides the body: identity and attribution.
@@ -170,6 +190,11 @@ struct Inner {
     upkeep: Mutex<Option<JoinHandle<()>>>,
     /// This process's id in the ledger (its reservations are released if it stops beating).
     instance: String,
+    /// `Some` only when auth is switched off for a benchmark (`HUB_BENCH_DISABLE=auth`): every
+    /// call runs as this principal (the `HUB_ADMIN_KEY` owner).
+    unauthenticated_as: Option<Arc<Principal>>,
+    /// Benchmarking switches (`HUB_BENCH_DISABLE`); all on by default.
+    switches: crate::switches::BenchSwitches,
 }
 
 /// The hub. Cheap to clone.
@@ -212,10 +237,21 @@ impl Hub {
             .pool_max_idle_per_host(1024)
             .build()
             .map_err(|e| OpenError::Http(e.to_string()))?;
+        let unauthenticated_as = unauthenticated_principal(&opts, &snapshot)?;
+        for part in opts.switches.disabled() {
+            tracing::warn!(
+                part,
+                "HUB_BENCH_DISABLE: switched OFF for benchmarking; never run a real hub like this"
+            );
+        }
         let mut key_opts = HubOptions::new(opts.data_dir.clone());
         key_opts.master_key = opts.master_key.clone();
-        let (writer, writer_task) =
-            UsageWriter::start_with_observer(store.clone(), opts.hooks.usage.clone());
+        let (writer, writer_task) = if opts.switches.usage_log {
+            let (w, t) = UsageWriter::start_with_observer(store.clone(), opts.hooks.usage.clone());
+            (w, Some(t))
+        } else {
+            (UsageWriter::off(), None)
+        };
         let pricing = load_billing_config(store.as_ref(), &opts.billing)
             .await?
             .pricing;
@@ -228,7 +264,7 @@ impl Hub {
             key_opts,
             snapshot: ArcSwap::from_pointee(snapshot),
             writer,
-            writer_task: Mutex::new(Some(writer_task)),
+            writer_task: Mutex::new(writer_task),
             reloader: Mutex::new(None),
             env_providers: opts.env_providers,
             http,
@@ -253,6 +289,8 @@ impl Hub {
             ledger_task: Mutex::new(Some(ledger_task)),
             upkeep: Mutex::new(None),
             instance: format!("inst_{}", uuid::Uuid::new_v4().simple()),
+            unauthenticated_as,
+            switches: opts.switches,
         });
         let hub = Hub { inner };
         // Reservations a stopped instance left open are released before we serve.
@@ -346,6 +384,9 @@ impl Hub {
     /// Resolves a bearer token to a principal, from memory: the hub's own keys, then identities
     /// the host's resolver answered recently. Never calls the resolver (see `identify`).
     pub fn authenticate(&self, token: &str) -> Result<Arc<Principal>, HubError> {
+        if let Some(p) = &self.inner.unauthenticated_as {
+            return Ok(p.clone());
+        }
         if token.is_empty() {
             return Err(HubError::unauthenticated(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
@@ -384,6 +425,9 @@ impl Hub {
         model: &str,
         estimate: impl FnOnce() -> u64,
     ) -> Result<crate::policy::Permit, HubError> {
+        if !self.inner.switches.limits {
+            return Ok(crate::policy::Permit::none());
+        }
         let snap = self.inner.snapshot.load();
         let Some(gate) = snap.gates.get(&ctx.principal.key_id) else {
             return Ok(crate::policy::Permit::none());

@@ -468,7 +468,8 @@ struct WireFunctionDelta {
 }
 
 /// Turns one decoded SSE data payload into events. Returns `Ok(true)` at `[DONE]`.
-fn decode_chunk(
+/// (Public for the criterion benches.)
+pub fn decode_chunk(
     variant: Variant,
     data: &str,
     started: &mut bool,

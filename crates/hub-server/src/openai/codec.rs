@@ -8,7 +8,7 @@ use hub_core::types::{
     ImagesRequest, ImagesResponse, Message, ModelInfo, ResponseFormat, Role, StreamEvent, Tool,
     ToolCall, ToolChoice, Usage,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 #[derive(Deserialize)]
@@ -499,66 +499,222 @@ pub fn parse_images(body: &[u8]) -> Result<ImagesRequest, HubError> {
     })
 }
 
-/// OpenAI's usage object from canonical usage.
-pub fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total(),
-        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-    })
+// Egress shapes. Serialised straight from borrowed fields (no intermediate `Value` tree: building
+// one cost ~15k instructions per response, BENCHMARKS.md); `render_*` returning `Value` remain for
+// callers and tests that want a tree.
+
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedOut,
+    completion_tokens_details: ReasoningOut,
 }
 
-fn tool_calls_json(calls: &[ToolCall]) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-            .collect(),
-    )
+#[derive(Serialize)]
+struct CachedOut {
+    cached_tokens: u64,
 }
 
-pub fn render_chat(resp: &ChatResponse) -> Value {
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        match &resp.output.content {
-            Some(c) => json!(c),
-            None => Value::Null,
-        },
-    );
-    if let Some(r) = &resp.output.reasoning {
-        message.insert("reasoning_content".into(), json!(r));
+#[derive(Serialize)]
+struct ReasoningOut {
+    reasoning_tokens: u64,
+}
+
+impl From<&Usage> for UsageOut {
+    fn from(u: &Usage) -> Self {
+        UsageOut {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total(),
+            prompt_tokens_details: CachedOut {
+                cached_tokens: u.cache_read_tokens,
+            },
+            completion_tokens_details: ReasoningOut {
+                reasoning_tokens: u.reasoning_tokens,
+            },
+        }
     }
-    if !resp.output.tool_calls.is_empty() {
-        message.insert(
-            "tool_calls".into(),
-            tool_calls_json(&resp.output.tool_calls),
-        );
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionOut<'a>,
+}
+
+impl<'a> From<&'a ToolCall> for ToolCallOut<'a> {
+    fn from(c: &'a ToolCall) -> Self {
+        ToolCallOut {
+            index: None,
+            id: Some(&c.id),
+            kind: Some("function"),
+            function: FunctionOut {
+                name: Some(&c.name),
+                arguments: &c.arguments,
+            },
+        }
     }
-    if !resp.output.images.is_empty() {
-        message.insert(
-            "images".into(),
-            Value::Array(
-                resp.output
+}
+
+#[derive(Serialize)]
+struct ImageUrlOut<'a> {
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+struct ImagePartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    image_url: ImageUrlOut<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImagePartOut<'a>>,
+    refusal: (),
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    message: MessageOut<'a>,
+    logprobs: (),
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChatCompletionOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [ChoiceOut<'a>; 1],
+    usage: UsageOut,
+}
+
+fn chat_completion_out(resp: &ChatResponse) -> ChatCompletionOut<'_> {
+    ChatCompletionOut {
+        id: &resp.id,
+        object: "chat.completion",
+        created: resp.created,
+        model: &resp.model,
+        choices: [ChoiceOut {
+            index: 0,
+            message: MessageOut {
+                role: "assistant",
+                content: resp.output.content.as_deref(),
+                reasoning_content: resp.output.reasoning.as_deref(),
+                tool_calls: resp
+                    .output
+                    .tool_calls
+                    .iter()
+                    .map(ToolCallOut::from)
+                    .collect(),
+                images: resp
+                    .output
                     .images
                     .iter()
-                    .map(|u| json!({"type":"image_url","image_url":{"url": u}}))
+                    .map(|u| ImagePartOut {
+                        kind: "image_url",
+                        image_url: ImageUrlOut { url: u },
+                    })
                     .collect(),
-            ),
-        );
+                refusal: (),
+            },
+            logprobs: (),
+            finish_reason: resp.finish_reason.as_str(),
+        }],
+        usage: UsageOut::from(&resp.usage),
     }
-    message.insert("refusal".into(), Value::Null);
-    json!({
-        "id": resp.id,
-        "object": "chat.completion",
-        "created": resp.created,
-        "model": resp.model,
-        "choices": [{"index": 0, "message": Value::Object(message), "logprobs": null, "finish_reason": resp.finish_reason.as_str()}],
-        "usage": usage_json(&resp.usage),
-    })
+}
+
+/// OpenAI's usage object from canonical usage.
+pub fn usage_json(u: &Usage) -> Value {
+    serde_json::to_value(UsageOut::from(u)).unwrap_or(Value::Null)
+}
+
+/// The `chat.completion` object as a JSON tree (see [`render_chat_bytes`] for the response path).
+pub fn render_chat(resp: &ChatResponse) -> Value {
+    serde_json::to_value(chat_completion_out(resp)).unwrap_or(Value::Null)
+}
+
+/// The `chat.completion` object, serialised (what the handler sends).
+pub fn render_chat_bytes(resp: &ChatResponse) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &chat_completion_out(resp))?;
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+}
+
+impl DeltaOut<'_> {
+    const EMPTY: DeltaOut<'static> = DeltaOut {
+        role: None,
+        content: None,
+        reasoning_content: None,
+        tool_calls: None,
+    };
+}
+
+#[derive(Serialize)]
+struct ChunkChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    logprobs: (),
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [ChunkChoiceOut<'a>; 1],
+    /// `Some(None)`: `"usage": null` (sent on content chunks when the caller asked for usage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<()>>,
+}
+
+#[derive(Serialize)]
+struct UsageChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [(); 0],
+    usage: UsageOut,
 }
 
 /// Renders stream events as OpenAI chunks; holds the ids and what the caller asked for.
@@ -570,21 +726,34 @@ pub struct ChunkWriter {
     pub include_usage: bool,
 }
 
+/// `data: <json>\n\n`.
+fn sse_data(value: &impl Serialize) -> String {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut out, value).is_err() {
+        // Unreachable for these shapes (string keys, no maps); never send half an event.
+        return String::new();
+    }
+    out.extend_from_slice(b"\n\n");
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 impl ChunkWriter {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
-        let mut obj = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        });
-        if self.include_usage
-            && let Some(o) = obj.as_object_mut()
-        {
-            o.insert("usage".into(), Value::Null);
-        }
-        format!("data: {obj}\n\n")
+    fn chunk(&self, delta: DeltaOut<'_>, finish_reason: Option<&'static str>) -> String {
+        sse_data(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: [ChunkChoiceOut {
+                index: 0,
+                delta,
+                logprobs: (),
+                finish_reason,
+            }],
+            usage: self.include_usage.then_some(None),
+        })
     }
 
     /// The SSE text for one event (`None` when the event is not shown to an OpenAI caller).
@@ -593,33 +762,52 @@ impl ChunkWriter {
             StreamEvent::Start { id, model } => {
                 self.id = id.clone();
                 self.model = model.clone();
-                Some(self.chunk(json!({"role": "assistant", "content": ""}), None))
+                Some(self.chunk(
+                    DeltaOut {
+                        role: Some("assistant"),
+                        content: Some(""),
+                        ..DeltaOut::EMPTY
+                    },
+                    None,
+                ))
             }
-            StreamEvent::TextDelta { text } => Some(self.chunk(json!({"content": text}), None)),
-            StreamEvent::ReasoningDelta { text } => {
-                Some(self.chunk(json!({"reasoning_content": text}), None))
-            }
+            StreamEvent::TextDelta { text } => Some(self.chunk(
+                DeltaOut {
+                    content: Some(text),
+                    ..DeltaOut::EMPTY
+                },
+                None,
+            )),
+            StreamEvent::ReasoningDelta { text } => Some(self.chunk(
+                DeltaOut {
+                    reasoning_content: Some(text),
+                    ..DeltaOut::EMPTY
+                },
+                None,
+            )),
             StreamEvent::ToolCallDelta {
                 index,
                 id,
                 name,
                 arguments,
-            } => {
-                let mut call = Map::new();
-                call.insert("index".into(), json!(index));
-                if let Some(id) = id {
-                    call.insert("id".into(), json!(id));
-                    call.insert("type".into(), json!("function"));
-                }
-                let mut f = Map::new();
-                if let Some(n) = name {
-                    f.insert("name".into(), json!(n));
-                }
-                f.insert("arguments".into(), json!(arguments));
-                call.insert("function".into(), Value::Object(f));
-                Some(self.chunk(json!({"tool_calls": [Value::Object(call)]}), None))
+            } => Some(self.chunk(
+                DeltaOut {
+                    tool_calls: Some([ToolCallOut {
+                        index: Some(*index),
+                        id: id.as_deref(),
+                        kind: id.as_ref().map(|_| "function"),
+                        function: FunctionOut {
+                            name: name.as_deref(),
+                            arguments,
+                        },
+                    }]),
+                    ..DeltaOut::EMPTY
+                },
+                None,
+            )),
+            StreamEvent::Finish { reason } => {
+                Some(self.chunk(DeltaOut::EMPTY, Some(reason.as_str())))
             }
-            StreamEvent::Finish { reason } => Some(self.chunk(json!({}), Some(reason.as_str()))),
             // Shown once, at the end, and only if the caller asked for it.
             StreamEvent::Usage { .. } => None,
         }
@@ -629,15 +817,14 @@ impl ChunkWriter {
     pub fn done(&self, usage: &Usage) -> String {
         let mut out = String::new();
         if self.include_usage {
-            let obj = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage_json(usage),
-            });
-            out.push_str(&format!("data: {obj}\n\n"));
+            out.push_str(&sse_data(&UsageChunkOut {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                choices: [],
+                usage: UsageOut::from(usage),
+            }));
         }
         out.push_str("data: [DONE]\n\n");
         out

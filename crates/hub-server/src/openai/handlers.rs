@@ -72,7 +72,13 @@ pub async fn chat_completions(
     };
     if !req.stream {
         return match st.hub.chat(&ctx, req).await {
-            Ok(resp) => with_request_id(Json(codec::render_chat(&resp)).into_response(), &ctx),
+            Ok(resp) => match codec::render_chat_bytes(&resp) {
+                Ok(bytes) => with_request_id(json_response(bytes), &ctx),
+                Err(e) => error(
+                    HubError::internal(format!("rendering failed: {e}")),
+                    Some(&ctx),
+                ),
+            },
             Err(e) => error(e, Some(&ctx)),
         };
     }
@@ -98,6 +104,16 @@ pub async fn chat_completions(
         }
         Err(e) => error(e, Some(&ctx)),
     }
+}
+
+/// A 200 `application/json` response with an already serialised body.
+fn json_response(bytes: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// A 200 `text/event-stream` response.

@@ -1,0 +1,133 @@
+//! Criterion benches for hub-core's hot pure code: stream decoding, request building, response
+//! parsing, key lookup, vault. `cargo bench -p hub-core --bench hot_paths`.
+//! (Price computation and Bedrock's event-stream decoding are added when those land.)
+
+#![expect(clippy::unwrap_used, reason = "bench fixtures are known-good")]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hub_core::auth::{KeyIndex, Principal, Role, digest, generate_key};
+use hub_core::providers::openai::{Variant, build_chat_body, decode_chunk, parse_chat_response};
+use hub_core::types::{ChatRequest, Message, Role as MsgRole};
+use hub_core::vault::Vault;
+
+const TEXT_CHUNK: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_eb9dce56a8","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+const USAGE_CHUNK: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_eb9dce56a8","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
+const RESPONSE: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_fc9f1d7035"}"#;
+
+fn request() -> ChatRequest {
+    let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "openai/gpt-4o-mini",
+        "messages": [],
+    }))
+    .unwrap();
+    req.messages = vec![
+        Message::text(MsgRole::System, "You are a helpful assistant."),
+        Message::text(MsgRole::User, "Say hello in three languages."),
+    ];
+    req
+}
+
+fn stream_decoding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("openai_stream_decode");
+    let mut out = Vec::with_capacity(4);
+    g.bench_function("text_chunk", |b| {
+        b.iter(|| {
+            let (mut started, mut finished) = (true, false);
+            out.clear();
+            decode_chunk(
+                Variant::OpenAi,
+                black_box(TEXT_CHUNK),
+                &mut started,
+                &mut finished,
+                "gpt-4o",
+                &mut out,
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("usage_chunk", |b| {
+        b.iter(|| {
+            let (mut started, mut finished) = (true, false);
+            out.clear();
+            decode_chunk(
+                Variant::OpenAi,
+                black_box(USAGE_CHUNK),
+                &mut started,
+                &mut finished,
+                "gpt-4o",
+                &mut out,
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn upstream_request_response(c: &mut Criterion) {
+    let req = request();
+    c.bench_function("openai_build_chat_body_to_vec", |b| {
+        b.iter(|| {
+            serde_json::to_vec(&build_chat_body(
+                Variant::OpenAi,
+                "gpt-4o-mini",
+                black_box(&req),
+                false,
+            ))
+            .unwrap()
+        })
+    });
+    c.bench_function("openai_parse_chat_response", |b| {
+        b.iter(|| {
+            parse_chat_response(Variant::OpenAi, black_box(RESPONSE.as_bytes()), "gpt-4o").unwrap()
+        })
+    });
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let mut idx = KeyIndex::default();
+    let mut keys = Vec::new();
+    for i in 0..1000 {
+        let k = generate_key();
+        idx.insert(
+            digest(&k),
+            Principal {
+                key_id: format!("key{i}"),
+                user_id: format!("user{i}"),
+                role: Role::Member,
+                team_id: None,
+            },
+        );
+        keys.push(k);
+    }
+    let hit = keys[500].clone();
+    let miss = generate_key();
+    c.bench_function("key_lookup_hit_1000_keys", |b| {
+        b.iter(|| idx.lookup(black_box(&hit)).unwrap())
+    });
+    c.bench_function("key_lookup_miss_1000_keys", |b| {
+        b.iter(|| idx.lookup(black_box(&miss)))
+    });
+}
+
+fn vault(c: &mut Criterion) {
+    let v = Vault::new([7u8; 32]);
+    let secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUV";
+    let sealed = v.encrypt(secret, "cred_123").unwrap();
+    c.bench_function("vault_encrypt", |b| {
+        b.iter(|| v.encrypt(black_box(secret), "cred_123").unwrap())
+    });
+    c.bench_function("vault_decrypt", |b| {
+        b.iter(|| v.decrypt(black_box(&sealed), "cred_123").unwrap())
+    });
+}
+
+criterion_group!(
+    benches,
+    stream_decoding,
+    upstream_request_response,
+    key_lookup,
+    vault
+);
+criterion_main!(benches);

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Turns a scripts/bench results dir (raw.jsonl, env.txt) into BENCHMARKS.md-ready markdown.
+
+Every figure is the median over runs; "added" figures are medians of the per-run differences
+between the hub and the direct-to-mock measurement taken in the same run.
+
+    python3 scripts/bench_report.py bench/results/<stamp> > report.md
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+TICK_US = 10_000  # /proc/<pid>/stat utime+stime are in 1/100 s
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, unit="", digits=0):
+    if x is None:
+        return "–"
+    if digits == 0:
+        return f"{x:,.0f}{unit}"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def verdict(ok: bool | None) -> str:
+    if ok is None:
+        return "–"
+    return "met" if ok else "**missed**"
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    rows = [json.loads(l) for l in (out / "raw.jsonl").read_text().splitlines() if l.strip()]
+    env = (out / "env.txt").read_text().strip() if (out / "env.txt").exists() else ""
+
+    wrk = defaultdict(lambda: defaultdict(dict))  # (sc, config, conc) -> run -> target -> row
+    streams = defaultdict(lambda: defaultdict(dict))  # conc -> run -> target -> row
+    hold = None
+    missing = set()
+    for r in rows:
+        if "missing_switch" in r:
+            missing.add(r["missing_switch"])
+        elif "wrk" in r:
+            key = (r["scenario"], r["config"], r["concurrency"])
+            wrk[key][r["run"]][r["target"]] = r
+        elif "stream" in r:
+            streams[r["concurrency"]][r["run"]][r["target"]] = r
+        elif "hold" in r:
+            hold = r["hold"]
+
+    def cpu_us_per_req(r):
+        req = r["wrk"]["requests"]
+        return (r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]) * TICK_US / req if req else None
+
+    def busy_pct(r):
+        return (r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]) * TICK_US / r["wrk"]["duration_us"] * 100
+
+    lines: list[str] = []
+    w = lines.append
+    w("### Run")
+    w("")
+    w("```")
+    w(env)
+    w("```")
+    w("")
+
+    # Scenario 1
+    runs = wrk.get(("1", "all_on", 1))
+    if runs:
+        w("### 1. Plain chat, concurrency 1 (µs)")
+        w("")
+        w("| | p50 | p99 | p99.9 | requests/s | errors |")
+        w("|---|---|---|---|---|---|")
+        for t in ("direct", "hub"):
+            rs = [runs[k][t] for k in runs if t in runs[k]]
+            w(
+                f"| {t} | {fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
+                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
+                f"{fmt(med(r['wrk']['lat_us']['p999'] for r in rs))} | "
+                f"{fmt(med(r['wrk']['rps'] for r in rs))} | "
+                f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for r in rs)} |"
+            )
+        added = {
+            q: med(
+                runs[k]["hub"]["wrk"]["lat_us"][q] - runs[k]["direct"]["wrk"]["lat_us"][q]
+                for k in runs
+                if {"hub", "direct"} <= runs[k].keys()
+            )
+            for q in ("p50", "p99", "p999")
+        }
+        w(
+            f"| **added by the hub** | **{fmt(added['p50'])}** | **{fmt(added['p99'])}** | "
+            f"**{fmt(added['p999'])}** | | |"
+        )
+        w("")
+        w(
+            f"Target: added p50 ≤ 50 µs ({verdict(added['p50'] is not None and added['p50'] <= 50)}), "
+            f"p99 ≤ 250 µs ({verdict(added['p99'] is not None and added['p99'] <= 250)})."
+        )
+        w("")
+
+    # Scenario 2
+    for cfg, title in (("all_on", "mock at 0 ms"), ("all_on_60ms", "mock at 60 ms")):
+        runs = wrk.get(("2", cfg, 64))
+        if not runs:
+            continue
+        w(f"### 2. Plain chat, concurrency 64, everything on ({title})")
+        w("")
+        w("| | requests/s | p50 µs | p99 µs | hub CPU µs/request | hub CPU busy | hub VmHWM | errors |")
+        w("|---|---|---|---|---|---|---|---|")
+        for t in ("direct", "hub"):
+            rs = [runs[k][t] for k in runs if t in runs[k]]
+            hubby = t == "hub"
+            w(
+                f"| {t} | {fmt(med(r['wrk']['rps'] for r in rs))} | "
+                f"{fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
+                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
+                f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1) if hubby else ''} | "
+                f"{fmt(med(busy_pct(r) for r in rs), ' %') if hubby else ''} | "
+                f"{fmt(med((r['hub_vmhwm_kb'] or 0) / 1024 for r in rs), ' MB', 1) if hubby else ''} | "
+                f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for r in rs)} |"
+            )
+        ratio = med(
+            runs[k]["hub"]["wrk"]["rps"] / runs[k]["direct"]["wrk"]["rps"]
+            for k in runs
+            if {"hub", "direct"} <= runs[k].keys()
+        )
+        hub_rs = [runs[k]["hub"] for k in runs if "hub" in runs[k]]
+        rps = med(r["wrk"]["rps"] for r in hub_rs)
+        cpu = med(cpu_us_per_req(r) for r in hub_rs)
+        w("")
+        w(f"Hub / direct throughput: {fmt(ratio, '', 2)}.")
+        if cfg == "all_on":
+            w(
+                f"Target: ≥ 20,000 requests/s ({verdict(rps is not None and rps >= 20_000)}); "
+                f"hub CPU ≤ 50 µs/request ({verdict(cpu is not None and cpu <= 50)})."
+            )
+        w("")
+
+    # Scenario 3
+    if streams:
+        w("### 3. Streaming (mock: 10 ms between chunks), everything on (µs unless noted)")
+        w("")
+        w(
+            "| concurrency | target | streams/s | TTFB p50 | TTFB p99 | total p50 | total p99 | "
+            "gap p50 | gap p99 | hub CPU µs/stream | errors |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        ttfb_added = {}
+        for conc in sorted(streams):
+            runs = streams[conc]
+            for t in ("direct", "hub"):
+                rs = [runs[k][t]["stream"] for k in runs if t in runs[k]]
+                raw = [runs[k][t] for k in runs if t in runs[k]]
+                g = lambda field, q: med(r[field][q] if r[field] else None for r in rs)  # noqa: E731
+                cpu = (
+                    med(r["hub_cpu_ticks"] * TICK_US / r["stream"]["streams"] for r in raw if r["stream"]["streams"])
+                    if t == "hub"
+                    else None
+                )
+                w(
+                    f"| {conc} | {t} | {fmt(med(r['streams_per_s'] for r in rs))} | "
+                    f"{fmt(g('ttfb_us', 'p50'))} | {fmt(g('ttfb_us', 'p99'))} | "
+                    f"{fmt(g('total_us', 'p50'))} | {fmt(g('total_us', 'p99'))} | "
+                    f"{fmt(g('gap_us', 'p50'))} | {fmt(g('gap_us', 'p99'))} | "
+                    f"{fmt(cpu, '', 0) if cpu is not None else ''} | {sum(r['errors'] for r in rs)} |"
+                )
+            ttfb_added[conc] = {
+                q: med(
+                    runs[k]["hub"]["stream"]["ttfb_us"][q] - runs[k]["direct"]["stream"]["ttfb_us"][q]
+                    for k in runs
+                    if {"hub", "direct"} <= runs[k].keys()
+                    and runs[k]["hub"]["stream"]["ttfb_us"]
+                    and runs[k]["direct"]["stream"]["ttfb_us"]
+                )
+                for q in ("p50", "p99")
+            }
+        w("")
+        for conc, a in ttfb_added.items():
+            w(f"- added TTFB at concurrency {conc}: p50 {fmt(a['p50'])} µs, p99 {fmt(a['p99'])} µs")
+        a16 = ttfb_added.get(16, {}).get("p50")
+        w("")
+        w(f"Target: added TTFB p50 ≤ 100 µs at concurrency 16 ({verdict(a16 is not None and a16 <= 100)}).")
+        w("")
+
+    # Scenario 4
+    if hold:
+        w(f"### 4. {hold['streams']:,} long streams open at once (mock: 1 chunk/s), everything on")
+        w("")
+        w("| opened | time to open all | hub RSS idle | hub RSS while open (max) | hub CPU while open | completed | errors |")
+        w("|---|---|---|---|---|---|---|")
+        w(
+            f"| {hold['opened']:,} | {hold['seconds_to_open_all']:.1f} s | {hold['hub_rss_idle_mb']:.1f} MB | "
+            f"{hold['hub_rss_open_max_mb']:.1f} MB | {hold['hub_cpu_pct_while_open']:.1f} % | "
+            f"{hold['completed_ok']:,} | {hold['errors']} |"
+        )
+        if hold.get("first_error"):
+            w("")
+            w(f"First error: `{hold['first_error']}`")
+        w("")
+        ok = hold["opened"] >= 5000 and hold["hub_rss_open_max_mb"] <= 200
+        w(f"Target: 5,000 open streams with hub RSS ≤ 200 MB ({verdict(ok if hold['streams'] >= 5000 else None)}).")
+        w("")
+
+    # Scenario 5
+    cfgs = [
+        ("off", "everything off"),
+        ("auth", "auth only"),
+        ("limits", "+ per-key limits"),
+        ("reservation", "+ credit reservation"),
+        ("usage_log", "+ durable usage log (= everything on)"),
+    ]
+    if any(("5", c, 64) in wrk for c, _ in cfgs):
+        w("### 5. What each part costs (plain chat, concurrency 64, SQLite)")
+        w("")
+        w("| configuration | requests/s | vs everything off | p99 µs | hub CPU µs/request | hub CPU busy |")
+        w("|---|---|---|---|---|---|")
+        base = None
+        rps_of = {}
+        for c, label in cfgs:
+            runs = wrk.get(("5", c, 64))
+            if c in missing:
+                w(f"| {label} | not yet implemented (no `{c}` switch in this build) | | | | |")
+                continue
+            if not runs:
+                continue
+            rs = [runs[k]["hub"] for k in runs if "hub" in runs[k]]
+            rps = med(r["wrk"]["rps"] for r in rs)
+            rps_of[c] = rps
+            if c == "off":
+                base = rps
+            w(
+                f"| {label} | {fmt(rps)} | {fmt(rps / base * 100 if base and rps else None, ' %')} | "
+                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
+                f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1)} | {fmt(med(busy_pct(r) for r in rs), ' %')} |"
+            )
+        runs = wrk.get(("5", "direct", 64))
+        if runs:
+            rs = [runs[k]["direct"] for k in runs if "direct" in runs[k]]
+            w(f"| direct to the mock | {fmt(med(r['wrk']['rps'] for r in rs))} | | {fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | | |")
+        w("")
+        on = rps_of.get("usage_log")
+        before = rps_of.get("limits", rps_of.get("auth"))
+        if base and on and before:
+            cost = (before - on) / base * 100
+            note = "" if "reservation" not in missing else " (reservation not yet implemented: usage log alone)"
+            w(
+                f"Usage log + reservation cost: {cost:.1f} % of everything-off throughput{note}; "
+                f"everything on vs everything off: {(base - on) / base * 100:.1f} % lower. "
+                f"Target ≤ 15 % ({verdict(cost <= 15)})."
+            )
+        w("")
+
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
