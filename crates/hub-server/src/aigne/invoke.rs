@@ -243,22 +243,26 @@ pub(crate) fn parse_tool_calls(calls: &[Value], param: &str) -> Result<Vec<ToolC
         .collect()
 }
 
-fn parse_messages(messages: &[Value]) -> Result<Vec<Message>, HubError> {
+/// Parses framework messages (both the invoke protocol's and the legacy route's: `role` `agent` or
+/// `assistant`, `toolCalls`/`tool_calls`, `toolCallId`/`tool_call_id`). `param` names the array in
+/// errors (`input.messages`, `messages`).
+pub(crate) fn parse_messages(messages: &[Value], param: &str) -> Result<Vec<Message>, HubError> {
     if messages.is_empty() {
         return Err(HubError::invalid_param(
-            "input.messages",
-            "`input.messages` must contain at least one message",
+            param,
+            format!("`{param}` must contain at least one message"),
         ));
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let p = format!("input.messages[{i}]");
+        let p = format!("{param}[{i}]");
         let obj = m
             .as_object()
             .ok_or_else(|| HubError::invalid_param(&p, "messages must be objects"))?;
         let f = Fields::new(obj, &p);
         let role = match f.str(&["role"])? {
             Some("system") => Role::System,
+            Some("developer") => Role::Developer,
             Some("user") => Role::User,
             Some("agent" | "assistant") => Role::Assistant,
             Some("tool") => Role::Tool,
@@ -266,7 +270,7 @@ fn parse_messages(messages: &[Value]) -> Result<Vec<Message>, HubError> {
                 return Err(HubError::invalid_param(
                     &format!("{p}.role"),
                     format!(
-                        "Invalid role `{}`; expected system, user, agent or tool.",
+                        "Invalid role `{}`; expected system, user, agent (assistant) or tool.",
                         other.unwrap_or("")
                     ),
                 ));
@@ -414,9 +418,12 @@ pub fn parse_chat(body: &[u8]) -> Result<InvokeChat, HubError> {
         (DEFAULT_CHAT_MODEL, "input.modelOptions.model")
     };
     let model = check_model(model, model_param)?;
-    let messages = parse_messages(f.array(&["messages"])?.ok_or_else(|| {
-        HubError::invalid_param("input.messages", "`input.messages` is required")
-    })?)?;
+    let messages = parse_messages(
+        f.array(&["messages"])?.ok_or_else(|| {
+            HubError::invalid_param("input.messages", "`input.messages` is required")
+        })?,
+        "input.messages",
+    )?;
     let tools = match f.array(&["tools"])? {
         Some(t) => parse_tools(t, "input.tools")?,
         None => Vec::new(),

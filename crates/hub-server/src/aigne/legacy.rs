@@ -17,9 +17,7 @@ use hub_core::HubError;
 use hub_core::types::{ChatRequest, ChatResponse, Message, Role, StreamEvent, ToolCall, Usage};
 use serde_json::{Map, Value, json};
 
-use super::invoke::{
-    parse_content, parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools,
-};
+use super::invoke::{parse_messages, parse_response_format, parse_tool_choice, parse_tools};
 use super::wire::{DEFAULT_CHAT_MODEL, Fields, error_body, parse_object, tool_calls_json};
 
 /// Keys this codec reads (camelCase and their snake_case aliases); others that look like OpenAI
@@ -70,62 +68,6 @@ fn is_snake(k: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn parse_messages(messages: &[Value]) -> Result<Vec<Message>, HubError> {
-    if messages.is_empty() {
-        return Err(HubError::invalid_param(
-            "messages",
-            "`messages` must contain at least one message",
-        ));
-    }
-    let mut out = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let p = format!("messages[{i}]");
-        let obj = m
-            .as_object()
-            .ok_or_else(|| HubError::invalid_param(&p, "messages must be objects"))?;
-        let f = Fields::new(obj, &p);
-        let role = match f.str(&["role"])? {
-            Some("system") => Role::System,
-            Some("developer") => Role::Developer,
-            Some("user") => Role::User,
-            Some("assistant" | "agent") => Role::Assistant,
-            Some("tool") => Role::Tool,
-            other => {
-                return Err(HubError::invalid_param(
-                    &format!("{p}.role"),
-                    format!(
-                        "Invalid role `{}`; expected system, user, assistant or tool.",
-                        other.unwrap_or("")
-                    ),
-                ));
-            }
-        };
-        let (content, content_is_text) =
-            parse_content(obj.get("content"), &format!("{p}.content"))?;
-        let tool_calls = match f.array(&["toolCalls", "tool_calls"])? {
-            Some(c) => parse_tool_calls(c, &format!("{p}.toolCalls"))?,
-            None => Vec::new(),
-        };
-        let tool_call_id = f.str(&["toolCallId", "tool_call_id"])?.map(str::to_string);
-        if role == Role::Tool && tool_call_id.is_none() {
-            return Err(HubError::invalid_param(
-                &format!("{p}.toolCallId"),
-                "tool messages need `toolCallId`",
-            ));
-        }
-        out.push(Message {
-            role,
-            content,
-            content_is_text,
-            tool_calls,
-            tool_call_id,
-            name: f.str(&["name"])?.map(str::to_string),
-            reasoning: None,
-        });
-    }
-    Ok(out)
-}
-
 /// Parses a legacy completions body.
 pub fn parse(body: &[u8]) -> Result<LegacyChat, HubError> {
     let root = parse_object(body)?;
@@ -144,7 +86,7 @@ pub fn parse(body: &[u8]) -> Result<LegacyChat, HubError> {
             ));
         }
         (Some(p), None) => vec![Message::text(Role::User, p)],
-        (None, Some(m)) => parse_messages(m)?,
+        (None, Some(m)) => parse_messages(m, "messages")?,
         (None, None) => {
             return Err(HubError::invalid_param(
                 "messages",
