@@ -12,8 +12,8 @@ use hub_core::ledger::report::{
     Dim, EXPORT_HEADER, Period, csv_line, export_line, parse_tz_offset, totals,
 };
 use hub_core::ledger::{
-    GrantKind, GrantOutcome, GrantReq, ReportQuery, UsageFilter, quota_of, team_account,
-    user_account,
+    GrantKind, GrantOutcome, GrantReq, LedgerStore, ReportQuery, UsageFilter, quota_of,
+    team_account, user_account,
 };
 use hub_core::pricing::{
     BillingMode, Price, PriceBook, Rates, from_units, parse_amount, reprice, round, to_units,
@@ -38,6 +38,11 @@ pub fn billing_defaults() -> Result<BillingDefaults, String> {
 pub struct LedgerArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    /// The database to check instead of `<data-dir>/hub.db`: `sqlite:///abs/path/hub.db`,
+    /// `sqlite://relative/hub.db`, `sqlite:hub.db` or a plain path. This build has no
+    /// PostgreSQL backend: a `postgres://` URL is refused (exit code 2).
+    #[arg(long, global = true)]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: LedgerCommand,
 }
@@ -294,11 +299,83 @@ pub fn parse_time(s: &str, tz_offset_minutes: i32) -> Result<i64, String> {
     Ok(local - i64::from(tz_offset_minutes) * 60_000)
 }
 
+/// A CLI failure with its process exit code (1: the check failed or an error; 2: the command
+/// cannot run as asked, like a usage error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub exit_code: u8,
+    pub message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            exit_code: 1,
+            message,
+        }
+    }
+}
+
+fn usage_failure(message: String) -> Failure {
+    Failure {
+        exit_code: 2,
+        message,
+    }
+}
+
+/// The SQLite file a `--database` URL names. `sqlite:///abs` is an absolute path,
+/// `sqlite://rel` and `sqlite:rel` relative ones (as sqlx reads them); `?...` options are
+/// ignored; a directory means its `hub.db`. A PostgreSQL URL is refused: this build has no
+/// PostgreSQL backend.
+pub fn sqlite_path_of(url: &str) -> Result<std::path::PathBuf, Failure> {
+    let u = url.trim();
+    let scheme = u.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    let path = match scheme.as_deref() {
+        Some("postgres" | "postgresql") => {
+            return Err(usage_failure(
+                "--database: this build has no PostgreSQL backend yet (only SQLite); \
+                 pass a sqlite:// URL or --data-dir"
+                    .to_string(),
+            ));
+        }
+        Some("sqlite") => {
+            let rest = &u["sqlite:".len()..];
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            rest.split_once('?').map_or(rest, |(p, _)| p)
+        }
+        // No scheme (or a Windows drive letter): a plain path.
+        Some(s) if s.len() > 1 && u.contains("://") => {
+            return Err(usage_failure(format!(
+                "--database: unsupported URL scheme `{s}` (use sqlite:///path/to/hub.db)"
+            )));
+        }
+        _ => u,
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err(usage_failure(format!(
+            "--database: `{url}` names no database file"
+        )));
+    }
+    let path = std::path::PathBuf::from(path);
+    Ok(if path.is_dir() {
+        path.join("hub.db")
+    } else {
+        path
+    })
+}
+
 /// `aigne-hub ledger ...`
-pub async fn ledger(args: LedgerArgs, out: &mut dyn Out) -> Result<(), String> {
+pub async fn ledger(args: LedgerArgs, out: &mut dyn Out) -> Result<(), Failure> {
     let defaults = billing_defaults()?;
-    let opts = crate::cli::hub_options(args.data.data_dir.clone(), None);
-    let (store, _vault) = hub_core::hub::open_store_and_vault(&opts).map_err(|e| e.to_string())?;
+    let path = match &args.database {
+        Some(url) => sqlite_path_of(url)?,
+        None => args.data.data_dir.join("hub.db"),
+    };
+    // Read the ledger only: no master key needed, and nothing is created where none exists.
+    if !path.is_file() {
+        return Err(format!("no hub database at {}", path.display()).into());
+    }
+    let store = hub_core::store::sqlite::SqliteStore::open(&path).map_err(e)?;
     match args.command {
         LedgerCommand::Verify { window_secs, json } => {
             let window_ms = window_secs
@@ -331,10 +408,9 @@ pub async fn ledger(args: LedgerArgs, out: &mut dyn Out) -> Result<(), String> {
                 });
             }
             if !rep.ok() {
-                return Err(format!(
-                    "ledger verify found {} violation(s)",
-                    rep.violations.len()
-                ));
+                return Err(
+                    format!("ledger verify found {} violation(s)", rep.violations.len()).into(),
+                );
             }
             Ok(())
         }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hub_server::cli::{self, Cli, Command, Out};
+use hub_server::ledger_cli::Failure;
 
 /// mimalloc instead of glibc malloc: the request path allocates many small, short-lived objects
 /// (JSON values, headers, records), and glibc's malloc/free was ~17 % of the hub's instructions per
@@ -44,16 +45,16 @@ fn main() -> ExitCode {
     let mut out = Stdout;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => cli::serve(args, &mut out).await,
-            Command::Admin(args) => cli::admin(args, &mut out).await,
+            Command::Serve(args) => cli::serve(args, &mut out).await.map_err(Failure::from),
+            Command::Admin(args) => cli::admin(args, &mut out).await.map_err(Failure::from),
             Command::Ledger(args) => hub_server::ledger_cli::ledger(args, &mut out).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aigne-hub: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("aigne-hub: {}", f.message);
+            ExitCode::from(f.exit_code)
         }
     }
 }

@@ -221,3 +221,86 @@ async fn kill_9_mid_load_loses_no_completed_response_and_leaves_nothing_reserved
     assert!(out.contains("ledger OK"), "{out}");
     Ok(())
 }
+
+/// `aigne-hub ledger verify --database URL`: SQLite URLs and plain paths read that database (not
+/// the data dir's); a PostgreSQL URL is refused with exit code 2, since this build has no
+/// PostgreSQL backend; a missing database is an error, not a fresh empty ledger.
+#[test]
+fn ledger_verify_reads_the_database_a_url_names_and_refuses_postgres() -> R {
+    let mock = "http://127.0.0.1:9"; // never called
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("a");
+    let other = dir.path().join("b");
+    std::fs::create_dir_all(&other)?;
+    // A ledger with 7 credits granted (the user must exist: `serve` bootstraps the owner, the
+    // CLI can create one).
+    let user = admin(&data, mock, &["admin", "user", "create", "--name", "U1"])?;
+    admin(
+        &data,
+        mock,
+        &[
+            "admin",
+            "credits",
+            "grant",
+            "--user",
+            user.trim(),
+            "--amount",
+            "7",
+        ],
+    )?;
+    let db = data.join("hub.db");
+    let run = |args: &[&str]| cmd(&other, mock).args(args).output();
+    for url in [
+        format!("sqlite://{}", db.display()),
+        format!("sqlite://{}?mode=ro", db.display()),
+        format!("sqlite:{}", db.display()),
+        db.display().to_string(),
+        format!("sqlite://{}", data.display()), // a directory: its hub.db
+    ] {
+        let out = run(&["ledger", "verify", "--database", &url])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{url}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("ledger OK"), "{url}: {stdout}");
+        assert!(
+            stdout.contains("granted 7"),
+            "{url} read the other database: {stdout}"
+        );
+    }
+    // `--data-dir` still works (and is what HUB_DATA_DIR says by default).
+    let out = run(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        &data.display().to_string(),
+    ])?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("granted 7"));
+
+    for url in [
+        "postgres://hub:pw@localhost/hub",
+        "postgresql://localhost/hub",
+    ] {
+        let out = run(&["ledger", "verify", "--database", url])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("no PostgreSQL backend"), "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing pretends to have verified");
+    }
+    let out = run(&["ledger", "verify", "--database", "mysql://localhost/hub"])?;
+    assert_eq!(out.status.code(), Some(2));
+    // A database that does not exist is an error, and is not created.
+    let missing = dir.path().join("nope").join("hub.db");
+    let out = run(&[
+        "ledger",
+        "verify",
+        "--database",
+        &format!("sqlite://{}", missing.display()),
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hub database"));
+    assert!(!missing.exists());
+    Ok(())
+}
