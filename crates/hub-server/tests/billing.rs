@@ -2,7 +2,7 @@
 //! hub-testkit OpenAI mock. Concurrency against one balance, 402 before any upstream traffic,
 //! disconnect and mid-stream failure settling what was delivered (checked against the mock's own
 //! counts), starter credits under concurrent first requests, internal-mode costing, live mode
-//! switch. Every test ends with the ledger's own `verify`.
+//! switch, a non-streaming caller going away. Every test ends with the ledger's own `verify`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -479,5 +479,91 @@ async fn an_upstream_failure_before_output_releases_everything() -> R {
     assert_eq!(status, 502);
     let bal = h.hub.store().balance(&acct).await?.ok_or("no account")?;
     assert_eq!((from_units(bal.available), bal.reserved), (dec("1"), 0));
+    h.verify().await
+}
+
+/// A non-streaming caller that goes away mid-call: the hub cancels the upstream call (the slow
+/// mock sees its connection closed before it answered), releases the whole reservation, and
+/// writes exactly one usage record saying the client cancelled and nothing was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streaming_caller_that_goes_away_cancels_upstream_and_is_charged_nothing() -> R {
+    let h = harness(BillingMode::Credits, "0").await;
+    let acct = user_account("owner");
+    h.grant(&acct, "1").await?;
+    h.mock.register_scenario(
+        "bill-model",
+        Script::text("too late")
+            .with_first_byte_delay_ms(3_000)
+            .with_usage(Usage::new(9, 2)),
+    );
+    let call = {
+        let (http, url) = (h.http.clone(), h.url.clone());
+        tokio::spawn(async move {
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(KEY)
+                .header("x-request-id", "client-gone-1")
+                .json(&body("openai/bill-model", false))
+                .send()
+                .await
+        })
+    };
+    // The call is upstream (reserved, mock waiting) ...
+    for _ in 0..200 {
+        if h.mock.hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.mock.hits(), 1, "the call reached the mock");
+    let held = h.hub.store().balance(&acct).await?.ok_or("no account")?;
+    assert!(
+        held.reserved > 0,
+        "a reservation is held while the call runs"
+    );
+    // ... when the caller drops its connection.
+    call.abort();
+    let _ = call.await;
+    for _ in 0..200 {
+        if h.mock.stats().requests_cancelled_by_client == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.mock.stats().requests_cancelled_by_client,
+        1,
+        "the hub closed the upstream connection before the mock answered"
+    );
+    for _ in 0..200 {
+        if !h.hub.store().list_usage(100).await?.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let any late writer finish before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let records = h.hub.store().list_usage(100).await?;
+    assert_eq!(records.len(), 1, "exactly one usage record: {records:#?}");
+    let rec = &records[0];
+    assert_eq!(rec.client_request_id.as_deref(), Some("client-gone-1"));
+    assert_eq!(rec.status, CallStatus::Cancelled);
+    assert_eq!(rec.error_class.as_deref(), Some("client_closed"));
+    assert!(
+        rec.error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("client cancelled") && m.contains("nothing was delivered")),
+        "{rec:?}"
+    );
+    assert_eq!((rec.prompt_tokens, rec.completion_tokens), (0, 0));
+    assert_eq!(rec.billing.cost_units, 0);
+    assert!(rec.billing.reserved_units > 0);
+    let after = h.hub.store().balance(&acct).await?.ok_or("no account")?;
+    assert_eq!(after.reserved, 0, "the reservation was released");
+    assert_eq!(from_units(after.available), dec("1"), "nothing charged");
+    let entries = h.hub.store().entries(&acct).await?;
+    let captures: Vec<_> = entries.iter().filter(|e| e.kind == "capture").collect();
+    assert_eq!(captures.len(), 1, "{entries:#?}");
+    assert_eq!(captures[0].charged, 0);
+    assert_eq!(captures[0].request_id.as_deref(), Some(rec.id.as_str()));
     h.verify().await
 }

@@ -99,6 +99,9 @@ pub struct MockStats {
     pub streams_cancelled_by_client: u64,
     /// Completion-content chunks (text, reasoning, tool-call fragments) handed to the socket.
     pub chunks_sent: u64,
+    /// Requests dropped while the mock was still waiting out their first-byte delay: the
+    /// client closed the connection before any answer (a cancelled non-streaming call).
+    pub requests_cancelled_by_client: u64,
 }
 
 pub(crate) struct Shared {
@@ -118,6 +121,7 @@ pub(crate) struct Shared {
     pub(crate) streams_completed: AtomicU64,
     pub(crate) streams_cancelled: AtomicU64,
     pub(crate) chunks_sent: AtomicU64,
+    pub(crate) requests_cancelled: AtomicU64,
 }
 
 impl Shared {
@@ -154,6 +158,7 @@ impl Shared {
             streams_completed: self.streams_completed.load(Ordering::Relaxed),
             streams_cancelled_by_client: self.streams_cancelled.load(Ordering::Relaxed),
             chunks_sent: self.chunks_sent.load(Ordering::Relaxed),
+            requests_cancelled_by_client: self.requests_cancelled.load(Ordering::Relaxed),
         }
     }
 
@@ -167,6 +172,7 @@ impl Shared {
             &self.streams_completed,
             &self.streams_cancelled,
             &self.chunks_sent,
+            &self.requests_cancelled,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -237,6 +243,7 @@ impl MockServer {
             streams_completed: AtomicU64::new(0),
             streams_cancelled: AtomicU64::new(0),
             chunks_sent: AtomicU64::new(0),
+            requests_cancelled: AtomicU64::new(0),
         });
         let app = Router::new()
             .fallback(handle)
@@ -565,7 +572,18 @@ async fn preamble(
         .first_byte_delay_ms
         .unwrap_or(shared.config.default_first_byte_delay_ms);
     if delay > 0 {
+        // Dropped during the delay (the client closed the connection): counted.
+        struct Waiting<'a>(&'a AtomicU64, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut waiting = Waiting(&shared.requests_cancelled, false);
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        waiting.1 = true;
     }
     let error = script.error.as_ref()?;
     let body = match &error.body {

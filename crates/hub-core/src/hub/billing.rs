@@ -356,6 +356,10 @@ impl Drop for Hold {
             rec.status = CallStatus::Cancelled;
             rec.http_status = 499;
             rec.error_class = Some("client_closed".to_string());
+            rec.error_message = Some(
+                "client cancelled: the caller closed the connection before the answer; the upstream call was cancelled and nothing was delivered"
+                    .to_string(),
+            );
             rec.billing = crate::store::Billing {
                 mode: Some(self.mode.as_str().to_string()),
                 price_version: None,
