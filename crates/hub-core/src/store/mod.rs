@@ -206,6 +206,8 @@ pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'sta
 
     async fn insert_user(&self, row: &UserRow) -> Result<(), StoreError>;
     async fn list_users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// One user by id (`None` when there is no such user).
+    async fn get_user(&self, id: &str) -> Result<Option<UserRow>, StoreError>;
 
     /// Inserts a key; `Conflict` if the digest exists.
     async fn insert_api_key(&self, row: &ApiKeyRow) -> Result<(), StoreError>;

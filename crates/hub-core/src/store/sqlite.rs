@@ -572,19 +572,22 @@ impl Store for SqliteStore {
             let mut st = c
                 .prepare("SELECT id, name, role, team_id, created_at_ms FROM users ORDER BY created_at_ms, id")
                 .map_err(db_err)?;
-            let rows = st
-                .query_map([], |r| {
-                    let role: String = r.get(2)?;
-                    Ok(UserRow {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        role: Role::parse(&role).unwrap_or(Role::Guest),
-                        team_id: r.get(3)?,
-                        created_at_ms: r.get(4)?,
-                    })
-                })
-                .map_err(db_err)?;
+            let rows = st.query_map([], user_row).map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, role, team_id, created_at_ms FROM users WHERE id = ?1",
+                params![id],
+                user_row,
+            )
+            .optional()
+            .map_err(db_err)
         })
         .await
     }
@@ -747,6 +750,19 @@ impl Store for SqliteStore {
     }
 }
 
+
+/// Maps a `users` row (id, name, role, team_id, created_at_ms).
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    let role: String = r.get(2)?;
+    Ok(UserRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: Role::parse(&role).unwrap_or(Role::Guest),
+        team_id: r.get(3)?,
+        created_at_ms: r.get(4)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,6 +835,28 @@ mod tests {
         .await?;
         assert!(a.config_version().await? > v0);
         assert_eq!(a.list_providers().await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn get_user_finds_one_user_or_none() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        for (id, name, role) in [("u1", "Ann", Role::Member), ("u2", "Bo", Role::Admin)] {
+            store
+                .insert_user(&UserRow {
+                    id: id.into(),
+                    name: name.into(),
+                    role,
+                    team_id: Some("t".into()),
+                    created_at_ms: 7,
+                })
+                .await?;
+        }
+        let bo = store.get_user("u2").await?;
+        assert_eq!(bo.as_ref().map(|u| (u.name.as_str(), u.role)), Some(("Bo", Role::Admin)));
+        assert_eq!(bo.and_then(|u| u.team_id), Some("t".into()));
+        assert!(store.get_user("nobody").await?.is_none());
         Ok(())
     }
 

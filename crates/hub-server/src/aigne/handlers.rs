@@ -491,13 +491,10 @@ pub async fn user_info(State(st): State<AppState>, headers: HeaderMap) -> Respon
         Ok(p) => p,
         Err(e) => return error(&st, &e, None),
     };
-    let full_name = match st.hub.store().list_users().await {
-        Ok(users) => users
-            .into_iter()
-            .find(|u| u.id == principal.user_id)
-            .map(|u| u.name),
+    let full_name = match st.hub.store().get_user(&principal.user_id).await {
+        Ok(user) => user.map(|u| u.name),
         Err(e) => {
-            tracing::error!(error = %e, "listing users for /api/user/info failed");
+            tracing::error!(error = %e, "reading the user for /api/user/info failed");
             return error(
                 &st,
                 &HubError::internal("the user directory is unavailable"),
