@@ -161,6 +161,8 @@ pub enum ErrorKind {
     RateLimited,
     /// Not enough credits.
     InsufficientCredits,
+    /// The API key's spend budget for the current period does not cover the call (429).
+    BudgetExceeded,
     /// Upstream failed (bad gateway).
     Upstream,
     /// Upstream unavailable / overloaded.
@@ -264,7 +266,7 @@ impl HubError {
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::Internal => 500,
             ErrorKind::Upstream => 502,
             ErrorKind::Unavailable => 503,
@@ -287,6 +289,7 @@ impl HubError {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::InsufficientCredits => "insufficient_credits",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Upstream => "upstream_error",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",

@@ -394,6 +394,10 @@ pub struct KeyView {
     /// `active`, `revoked` or `expired`.
     pub status: String,
     pub policy: KeyPolicy,
+    /// The spend budget's current period (when the policy has a budget): spent, remaining and
+    /// when it resets, from the key's usage records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_status: Option<crate::budget::BudgetStatus>,
 }
 
 fn key_view(row: &ApiKeyRow, policy: KeyPolicy, now: i64) -> KeyView {
@@ -415,7 +419,29 @@ fn key_view(row: &ApiKeyRow, policy: KeyPolicy, now: i64) -> KeyView {
         revoked_at_ms: row.revoked_at_ms,
         status: status.to_string(),
         policy,
+        budget_status: None,
     }
+}
+
+/// Fills in `budget_status` of a key whose policy has a budget: one indexed sum over the key's
+/// usage records of the current period.
+async fn with_budget_status(
+    store: &dyn Store,
+    mut view: KeyView,
+    now: i64,
+) -> Result<KeyView, HubError> {
+    let Some(b) = &view.policy.budget else {
+        return Ok(view);
+    };
+    let tz = b.zone().unwrap_or(jiff::tz::TimeZone::UTC);
+    if let Some(p) = crate::budget::period_at(b.period, &tz, now) {
+        let spent = store
+            .key_spend(&view.id, p.start_ms, p.end_ms)
+            .await
+            .map_err(store_err)?;
+        view.budget_status = Some(crate::budget::BudgetStatus::new(b, &tz, p, spent));
+    }
+    Ok(view)
 }
 
 /// A new key.
@@ -529,7 +555,7 @@ pub async fn create_key(
         .create_api_key(&row, &policy)
         .await
         .map_err(store_err)?;
-    let view = key_view(&row, policy, now_ms());
+    let view = with_budget_status(store, key_view(&row, policy, now_ms()), now_ms()).await?;
     audit(
         store,
         actor,
@@ -561,6 +587,12 @@ async fn bounded_by_caller(
     else {
         return Err(forbidden("The key making this request is not yours."));
     };
+    if caller.policy.budget.is_some() {
+        // Each key has its own budget: a fresh key would be a fresh budget.
+        return Err(forbidden(
+            "A key with a spend budget cannot create keys; ask an admin.",
+        ));
+    }
     let policy = if new.policy.is_unrestricted() || new.policy == caller.policy {
         caller.policy
     } else if caller.policy.is_unrestricted() {
@@ -587,14 +619,19 @@ pub async fn list_keys(store: &dyn Store, actor: &Actor) -> Result<Vec<KeyView>,
         .into_iter()
         .collect();
     let now = now_ms();
-    Ok(store
+    let views: Vec<KeyView> = store
         .list_api_keys()
         .await
         .map_err(store_err)?
         .iter()
         .filter(|k| key_visible(&scope, k, &users))
         .map(|k| key_view(k, policies.remove(&k.id).unwrap_or_default(), now))
-        .collect())
+        .collect();
+    let mut out = Vec::with_capacity(views.len());
+    for v in views {
+        out.push(with_budget_status(store, v, now).await?);
+    }
+    Ok(out)
 }
 
 async fn visible_key(store: &dyn Store, actor: &Actor, id: &str) -> Result<KeyView, HubError> {

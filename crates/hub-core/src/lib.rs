@@ -1,6 +1,7 @@
 //! AIGNE Hub core: the domain, free of any HTTP-server framework and of napi.
 
 pub mod auth; // API keys (stored hashed), principals, roles
+pub mod budget; // per-key spend budgets per calendar day/month in an IANA time zone
 pub mod config; // start-up options, provider credentials from env
 pub mod error; // ProviderError (upstream, classified) and HubError (what the caller sees)
 pub mod health; // credential/provider/model health: breakers, cool-downs, report

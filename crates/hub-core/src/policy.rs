@@ -1,5 +1,5 @@
 //! Per-key policy: which models and ingress surfaces a key may use, and its request (RPM) and
-//! token (TPM) rate limits. Checked once per call by the engine before dispatch, from memory.
+//! token (TPM) rate limits, and its spend budget (enforced by `budget.rs` at reservation time). Checked once per call by the engine before dispatch, from memory.
 //!
 //! Limits are sliding 60-second windows kept in this process (`Limiter`). Token limits count the
 //! actual usage of completed calls, and a call in flight holds a reservation of its estimate
@@ -37,6 +37,9 @@ pub struct KeyPolicy {
     pub rpm: Option<u32>,
     /// Tokens (prompt + completion) per minute.
     pub tpm: Option<u64>,
+    /// Spend budget per calendar day or month (`budget.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::budget::Budget>,
 }
 
 impl KeyPolicy {
@@ -62,6 +65,9 @@ impl KeyPolicy {
         }
         if self.tpm == Some(0) {
             return Err("tpm must be at least 1".to_string());
+        }
+        if let Some(b) = &self.budget {
+            b.validate()?;
         }
         Ok(())
     }

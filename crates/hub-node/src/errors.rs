@@ -21,6 +21,7 @@ pub(crate) fn code(kind: ErrorKind) -> &'static str {
         ErrorKind::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
         ErrorKind::RateLimited => "RATE_LIMITED",
         ErrorKind::InsufficientCredits => "INSUFFICIENT_CREDITS",
+        ErrorKind::BudgetExceeded => "BUDGET_EXCEEDED",
         ErrorKind::Upstream => "UPSTREAM_ERROR",
         ErrorKind::Unavailable => "UPSTREAM_UNAVAILABLE",
         ErrorKind::Timeout => "UPSTREAM_TIMEOUT",

@@ -4,10 +4,12 @@
 
 use clap::Subcommand;
 use hub_core::auth::Role;
+use hub_core::budget::{Budget, BudgetPeriod};
 use hub_core::config::HubOptions;
 use hub_core::hub::{now_ms, open_store_and_vault};
 use hub_core::iam::{self, Actor, NewKey, NewUser};
 use hub_core::policy::KeyPolicy;
+use hub_core::pricing::parse_amount;
 use hub_core::store::iam::AuditQuery;
 
 use crate::cli::Out;
@@ -91,6 +93,18 @@ pub enum KeyCommand {
         /// Expires after this many days.
         #[arg(long)]
         expires_in_days: Option<u32>,
+        #[command(flatten)]
+        budget: BudgetArgs,
+    },
+    /// Sets (or with --clear removes) a key's spend budget; the rest of its policy is kept.
+    SetBudget {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// Remove the budget.
+        #[arg(long, conflicts_with = "budget")]
+        clear: bool,
     },
     /// Lists keys (prefix, status and policy; never the key).
     List {
@@ -102,6 +116,42 @@ pub enum KeyCommand {
         #[arg(long)]
         id: String,
     },
+}
+
+/// A spend budget on the command line.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BudgetArgs {
+    /// Spend budget per period: credits in credits mode, provider cost (USD) in internal mode.
+    #[arg(long = "budget", value_name = "DECIMAL")]
+    pub budget: Option<String>,
+    /// The budget's period: day or month.
+    #[arg(long = "budget-period", value_name = "day|month", requires = "budget")]
+    pub budget_period: Option<String>,
+    /// IANA time zone of the period's boundaries (default UTC), e.g. Asia/Tokyo.
+    #[arg(long = "budget-tz", value_name = "ZONE", requires = "budget")]
+    pub budget_tz: Option<String>,
+}
+
+impl BudgetArgs {
+    /// The budget, checked (amount, period, zone); `None` without `--budget`.
+    pub fn parse(&self) -> Result<Option<Budget>, String> {
+        let Some(amount) = &self.budget else {
+            return Ok(None);
+        };
+        let amount = parse_amount(amount).map_err(|e| format!("--budget: {e}"))?;
+        let period = match &self.budget_period {
+            Some(p) => BudgetPeriod::parse(p)
+                .ok_or_else(|| format!("--budget-period must be day or month, got `{p}`"))?,
+            None => BudgetPeriod::Month,
+        };
+        let b = Budget {
+            amount,
+            period,
+            time_zone: self.budget_tz.clone().unwrap_or_else(|| "UTC".to_string()),
+        };
+        b.validate()?;
+        Ok(Some(b))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +241,7 @@ pub async fn run(opts: &HubOptions, cmd: IamCommand, out: &mut dyn Out) -> Resul
             rpm,
             tpm,
             expires_in_days,
+            budget,
         }) => {
             let new = NewKey {
                 user_id: user,
@@ -202,10 +253,41 @@ pub async fn run(opts: &HubOptions, cmd: IamCommand, out: &mut dyn Out) -> Resul
                     surfaces: surfaces.into_iter().map(|s| s.trim().to_string()).collect(),
                     rpm,
                     tpm,
+                    budget: budget.parse()?,
                 },
             };
             let k = iam::create_key(store, &actor, &new).await.map_err(e)?;
             out.line(&k.key);
+        }
+        IamCommand::Key(KeyCommand::SetBudget { id, budget, clear }) => {
+            let new = budget.parse()?;
+            if new.is_none() && !clear {
+                return Err("give --budget DECIMAL (or --clear to remove the budget)".to_string());
+            }
+            let current = iam::list_keys(store, &actor)
+                .await
+                .map_err(e)?
+                .into_iter()
+                .find(|k| k.id == id)
+                .ok_or_else(|| format!("no API key `{id}`"))?;
+            let policy = KeyPolicy {
+                budget: new,
+                ..current.policy
+            };
+            let k = iam::set_key_policy(store, &actor, &id, &policy)
+                .await
+                .map_err(e)?;
+            match (&k.policy.budget, &k.budget_status) {
+                (Some(b), Some(st)) => out.line(&format!(
+                    "key {id}: budget {} per {} ({}), spent {}, resets at {}",
+                    b.amount.normalize(),
+                    b.period.as_str(),
+                    b.time_zone,
+                    st.spent,
+                    st.resets_at
+                )),
+                _ => out.line(&format!("key {id}: no budget")),
+            }
         }
         IamCommand::Key(KeyCommand::List { json }) => {
             let keys = iam::list_keys(store, &actor).await.map_err(e)?;
@@ -213,8 +295,17 @@ pub async fn run(opts: &HubOptions, cmd: IamCommand, out: &mut dyn Out) -> Resul
                 out.line(&to_json(&keys)?);
             } else {
                 for k in keys {
+                    let budget = match (&k.policy.budget, &k.budget_status) {
+                        (Some(b), Some(st)) => format!(
+                            "\tbudget {}/{} {} left",
+                            b.amount.normalize(),
+                            b.period.as_str(),
+                            st.remaining
+                        ),
+                        _ => String::new(),
+                    };
                     out.line(&format!(
-                        "{}\t{}…\t{}\t{}\t{}",
+                        "{}\t{}…\t{}\t{}\t{}{budget}",
                         k.id, k.prefix, k.user_id, k.status, k.name
                     ));
                 }

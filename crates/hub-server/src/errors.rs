@@ -59,7 +59,7 @@ pub fn openai_type(kind: ErrorKind) -> &'static str {
         | ErrorKind::Unauthenticated => "invalid_request_error",
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::RateLimited => "rate_limit_exceeded",
-        ErrorKind::InsufficientCredits => "insufficient_quota",
+        ErrorKind::InsufficientCredits | ErrorKind::BudgetExceeded => "insufficient_quota",
         ErrorKind::Upstream | ErrorKind::Unavailable | ErrorKind::Timeout => "upstream_error",
         ErrorKind::Internal => "server_error",
     }
@@ -86,7 +86,7 @@ pub fn anthropic_type_and_status(e: &HubError) -> (&'static str, u16) {
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::ModelNotFound | ErrorKind::NotFound => "not_found_error",
         ErrorKind::PayloadTooLarge => "request_too_large",
-        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::RateLimited | ErrorKind::BudgetExceeded => "rate_limit_error",
         ErrorKind::InsufficientCredits => "billing_error",
         ErrorKind::Upstream | ErrorKind::Internal => "api_error",
         ErrorKind::Unavailable => return ("overloaded_error", 529),

@@ -1373,6 +1373,7 @@ async fn cli_creates_users_and_keys_that_a_running_hub_accepts() -> TestResult {
             rpm: Some(2),
             tpm: None,
             expires_in_days: Some(30),
+            budget: Default::default(),
         }),
         &mut out,
     )

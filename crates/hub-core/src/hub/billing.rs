@@ -333,6 +333,8 @@ pub(crate) struct Hold {
     pub(crate) quality: Option<String>,
     pub(crate) size: Option<String>,
     armed: Option<(Hub, UsageRecord)>,
+    /// The call's worst case held against its key's spend budget (released if never settled).
+    budget: Option<crate::budget::BudgetPermit>,
 }
 
 impl Hold {
@@ -346,6 +348,7 @@ impl Hold {
             quality: None,
             size: None,
             armed: None,
+            budget: None,
         }
     }
 }
@@ -369,6 +372,7 @@ impl Drop for Hold {
                 reserved_units: self.reserved,
                 shortfall_units: 0,
             };
+            hub.settle_budget(&rec);
             hub.inner.writer.submit(rec);
         }
     }
@@ -399,7 +403,9 @@ impl Hub {
     }
 
     /// Reserves the worst-case cost of a call before any upstream traffic (credits mode), or
-    /// just prepares its costing (internal mode). 402 when the balance does not cover it.
+    /// just prepares its costing (internal mode). 402 when the balance does not cover it. A key
+    /// with a spend budget is checked first, against the same worst case in the unit the hub
+    /// charges (credit rates, or provider unit costs in internal mode): 429 `budget_exceeded`.
     pub(crate) async fn reserve(
         &self,
         ctx: &CallContext,
@@ -424,16 +430,43 @@ impl Hub {
         let Ok(candidates) = candidates else {
             return Ok(hold); // dispatch reports the unknown model
         };
+        let budget = self.key_budget(ctx);
         let mut worst: Option<(Decimal, Arc<Price>)> = None;
+        // Internal mode with a budget: the worst case at provider unit costs.
+        let mut worst_unit: Option<Decimal> = None;
         for c in &candidates {
             if let Some(p) = cfg.prices.get(c.provider, &c.upstream_model, ty) {
                 let w = demand.worst(&p.rates, cfg.max_output_tokens);
                 if worst.as_ref().is_none_or(|(x, _)| w > *x) {
                     worst = Some((w, p.clone()));
                 }
+                if budget.is_some()
+                    && let Some(u) = &p.unit
+                {
+                    let w = demand.worst(u, cfg.max_output_tokens);
+                    worst_unit = Some(worst_unit.map_or(w, |x| x.max(w)));
+                }
             }
         }
         hold.fallback = worst.as_ref().map(|(_, p)| p.clone());
+        if let Some(budget) = budget {
+            let w = match cfg.mode {
+                BillingMode::Credits => worst.as_ref().map(|(w, _)| *w),
+                BillingMode::Internal => worst_unit,
+            };
+            let Some(w) = w else {
+                // An unpriced call would cost nothing against the budget: not a way around it.
+                return Err(HubError::invalid_param(
+                    "model",
+                    format!("The model `{model}` has no price on this hub, so this API key's spend budget cannot be applied to it. Ask an administrator to set one."),
+                )
+                .with_code("model_not_priced"));
+            };
+            let w = units_ceil(w).ok_or_else(|| {
+                HubError::invalid("the worst-case cost of this request is out of range")
+            })?;
+            hold.budget = Some(self.admit_budget(budget, ctx, w)?);
+        }
         if cfg.mode == BillingMode::Internal {
             return Ok(hold);
         }

@@ -55,7 +55,10 @@ impl Hub {
     }
 
     /// Commits a record; the caller must not see the end of the response unless this succeeded.
+    /// Settles the call's spend budget first (in memory, exactly once per request id): the cost
+    /// counts even if the caller goes away while the record is written.
     pub(crate) async fn commit(&self, record: UsageRecord) -> Result<(), HubError> {
+        self.settle_budget(&record);
         self.observe(&record);
         self.inner.writer.commit(record).await.map_err(|e| {
             tracing::error!(error = %e, "usage record could not be committed");
@@ -212,6 +215,7 @@ impl Drop for StreamMeter {
         // Reached with a record still open only when the caller went away mid-stream: meter what
         // was delivered.
         if let Some((rec, _, _)) = self.take_record(CallStatus::Cancelled, None) {
+            self.hub.settle_budget(&rec);
             self.hub.observe(&rec);
             self.hub.inner.writer.submit(rec);
         }

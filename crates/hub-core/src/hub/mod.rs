@@ -6,6 +6,7 @@
 //! sees the end of a response.
 
 mod billing;
+mod budgets; // per-key spend budgets: live counters, admission, settlement
 mod count;
 mod dispatch;
 mod meter;
@@ -175,6 +176,8 @@ struct Inner {
     version: AtomicI64,
     /// Per-key rate-limit windows (policy.rs); outlive snapshots.
     limiter: crate::policy::Limiter,
+    /// Live spend budgets of the keys that have one (budget.rs); carried across reloads.
+    budgets: ArcSwap<budgets::Budgets>,
     /// Serialises reloads, so an older snapshot never replaces a newer one.
     reload_lock: tokio::sync::Mutex<()>,
     identity: Option<Arc<dyn IdentityResolver>>,
@@ -238,6 +241,13 @@ impl Hub {
             .build()
             .map_err(|e| OpenError::Http(e.to_string()))?;
         let unauthenticated_as = unauthenticated_principal(&opts, &snapshot)?;
+        let key_budgets = budgets::load_budgets(
+            store.as_ref(),
+            &budgets::Budgets::new(),
+            &snapshot.gates,
+            now_ms(),
+        )
+        .await?;
         for part in opts.switches.disabled() {
             tracing::warn!(
                 part,
@@ -273,6 +283,7 @@ impl Hub {
             public_url: opts.public_url,
             version: AtomicI64::new(version),
             limiter: crate::policy::Limiter::default(),
+            budgets: ArcSwap::from_pointee(key_budgets),
             reload_lock: tokio::sync::Mutex::new(()),
             identity: opts.hooks.identity.clone(),
             identity_cache: IdentityCache::new(
@@ -341,6 +352,15 @@ impl Hub {
         self.inner
             .limiter
             .retain(|key_id| snap.gates.contains_key(key_id));
+        // Before the snapshot: a key never serves a call without the budget it was given.
+        let key_budgets = budgets::load_budgets(
+            self.inner.store.as_ref(),
+            &self.inner.budgets.load(),
+            &snap.gates,
+            now_ms(),
+        )
+        .await?;
+        self.inner.budgets.store(Arc::new(key_budgets));
         self.inner.snapshot.store(Arc::new(snap));
         self.reload_billing().await?;
         self.inner.version.store(v, Ordering::Release);

@@ -78,6 +78,9 @@ pub trait IamStore: Send + Sync {
     async fn create_api_key(&self, row: &ApiKeyRow, policy: &KeyPolicy) -> Result<(), StoreError>;
     async fn list_key_policies(&self) -> Result<Vec<(String, KeyPolicy)>, StoreError>;
     async fn set_key_policy(&self, key_id: &str, policy: &KeyPolicy) -> Result<(), StoreError>;
+    /// What a key spent (sum of its records' `cost_units`) on calls started in `[from_ms, to_ms)`:
+    /// the seed of its spend budget.
+    async fn key_spend(&self, key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError>;
 
     async fn update_credential(&self, id: &str, patch: &CredentialPatch) -> Result<(), StoreError>;
     /// Replaces ciphertexts `(id, old, new)` only where the row still holds `old`, in one

@@ -216,6 +216,10 @@ CREATE TABLE usage_rollup_day (
 ) WITHOUT ROWID;
 CREATE INDEX usage_account_created ON usage_records (account, created_at_ms);
 "#,
+    // 4: per-key spend budgets are seeded from a key's records of the current period.
+    r#"
+CREATE INDEX usage_principal_created ON usage_records (principal, created_at_ms);
+"#,
 ];
 
 /// The SQLite store.

@@ -124,7 +124,7 @@ pub async fn revoke_key(
     Ok(Json(k))
 }
 
-/// Replaces a key's policy (models, surfaces, RPM, TPM).
+/// Replaces a key's policy (models, surfaces, RPM, TPM, spend budget).
 #[utoipa::path(put, path = "/api/admin/keys/{id}/policy", tag = "keys", request_body = KeyPolicy,
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]

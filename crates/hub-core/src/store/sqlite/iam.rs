@@ -161,6 +161,19 @@ impl IamStore for SqliteStore {
         .await
     }
 
+    async fn key_spend(&self, key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError> {
+        let key_id = key_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COALESCE(SUM(cost_units), 0) FROM usage_records
+                 WHERE principal = ?1 AND created_at_ms >= ?2 AND created_at_ms < ?3",
+            )
+            .and_then(|mut st| st.query_row(params![key_id, from_ms, to_ms], |r| r.get(0)))
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn update_credential(&self, id: &str, patch: &CredentialPatch) -> Result<(), StoreError> {
         let (id, patch) = (id.to_string(), patch.clone());
         self.write(move |c| {
