@@ -552,3 +552,78 @@ def test_claude_upstream_overloaded_is_529(claude_upstream):
         claude.messages.create(model=f"anthropic/{model}", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     _assert_anthropic_error(ei.value.body, "overloaded_error")
     assert "anthropic" in ei.value.body["error"]["message"]
+
+
+# ------------------------------------------------------------------ extended thinking + tool loop
+#
+# Claude Code's loop: thinking on, the model thinks and calls a tool, the client sends the whole
+# assistant turn back (thinking blocks with their signatures first) with the tool result. The mocks
+# check signatures like the real APIs, so a gateway that drops or alters them fails here.
+
+
+def _ask(claude, stream: bool, **kw):
+    if not stream:
+        return claude.messages.create(**kw), []
+    with claude.messages.stream(**kw) as s:
+        events = list(s)
+        return s.get_final_message(), events
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_extended_thinking_tool_loop(native, provider, stream):
+    hub, natives, claude = native
+    mock = natives[provider]
+    thought = "The user wants Oslo's weather; I should call get_weather."
+    model = mock.scenario(
+        unique_model("claude"),
+        reasoning=thought,
+        redacted_reasoning="hidden reasoning",
+        tool_calls=[{"id": "toolu_think1", "name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}],
+    )
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    first, events = _ask(
+        claude, stream, model=f"{provider}/{model}", max_tokens=4096, thinking=thinking,
+        tools=[WEATHER_TOOL], messages=[question],
+    )
+    assert [b.type for b in first.content] == ["thinking", "redacted_thinking", "tool_use"]
+    assert first.content[0].thinking == thought
+    signature = first.content[0].signature
+    assert signature, "the thinking block lost its signature"
+    assert first.content[1].data
+    assert first.stop_reason == "tool_use"
+    if stream:
+        deltas = [e.delta for e in events if e.type == "content_block_delta"]
+        assert [d.signature for d in deltas if d.type == "signature_delta"] == [signature]
+        starts = [e.content_block.type for e in events if e.type == "content_block_start"]
+        assert starts == ["thinking", "redacted_thinking", "tool_use"]
+
+    turn = {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_think1", "content": "-3C"}]}
+    model2 = mock.scenario(unique_model("claude"), reasoning="It is cold.", text="Cold: -3C.")
+    second, _ = _ask(
+        claude, stream, model=f"{provider}/{model2}", max_tokens=4096, thinking=thinking,
+        tools=[WEATHER_TOOL], messages=[question, turn, result],
+    )
+    assert second.content[-1].text == "Cold: -3C."
+    sent = json.dumps(mock.requests()[-1]["body"])
+    assert signature in sent and first.content[1].data in sent
+
+    # What the real API says when a gateway drops the thinking block or alters its signature.
+    dropped = {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content[2:]]}
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        claude.messages.create(
+            model=f"{provider}/{model2}", max_tokens=4096, thinking=thinking, tools=[WEATHER_TOOL],
+            messages=[question, dropped, result],
+        )
+    _assert_anthropic_error(ei.value.body, "invalid_request_error")
+    assert "Expected `thinking` or `redacted_thinking`, but found `tool_use`" in ei.value.body["error"]["message"]
+    tampered = json.loads(json.dumps(turn))
+    tampered["content"][0]["signature"] = "x" + signature
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        claude.messages.create(
+            model=f"{provider}/{model2}", max_tokens=4096, thinking=thinking, tools=[WEATHER_TOOL],
+            messages=[question, tampered, result],
+        )
+    assert "Invalid `signature` in `thinking` block" in ei.value.body["error"]["message"]

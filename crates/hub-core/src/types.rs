@@ -82,11 +82,33 @@ pub enum ContentPart {
 }
 
 /// A tool call the model made (arguments as the JSON text the model produced).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
     pub arguments: String,
+    /// Opaque signature the provider attached to this call (Gemini `thoughtSignature` on the
+    /// `functionCall` part); sent back unchanged on the same call in the next turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// One reasoning block of an assistant turn as the provider issued it. Signatures and redacted
+/// data are opaque: they go back to the provider byte for byte, in order, before the turn's text
+/// and tool calls (Anthropic and Bedrock reject a tool loop with thinking on otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReasoningBlock {
+    /// Reasoning text and the provider's signature over it (Anthropic `thinking`, Bedrock
+    /// `reasoningContent.reasoningText`). No signature when the provider gave none.
+    Thinking {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    /// Encrypted reasoning (Anthropic `redacted_thinking.data`, Bedrock
+    /// `reasoningContent.redactedContent`), base64 text.
+    Redacted { data: String },
 }
 
 /// One message of the conversation.
@@ -108,6 +130,9 @@ pub struct Message {
     /// Reasoning text of an earlier assistant turn (DeepSeek requires it back on tool-call turns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// The turn's reasoning blocks with their signatures (see [`ReasoningBlock`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasoning_blocks: Vec<ReasoningBlock>,
 }
 
 impl Message {
@@ -120,6 +145,7 @@ impl Message {
             tool_call_id: None,
             name: None,
             reasoning: None,
+            reasoning_blocks: Vec::new(),
         }
     }
 
@@ -281,6 +307,10 @@ impl Usage {
 pub struct AssistantOutput {
     pub content: Option<String>,
     pub reasoning: Option<String>,
+    /// Reasoning blocks with signatures, in the order the provider sent them (`reasoning` is
+    /// their text joined).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasoning_blocks: Vec<ReasoningBlock>,
     pub tool_calls: Vec<ToolCall>,
     /// Images the model returned inline (data URLs or URLs), e.g. OpenRouter image output.
     pub images: Vec<String>,
@@ -318,6 +348,20 @@ pub enum StreamEvent {
     },
     ReasoningDelta {
         text: String,
+    },
+    /// The signature of the reasoning block streamed so far; it ends that block (the next
+    /// reasoning delta starts a new one).
+    ReasoningSignature {
+        signature: String,
+    },
+    /// A whole redacted (encrypted) reasoning block.
+    RedactedReasoning {
+        data: String,
+    },
+    /// The provider's signature of tool call `index` (Gemini `thoughtSignature`).
+    ToolCallSignature {
+        index: u32,
+        signature: String,
     },
     /// A tool call fragment. `id` and `name` are set on the first fragment of a call.
     ToolCallDelta {

@@ -20,7 +20,7 @@ use hub_core::providers::{
 };
 use hub_core::types::{
     ChatRequest, ChatResponse, ContentPart, EmbeddingsRequest, FinishReason, ImageSource,
-    ImagesRequest, Message, Role, StreamEvent, Tool, Usage,
+    ImagesRequest, Message, ReasoningBlock, Role, StreamEvent, Tool, ToolCall, Usage,
 };
 use hub_testkit::{Flavor, MockServer, Script, Usage as MockUsage};
 use serde_json::{Value, json};
@@ -136,6 +136,11 @@ struct Collected {
     usage: Option<Usage>,
     error: Option<ProviderError>,
     deltas_before_error: usize,
+    /// Reasoning blocks as streamed: text up to each signature, and redacted blocks.
+    reasoning_blocks: Vec<ReasoningBlock>,
+    /// Reasoning text not yet closed by a signature.
+    open_reasoning: String,
+    tool_signatures: BTreeMap<u32, String>,
 }
 
 async fn collect(mut stream: EventStream) -> Collected {
@@ -147,7 +152,22 @@ async fn collect(mut stream: EventStream) -> Collected {
                 c.deltas_before_error += 1;
                 c.text.push_str(&text);
             }
-            Ok(StreamEvent::ReasoningDelta { text }) => c.reasoning.push_str(&text),
+            Ok(StreamEvent::ReasoningDelta { text }) => {
+                c.reasoning.push_str(&text);
+                c.open_reasoning.push_str(&text);
+            }
+            Ok(StreamEvent::ReasoningSignature { signature }) => {
+                c.reasoning_blocks.push(ReasoningBlock::Thinking {
+                    text: std::mem::take(&mut c.open_reasoning),
+                    signature: Some(signature),
+                });
+            }
+            Ok(StreamEvent::RedactedReasoning { data }) => {
+                c.reasoning_blocks.push(ReasoningBlock::Redacted { data });
+            }
+            Ok(StreamEvent::ToolCallSignature { index, signature }) => {
+                c.tool_signatures.insert(index, signature);
+            }
             Ok(StreamEvent::ToolCallDelta {
                 index,
                 id,
@@ -278,6 +298,7 @@ async fn image_input(case: Case) {
         tool_call_id: None,
         name: None,
         reasoning: None,
+        reasoning_blocks: vec![],
     };
     let r = f.chat(case, &request(vec![msg])).await.unwrap();
     assert_eq!(r.output.content.as_deref(), Some("A pixel."));
@@ -592,6 +613,178 @@ async fn images(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reasoning signatures (Anthropic, Bedrock: thinking blocks; Gemini: thoughtSignature on calls)
+
+/// The first turn of a tool loop with thinking on: the reasoning blocks and tool calls the
+/// provider returned, from a JSON call or reassembled from a stream.
+async fn first_thinking_turn(
+    f: &Fixture,
+    case: Case,
+    req: &ChatRequest,
+    stream: bool,
+) -> (Vec<ReasoningBlock>, Vec<ToolCall>) {
+    if !stream {
+        let r = f.chat(case, req).await.unwrap();
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+        return (r.output.reasoning_blocks, r.output.tool_calls);
+    }
+    let c = collect(f.stream(case, req).await.unwrap()).await;
+    assert!(c.error.is_none(), "{:?}", c.error);
+    assert_eq!(c.finish, Some(FinishReason::ToolCalls));
+    assert!(
+        c.open_reasoning.is_empty(),
+        "reasoning without its signature"
+    );
+    let calls = c
+        .tools
+        .iter()
+        .map(|(i, (id, name, args))| ToolCall {
+            id: id.clone().unwrap_or_default(),
+            name: name.clone().unwrap_or_default(),
+            arguments: args.clone(),
+            signature: c.tool_signatures.get(i).cloned(),
+        })
+        .collect();
+    (c.reasoning_blocks, calls)
+}
+
+/// The follow-up request: the assistant turn as returned plus the tool's result.
+fn follow_up(
+    mut req: ChatRequest,
+    blocks: Vec<ReasoningBlock>,
+    calls: Vec<ToolCall>,
+) -> ChatRequest {
+    let mut assistant = Message::text(Role::Assistant, "");
+    assistant.content.clear();
+    assistant.reasoning_blocks = blocks;
+    let mut result = Message::text(Role::Tool, "18C and sunny");
+    result.tool_call_id = Some(calls[0].id.clone());
+    assistant.tool_calls = calls;
+    req.messages.push(assistant);
+    req.messages.push(result);
+    req
+}
+
+async fn rejected(f: &Fixture, case: Case, req: &ChatRequest, needle: &str) {
+    let hits = f.mock.hits();
+    let e = f.chat(case, req).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::InvalidRequest, "{e:?}");
+    assert!(e.message.contains(needle), "{needle} not in {}", e.message);
+    assert_eq!(f.mock.hits(), hits + 1);
+}
+
+/// Anthropic and Bedrock: extended thinking + a tool loop. The thinking and redacted blocks come
+/// back with their signatures and go out again unchanged and in order; the mock (like the real
+/// API) rejects the follow-up without them or with them altered.
+async fn thinking_signatures_round_trip(case: Case, stream: bool) {
+    let f = Fixture::new(case).await;
+    let thought = "The user wants the weather. I will call get_weather.";
+    f.mock.push(
+        Script::tool_calls([hub_testkit::ToolCall::new(
+            "",
+            "get_weather",
+            r#"{"city":"Paris"}"#,
+        )])
+        .with_reasoning(thought)
+        .with_redacted_reasoning("encrypted reasoning"),
+    );
+    let mut req = request(vec![user("Weather in Paris?")]);
+    req.tools = vec![weather_tool()];
+    req.reasoning_effort = Some("low".into());
+    req.max_tokens = Some(4096);
+    let (blocks, calls) = first_thinking_turn(&f, case, &req, stream).await;
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let ReasoningBlock::Thinking {
+        text,
+        signature: Some(signature),
+    } = &blocks[0]
+    else {
+        panic!("first block is not signed thinking: {blocks:?}")
+    };
+    assert_eq!(text, thought);
+    assert!(matches!(&blocks[1], ReasoningBlock::Redacted { data } if !data.is_empty()));
+    let signature = signature.clone();
+    let req = follow_up(req, blocks, calls);
+
+    f.mock.push(Script::text("It is 18C."));
+    let r = f.chat(case, &req).await.unwrap();
+    assert_eq!(r.output.content.as_deref(), Some("It is 18C."));
+    let body = f.last_body();
+    let (sig_at, text_at) = (body.find(&signature).unwrap(), body.find(thought).unwrap());
+    let tool_at = body.find("get_weather").unwrap();
+    assert!(body.find("18C and sunny").is_some());
+    assert!(
+        text_at < tool_at && sig_at < tool_at,
+        "thinking must precede the tool call: {body}"
+    );
+
+    // What the real API does with a history that lost or altered its thinking.
+    let mut stripped = req.clone();
+    stripped.messages[1].reasoning_blocks.clear();
+    rejected(
+        &f,
+        case,
+        &stripped,
+        "Expected `thinking` or `redacted_thinking`, but found `tool_use`",
+    )
+    .await;
+    let mut altered = req.clone();
+    if let ReasoningBlock::Thinking { signature, .. } = &mut altered.messages[1].reasoning_blocks[0]
+    {
+        *signature = Some(format!("{}x", signature.clone().unwrap_or_default()));
+    }
+    rejected(
+        &f,
+        case,
+        &altered,
+        "Invalid `signature` in `thinking` block",
+    )
+    .await;
+    let mut edited = req.clone();
+    if let ReasoningBlock::Thinking { text, .. } = &mut edited.messages[1].reasoning_blocks[0] {
+        text.push_str(" (edited)");
+    }
+    rejected(&f, case, &edited, "Invalid `signature` in `thinking` block").await;
+    // With thinking off, nothing is sent back and nothing is checked.
+    let mut off = stripped.clone();
+    off.reasoning_effort = None;
+    f.mock.push(Script::text("ok"));
+    assert!(f.chat(case, &off).await.is_ok());
+}
+
+/// Gemini 3: the `thoughtSignature` of a function call comes back on the call and goes out on
+/// the same part; the mock (like the real API) rejects the call without it or with another.
+async fn call_signatures_round_trip(case: Case, stream: bool) {
+    let f = Fixture::new(case).await;
+    f.mock.push(Script::tool_calls([hub_testkit::ToolCall::new(
+        "",
+        "get_weather",
+        r#"{"city":"Paris"}"#,
+    )]));
+    let mut req = request(vec![user("Weather in Paris?")]);
+    req.tools = vec![weather_tool()];
+    let (blocks, calls) = first_thinking_turn(&f, case, &req, stream).await;
+    assert!(blocks.is_empty());
+    let signature = calls[0].signature.clone().expect("call signature");
+    let req = follow_up(req, blocks, calls);
+    f.mock.push(Script::text("It is 18C."));
+    let r = f.chat(case, &req).await.unwrap();
+    assert_eq!(r.output.content.as_deref(), Some("It is 18C."));
+    let sent: Value = serde_json::from_str(&f.last_body()).unwrap();
+    assert_eq!(
+        sent["contents"][1]["parts"][0]["thoughtSignature"],
+        json!(signature)
+    );
+
+    let mut stripped = req.clone();
+    stripped.messages[1].tool_calls[0].signature = None;
+    rejected(&f, case, &stripped, "missing a thought_signature").await;
+    let mut altered = req.clone();
+    altered.messages[1].tool_calls[0].signature = Some(format!("{signature}x"));
+    rejected(&f, case, &altered, "Thought signature is not valid").await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The providers
 
 fn openai_context() -> (u16, Value) {
@@ -816,6 +1009,25 @@ conformance! {
     anthropic => ANTHROPIC;
     gemini => GEMINI;
     bedrock => BEDROCK;
+}
+
+macro_rules! signatures {
+    ($($module:ident => $check:ident, $case:expr;)*) => {$(
+        mod $module {
+            use super::*;
+            #[tokio::test] async fn round_trip() { super::$check($case, false).await }
+            #[tokio::test] async fn round_trip_stream() { super::$check($case, true).await }
+        }
+    )*};
+}
+
+mod signatures {
+    use super::*;
+    signatures! {
+        anthropic => thinking_signatures_round_trip, ANTHROPIC;
+        bedrock => thinking_signatures_round_trip, BEDROCK;
+        gemini => call_signatures_round_trip, Case { model: "gemini-3-pro-preview", ..GEMINI };
+    }
 }
 
 /// Every provider is in the suite.

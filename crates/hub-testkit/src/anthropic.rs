@@ -6,6 +6,8 @@
 //! `[DONE]`, thinking blocks open with empty `thinking`/`signature` and get one `signature_delta`,
 //! `input_json_delta` starts with `""`, `message_delta.usage` is cumulative (and carries the input
 //! counts), `input_tokens` excludes cache reads/writes, `event: error` after the 200, 529 overload.
+//! Thinking signatures are real checks (`signatures.rs`): altered thinking or redacted blocks, or
+//! a tool loop with thinking on whose assistant turn lost its thinking block, get Anthropic's 400.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use crate::native::{self, NativeRequest, Resolved};
 use crate::openai_family::Frame;
 use crate::server::{Shared, json_response, script_headers, sse_body};
 
-const SIGNATURE: &str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+use crate::signatures::{self, Block};
 
 fn error_type(status: u16) -> (&'static str, &'static str) {
     match status {
@@ -127,6 +129,9 @@ async fn messages(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
             }
         }
     }
+    if let Err(r) = check_thinking(body, messages) {
+        return error_response(400, Some(&r.message), seq);
+    }
     let script = shared.pick_script(Some(model));
     native::first_byte_delay(shared, &script).await;
     if let Some(err) = &script.error {
@@ -174,6 +179,41 @@ async fn messages(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
     resp
 }
 
+/// Anthropic's thinking checks over the history (see [`signatures::check_history`]).
+fn check_thinking(body: &Value, messages: &[Value]) -> Result<(), signatures::Rejection> {
+    let thinking_on = matches!(
+        body.pointer("/thinking/type").and_then(Value::as_str),
+        Some("enabled" | "adaptive")
+    );
+    let turns: Vec<(usize, Vec<Block<'_>>)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        .map(|(i, m)| {
+            let blocks = match m.get("content") {
+                Some(Value::Array(blocks)) => blocks
+                    .iter()
+                    .map(|b| {
+                        let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
+                        match s("type") {
+                            "thinking" => Block::Thinking {
+                                text: s("thinking"),
+                                signature: s("signature"),
+                            },
+                            "redacted_thinking" => Block::Redacted { data: s("data") },
+                            "tool_use" => Block::ToolUse,
+                            other => Block::Other(other),
+                        }
+                    })
+                    .collect(),
+                _ => vec![Block::Other("text")],
+            };
+            (i, blocks)
+        })
+        .collect();
+    signatures::check_history(&turns, thinking_on)
+}
+
 fn stop_reason(finish: &str) -> &str {
     match finish {
         "stop" => "end_turn",
@@ -202,7 +242,11 @@ fn tool_input(arguments: &str) -> Value {
 fn message_json(reply: &Resolved, id: &str, model: &str) -> Value {
     let mut content = Vec::new();
     if let Some(r) = &reply.reasoning {
-        content.push(json!({"type": "thinking", "thinking": r, "signature": SIGNATURE}));
+        content.push(json!({"type": "thinking", "thinking": r,
+            "signature": signatures::thinking_signature(r)}));
+    }
+    if let Some(p) = &reply.script.redacted_reasoning {
+        content.push(json!({"type": "redacted_thinking", "data": signatures::redacted_data(p)}));
     }
     if !reply.text.is_empty() {
         content.push(json!({"type": "text", "text": reply.text}));
@@ -320,7 +364,7 @@ fn stream_frames(reply: &Resolved, id: &str, model: &str) -> Vec<Frame> {
             f.push(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "signature_delta", "signature": SIGNATURE}}),
+                "delta": {"type": "signature_delta", "signature": signatures::thinking_signature(r)}}),
             );
             f.push(
                 "content_block_stop",
@@ -328,6 +372,19 @@ fn stream_frames(reply: &Resolved, id: &str, model: &str) -> Vec<Frame> {
             );
             index += 1;
         }
+    }
+    if !cut && let Some(p) = &reply.script.redacted_reasoning {
+        // Redacted thinking comes whole in its content_block_start.
+        f.push(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "redacted_thinking", "data": signatures::redacted_data(p)}}),
+        );
+        f.push(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        );
+        index += 1;
     }
     if !cut && !reply.text.is_empty() {
         f.push(

@@ -33,7 +33,7 @@ use crate::native::{self, NativeRequest, Resolved};
 use crate::openai_family::{self as fam, Frame};
 use crate::server::{Shared, approx_tokens, json_response, script_headers, sse_body};
 
-const SIGNATURE: &str = "EvYBCkgIBBABGAIiQK2MockSignature";
+use crate::signatures::{self, Block};
 
 fn error_code(status: u16) -> (&'static str, &'static str) {
     match status {
@@ -343,6 +343,49 @@ fn validate(body: &Value) -> Result<&Vec<Value>, Box<Response>> {
     Ok(messages)
 }
 
+/// The thinking checks Claude on Bedrock applies (see [`signatures::check_history`]), over
+/// Converse blocks: `reasoningContent.reasoningText` / `reasoningContent.redactedContent`.
+fn check_thinking(body: &Value, messages: &[Value]) -> Result<(), signatures::Rejection> {
+    let thinking_on = body
+        .pointer("/additionalModelRequestFields/thinking/type")
+        .and_then(Value::as_str)
+        == Some("enabled");
+    let turns: Vec<(usize, Vec<Block<'_>>)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        .map(|(i, m)| {
+            let blocks = m
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    if let Some(rt) = b.pointer("/reasoningContent/reasoningText") {
+                        let s = |k: &str| rt.get(k).and_then(Value::as_str).unwrap_or("");
+                        Block::Thinking {
+                            text: s("text"),
+                            signature: s("signature"),
+                        }
+                    } else if let Some(d) = b.pointer("/reasoningContent/redactedContent") {
+                        Block::Redacted {
+                            data: d.as_str().unwrap_or(""),
+                        }
+                    } else if b.get("toolUse").is_some() {
+                        Block::ToolUse
+                    } else if b.get("text").is_some() {
+                        Block::Other("text")
+                    } else {
+                        Block::Other("unknown")
+                    }
+                })
+                .collect();
+            (i, blocks)
+        })
+        .collect();
+    signatures::check_history(&turns, thinking_on)
+}
+
 fn stop_reason(finish: &str) -> &str {
     match finish {
         "stop" => "end_turn",
@@ -383,6 +426,14 @@ async fn converse(
         Ok(m) => m,
         Err(resp) => return *resp,
     };
+    if let Err(r) = check_thinking(body, messages) {
+        // Bedrock passes the model's own complaint through (recorded via LiteLLM).
+        return error_response(
+            400,
+            "ValidationException",
+            &format!("The model returned the following errors: {}", r.message),
+        );
+    }
     let script = match scripted(shared, model).await {
         Ok(s) => s,
         Err(resp) => return resp,
@@ -409,8 +460,12 @@ async fn converse(
     } else {
         let mut content = Vec::new();
         if let Some(r) = &reply.reasoning {
+            content.push(json!({"reasoningContent": {"reasoningText": {
+                "signature": signatures::thinking_signature(r), "text": r}}}));
+        }
+        if let Some(p) = &reply.script.redacted_reasoning {
             content.push(
-                json!({"reasoningContent": {"reasoningText": {"signature": SIGNATURE, "text": r}}}),
+                json!({"reasoningContent": {"redactedContent": signatures::redacted_data(p)}}),
             );
         }
         if !reply.text.is_empty() {
@@ -527,10 +582,23 @@ fn stream_frames(reply: &Resolved, seq: u64) -> Vec<Frame> {
             }
         }
         if !cut {
-            f.push("contentBlockDelta", json!({"contentBlockIndex": index, "delta": {"reasoningContent": {"signature": SIGNATURE}}}));
+            f.push(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": index,
+                "delta": {"reasoningContent": {"signature": signatures::thinking_signature(r)}}}),
+            );
             f.push("contentBlockStop", json!({"contentBlockIndex": index}));
             index += 1;
         }
+    }
+    if !cut && let Some(p) = &reply.script.redacted_reasoning {
+        f.push(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": index,
+            "delta": {"reasoningContent": {"redactedContent": signatures::redacted_data(p)}}}),
+        );
+        f.push("contentBlockStop", json!({"contentBlockIndex": index}));
+        index += 1;
     }
     if !cut && !reply.text.is_empty() {
         // Text blocks get no contentBlockStart.

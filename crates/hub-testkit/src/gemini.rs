@@ -179,6 +179,55 @@ fn validate(body: &Value) -> Result<&Vec<Value>, Box<Response>> {
     Ok(contents)
 }
 
+/// `thoughtSignature` checks: a signature on a `functionCall` part must be the one the mock issued
+/// for that call; Gemini 3 models also reject function calls of the current turn (the model turns
+/// after the last user message that is not only function responses) that come back without one.
+fn check_signatures(contents: &[Value], model: &str) -> Result<(), String> {
+    let current_turn_start = contents
+        .iter()
+        .rposition(|c| {
+            c.get("role").and_then(Value::as_str).unwrap_or("user") == "user"
+                && c.get("parts")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.get("functionResponse").is_none())
+        })
+        .unwrap_or(0);
+    let strict = model.contains("gemini-3");
+    let mut position = 0usize;
+    for (i, c) in contents.iter().enumerate() {
+        if c.get("role").and_then(Value::as_str) != Some("model") {
+            continue;
+        }
+        for p in c
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(call) = p.get("functionCall") else {
+                continue;
+            };
+            position += 1;
+            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+            let args = call.get("args").cloned().unwrap_or_else(|| json!({}));
+            match p.get("thoughtSignature").and_then(Value::as_str) {
+                Some(sig) if sig != crate::signatures::call_signature(name, &args) => {
+                    return Err("Thought signature is not valid.".to_string());
+                }
+                None if strict && i > current_turn_start => {
+                    return Err(format!(
+                        "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance. Additional data, function call `default_api:{name}` , position {position}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn finish_reason(f: &str) -> String {
     match f {
         "stop" | "tool_calls" => "STOP".to_owned(),
@@ -264,7 +313,8 @@ impl Gen<'_> {
                     .ok()
                     .filter(Value::is_object)
                     .unwrap_or_else(|| json!({}));
-                json!({"functionCall": {"name": c.name, "args": args}})
+                let sig = crate::signatures::call_signature(&c.name, &args);
+                json!({"functionCall": {"name": c.name, "args": args}, "thoughtSignature": sig})
             })
             .collect()
     }
@@ -372,6 +422,9 @@ async fn generate(
         Ok(c) => c,
         Err(resp) => return *resp,
     };
+    if let Err(message) = check_signatures(contents, model) {
+        return error_response(400, Some(&message));
+    }
     let script = match scripted_error(shared, model).await {
         Ok(s) => s,
         Err(resp) => return resp,

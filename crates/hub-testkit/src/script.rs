@@ -117,6 +117,10 @@ pub struct Script {
     /// Reasoning text, rendered per flavor (not rendered by OpenAI, only counted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// A redacted (encrypted) reasoning block after the reasoning: Anthropic `redacted_thinking`,
+    /// Bedrock `redactedContent`. The mock wraps this payload in data it can verify later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redacted_reasoning: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     /// Normalised usage. Default: prompt = ceil(chars of messages / 4), completion = words.
@@ -205,6 +209,12 @@ impl Script {
     #[must_use]
     pub fn with_reasoning(mut self, reasoning: impl Into<String>) -> Script {
         self.reasoning = Some(reasoning.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_redacted_reasoning(mut self, payload: impl Into<String>) -> Script {
+        self.redacted_reasoning = Some(payload.into());
         self
     }
 

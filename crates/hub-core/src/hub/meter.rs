@@ -173,7 +173,13 @@ impl StreamMeter {
                 }
             }
             StreamEvent::Usage { usage } => self.usage = Some(*usage),
-            StreamEvent::Start { .. } | StreamEvent::Finish { .. } => {}
+            // Signatures and redacted reasoning are opaque; the tokens behind them are billed
+            // from the provider's usage.
+            StreamEvent::Start { .. }
+            | StreamEvent::Finish { .. }
+            | StreamEvent::ReasoningSignature { .. }
+            | StreamEvent::RedactedReasoning { .. }
+            | StreamEvent::ToolCallSignature { .. } => {}
         }
     }
 

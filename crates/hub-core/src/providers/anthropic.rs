@@ -12,9 +12,12 @@
 //!   caller tools this is rejected (400): a forced tool would keep the model from calling theirs.
 //! - Images: base64 and remote URLs are both native (`source.type` `base64` / `url`).
 //! - Reasoning: `reasoning_effort` enables extended thinking (`low` 1024, `medium` 4096, `high`
-//!   16384 budget tokens). Thinking text streams as reasoning. Earlier turns' reasoning is not
-//!   sent back: the canonical message carries no signature, and Anthropic ignores or rejects
-//!   unsigned thinking blocks.
+//!   16384 budget tokens). Thinking text streams as reasoning, `signature_delta` as the block's
+//!   signature, `redacted_thinking` as a redacted block. With thinking on, an assistant turn's
+//!   signed `thinking` and `redacted_thinking` blocks go back unchanged, in order, before its
+//!   text and `tool_use` (Anthropic rejects a tool loop otherwise). Unsigned reasoning (from
+//!   providers that sign nothing) is not sent: Anthropic rejects it. With thinking off no
+//!   reasoning is sent (Anthropic rejects thinking in a final assistant turn then).
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -26,7 +29,7 @@ use super::{EventStream, Provider, Upstream};
 use crate::error::{ErrorClass, ProviderError, parse_retry_after};
 use crate::types::{
     AssistantOutput, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Message,
-    ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, Usage,
+    ReasoningBlock, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
 
 /// The API version header every request carries.
@@ -379,6 +382,14 @@ impl StreamState {
                         }
                     }
                     Some("thinking") => self.set_block(index, Block::Thinking),
+                    Some("redacted_thinking") => {
+                        self.set_block(index, Block::Other);
+                        if let Some(data) = cb.get("data").and_then(Value::as_str) {
+                            out.push(StreamEvent::RedactedReasoning {
+                                data: data.to_string(),
+                            });
+                        }
+                    }
                     Some("tool_use") => {
                         let name = cb.get("name").and_then(Value::as_str).unwrap_or_default();
                         if self.json_mode && name == JSON_TOOL {
@@ -438,7 +449,12 @@ impl StreamState {
                             out.push(StreamEvent::TextDelta { text });
                         }
                     }
-                    // signature_delta, citations_delta and unknown blocks carry nothing canonical.
+                    (Some("signature_delta"), Block::Thinking) => {
+                        out.push(StreamEvent::ReasoningSignature {
+                            signature: str_of("signature"),
+                        });
+                    }
+                    // citations_delta and unknown blocks carry nothing canonical.
                     _ => {}
                 }
             }
@@ -555,7 +571,10 @@ fn tool_input(call: &ToolCall) -> Result<Value, ProviderError> {
 /// Canonical messages -> (system blocks, Anthropic messages). System/developer messages go to the
 /// top-level `system`; tool results become user `tool_result` blocks; consecutive messages of the
 /// same role are merged (Anthropic wants user/assistant alternation).
-fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
+fn messages_to_wire(
+    messages: &[Message],
+    thinking_on: bool,
+) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
     let mut system = Vec::new();
     let mut out: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in messages {
@@ -569,7 +588,12 @@ fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Pr
             }
             Role::User => ("user", content_blocks(m)),
             Role::Assistant => {
-                let mut blocks = content_blocks(m);
+                let mut blocks = if thinking_on {
+                    reasoning_blocks(m)
+                } else {
+                    Vec::new()
+                };
+                blocks.extend(content_blocks(m));
                 for call in &m.tool_calls {
                     blocks.push(json!({"type":"tool_use","id": call.id,"name": call.name,
                         "input": tool_input(call)?}));
@@ -620,6 +644,25 @@ fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Pr
     Ok((system, messages))
 }
 
+/// An assistant turn's signed reasoning as Anthropic content blocks, in order.
+fn reasoning_blocks(m: &Message) -> Vec<Value> {
+    m.reasoning_blocks
+        .iter()
+        .filter_map(|b| match b {
+            ReasoningBlock::Thinking {
+                text,
+                signature: Some(sig),
+            } if !sig.is_empty() => {
+                Some(json!({"type":"thinking","thinking": text,"signature": sig}))
+            }
+            ReasoningBlock::Thinking { .. } => None,
+            ReasoningBlock::Redacted { data } => {
+                Some(json!({"type":"redacted_thinking","data": data}))
+            }
+        })
+        .collect()
+}
+
 fn thinking_budget(effort: &str) -> Option<u32> {
     match effort {
         "low" | "minimal" => Some(1024),
@@ -635,15 +678,10 @@ pub fn build_body(
     req: &ChatRequest,
     stream: bool,
 ) -> Result<(Value, bool), ProviderError> {
-    let (system, messages) = messages_to_wire(&req.messages)?;
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     let max_tokens = req.max_tokens.unwrap_or_else(|| default_max_tokens(model));
     body.insert("max_tokens".into(), json!(max_tokens));
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
-    }
-    body.insert("messages".into(), Value::Array(messages));
 
     let json_schema = match &req.response_format {
         None | Some(ResponseFormat::Text) => None,
@@ -733,6 +771,11 @@ pub fn build_body(
         }
     }
     let thinking_on = body.contains_key("thinking");
+    let (system, messages) = messages_to_wire(&req.messages, thinking_on)?;
+    if !system.is_empty() {
+        body.insert("system".into(), Value::Array(system));
+    }
+    body.insert("messages".into(), Value::Array(messages));
     // Extended thinking does not accept temperature/top_p changes.
     if !thinking_on {
         if let Some(t) = req.temperature {
@@ -787,7 +830,23 @@ pub fn parse_response(
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
             Some("thinking") => {
-                reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                let t = block.get("thinking").and_then(Value::as_str).unwrap_or("");
+                reasoning.push_str(t);
+                output.reasoning_blocks.push(ReasoningBlock::Thinking {
+                    text: t.to_string(),
+                    signature: block
+                        .get("signature")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                });
+            }
+            Some("redacted_thinking") => {
+                if let Some(data) = block.get("data").and_then(Value::as_str) {
+                    output.reasoning_blocks.push(ReasoningBlock::Redacted {
+                        data: data.to_string(),
+                    });
+                }
             }
             Some("tool_use") => {
                 let name = block
@@ -806,6 +865,7 @@ pub fn parse_response(
                             .to_string(),
                         name: name.to_string(),
                         arguments: input.to_string(),
+                        signature: None,
                     });
                 }
             }
@@ -853,11 +913,13 @@ mod tests {
                 id: "toolu_1".into(),
                 name: "a".into(),
                 arguments: "{\"x\":1}".into(),
+                signature: None,
             },
             ToolCall {
                 id: "toolu_2".into(),
                 name: "b".into(),
                 arguments: String::new(),
+                signature: None,
             },
         ];
         let mut r1 = Message::text(Role::Tool, "one");
@@ -1006,6 +1068,102 @@ mod tests {
             reason: FinishReason::ToolCalls
         }));
         assert!(out.iter().any(|e| matches!(e, StreamEvent::Usage { usage } if usage.prompt_tokens == 377 && usage.completion_tokens == 65)));
+    }
+
+    #[test]
+    fn signed_thinking_goes_back_first_and_only_with_thinking_on() {
+        let mut assistant = Message::text(Role::Assistant, "Let me check.");
+        assistant.reasoning = Some("ab".into());
+        assistant.reasoning_blocks = vec![
+            ReasoningBlock::Thinking {
+                text: "ab".into(),
+                signature: Some("SIG".into()),
+            },
+            ReasoningBlock::Thinking {
+                text: "unsigned".into(),
+                signature: None,
+            },
+            ReasoningBlock::Redacted { data: "ENC".into() },
+        ];
+        assistant.tool_calls = vec![ToolCall {
+            id: "toolu_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+            signature: None,
+        }];
+        let mut result = Message::text(Role::Tool, "ok");
+        result.tool_call_id = Some("toolu_1".into());
+        let mut req = ChatRequest {
+            messages: vec![user("q"), assistant, result],
+            reasoning_effort: Some("low".into()),
+            max_tokens: Some(4096),
+            ..ChatRequest::default()
+        };
+        let (b, _) = build_body("claude-sonnet-4-5", &req, false).unwrap_or_default();
+        assert_eq!(
+            b["messages"][1]["content"],
+            json!([
+                {"type":"thinking","thinking":"ab","signature":"SIG"},
+                {"type":"redacted_thinking","data":"ENC"},
+                {"type":"text","text":"Let me check."},
+                {"type":"tool_use","id":"toolu_1","name":"f","input":{}}
+            ])
+        );
+        req.reasoning_effort = None;
+        let (b, _) = build_body("claude-sonnet-4-5", &req, false).unwrap_or_default();
+        assert_eq!(b["messages"][1]["content"][0]["type"], json!("text"));
+
+        // Responses and streams keep the blocks and their signatures.
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"thinking","thinking":"hmm","signature":"S1"},{"type":"redacted_thinking","data":"R1"},{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}"#;
+        let r = parse_response(body, "m", false)
+            .ok()
+            .map(|r| r.output.reasoning_blocks);
+        assert_eq!(
+            r,
+            Some(vec![
+                ReasoningBlock::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("S1".into())
+                },
+                ReasoningBlock::Redacted { data: "R1".into() }
+            ])
+        );
+        let mut state = StreamState::new("m".into(), false);
+        let mut out = Vec::new();
+        for (name, data) in [
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"S1"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"R1"}}"#,
+            ),
+        ] {
+            assert!(state.on_event(name, data, &mut out).is_ok());
+        }
+        assert_eq!(
+            out,
+            vec![
+                StreamEvent::ReasoningDelta { text: "hmm".into() },
+                StreamEvent::ReasoningSignature {
+                    signature: "S1".into()
+                },
+                StreamEvent::RedactedReasoning { data: "R1".into() },
+            ]
+        );
     }
 
     #[test]

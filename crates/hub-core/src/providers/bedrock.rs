@@ -14,6 +14,9 @@
 //!   (`us.`, `eu.`, `apac.`) at call time.
 //! - Embeddings: Titan text (one input per call, looped) and Cohere embed (one batch call).
 //! - Remote image URLs are rejected with a 400 (Converse takes bytes only); send `data:` URLs.
+//! - Reasoning: `reasoningContent.reasoningText.{text,signature}` and `redactedContent` (base64)
+//!   become reasoning blocks, both in responses and in stream deltas; with thinking on they go
+//!   back unchanged, in order, before the assistant turn's text and `toolUse` blocks.
 
 use std::time::SystemTime;
 
@@ -33,8 +36,8 @@ use super::{EventStream, Provider, Upstream};
 use crate::error::{ErrorClass, ProviderError, parse_retry_after};
 use crate::types::{
     AssistantOutput, ChatRequest, ChatResponse, ContentPart, Embedding, EmbeddingsRequest,
-    EmbeddingsResponse, FinishReason, ImageSource, Message, Role, StreamEvent, ToolCall,
-    ToolChoice, Usage,
+    EmbeddingsResponse, FinishReason, ImageSource, Message, ReasoningBlock, Role, StreamEvent,
+    ToolCall, ToolChoice, Usage,
 };
 
 /// The Bedrock provider module.
@@ -577,12 +580,26 @@ pub fn parse_response(
                     .cloned()
                     .unwrap_or_else(|| json!({}))
                     .to_string(),
+                signature: None,
             });
-        } else if let Some(r) = block
-            .pointer("/reasoningContent/reasoningText/text")
+        } else if let Some(rt) = block.pointer("/reasoningContent/reasoningText") {
+            let t = rt.get("text").and_then(Value::as_str).unwrap_or_default();
+            reasoning.push_str(t);
+            output.reasoning_blocks.push(ReasoningBlock::Thinking {
+                text: t.to_string(),
+                signature: rt
+                    .get("signature")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            });
+        } else if let Some(data) = block
+            .pointer("/reasoningContent/redactedContent")
             .and_then(Value::as_str)
         {
-            reasoning.push_str(r);
+            output.reasoning_blocks.push(ReasoningBlock::Redacted {
+                data: data.to_string(),
+            });
         }
     }
     output.content = (!text.is_empty() || output.tool_calls.is_empty()).then_some(text);
@@ -719,14 +736,24 @@ impl StreamState {
                             arguments: args.to_string(),
                         });
                     }
-                } else if let Some(r) = delta
-                    .pointer("/reasoningContent/text")
-                    .and_then(Value::as_str)
-                    && !r.is_empty()
-                {
-                    out.push(StreamEvent::ReasoningDelta {
-                        text: r.to_string(),
-                    });
+                } else if let Some(rc) = delta.get("reasoningContent") {
+                    if let Some(r) = rc.get("text").and_then(Value::as_str)
+                        && !r.is_empty()
+                    {
+                        out.push(StreamEvent::ReasoningDelta {
+                            text: r.to_string(),
+                        });
+                    }
+                    if let Some(sig) = rc.get("signature").and_then(Value::as_str) {
+                        out.push(StreamEvent::ReasoningSignature {
+                            signature: sig.to_string(),
+                        });
+                    }
+                    if let Some(data) = rc.get("redactedContent").and_then(Value::as_str) {
+                        out.push(StreamEvent::RedactedReasoning {
+                            data: data.to_string(),
+                        });
+                    }
                 }
             }
             "messageStop" => {
@@ -855,7 +882,30 @@ fn blocks_of(m: &Message) -> Result<Vec<Value>, ProviderError> {
     Ok(out)
 }
 
-fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
+/// An assistant turn's signed reasoning as Converse `reasoningContent` blocks, in order
+/// (unsigned reasoning is not sent: Bedrock's Claude models reject it).
+fn reasoning_blocks(m: &Message) -> Vec<Value> {
+    m.reasoning_blocks
+        .iter()
+        .filter_map(|b| match b {
+            ReasoningBlock::Thinking {
+                text,
+                signature: Some(sig),
+            } if !sig.is_empty() => Some(
+                json!({"reasoningContent": {"reasoningText": {"text": text, "signature": sig}}}),
+            ),
+            ReasoningBlock::Thinking { .. } => None,
+            ReasoningBlock::Redacted { data } => {
+                Some(json!({"reasoningContent": {"redactedContent": data}}))
+            }
+        })
+        .collect()
+}
+
+fn messages_to_wire(
+    messages: &[Message],
+    thinking_on: bool,
+) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
     let mut system = Vec::new();
     let mut out: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in messages {
@@ -869,7 +919,12 @@ fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Pr
             }
             Role::User => ("user", blocks_of(m)?),
             Role::Assistant => {
-                let mut blocks = blocks_of(m)?;
+                let mut blocks = if thinking_on {
+                    reasoning_blocks(m)
+                } else {
+                    Vec::new()
+                };
+                blocks.extend(blocks_of(m)?);
                 for c in &m.tool_calls {
                     let input = match serde_json::from_str::<Value>(&c.arguments) {
                         Ok(v @ Value::Object(_)) => v,
@@ -922,7 +977,13 @@ fn messages_to_wire(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Pr
 
 /// Builds a Converse request body.
 pub fn build_body(req: &ChatRequest) -> Result<Value, ProviderError> {
-    let (system, messages) = messages_to_wire(&req.messages)?;
+    let budget = req.reasoning_effort.as_deref().and_then(|e| match e {
+        "low" | "minimal" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16_384),
+        _ => None,
+    });
+    let (system, messages) = messages_to_wire(&req.messages, budget.is_some())?;
     let mut body = Map::new();
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
@@ -972,12 +1033,7 @@ pub fn build_body(req: &ChatRequest) -> Result<Value, ProviderError> {
         }
         body.insert("toolConfig".into(), config);
     }
-    if let Some(budget) = req.reasoning_effort.as_deref().and_then(|e| match e {
-        "low" | "minimal" => Some(1024),
-        "medium" => Some(4096),
-        "high" => Some(16_384),
-        _ => None,
-    }) {
+    if let Some(budget) = budget {
         body.insert(
             "additionalModelRequestFields".into(),
             json!({"thinking": {"type": "enabled", "budget_tokens": budget}}),

@@ -12,6 +12,8 @@
 //!   file URIs), and the hub does not fetch arbitrary URLs on a caller's behalf. Send `data:` URLs.
 //! - `images()` uses `generateContent` with `responseModalities: ["IMAGE"]` once per requested
 //!   image and returns the inline bytes as `b64_json` (Gemini returns no URLs).
+//! - `thoughtSignature` on a `functionCall` part becomes the tool call's `signature` (a
+//!   `ToolCallSignature` event in streams) and is echoed on that call's part in later turns.
 //! - Embeddings go through `batchEmbedContents` (100 inputs per call). Gemini reports no token
 //!   usage for them; the usage is marked `estimated`.
 
@@ -407,6 +409,15 @@ fn blocked(v: &Value) -> Option<ProviderError> {
 }
 
 /// Parses a non-streaming `GenerateContentResponse`.
+/// The `thoughtSignature` of a part (Gemini 2.5+/3 sign function-call parts; 3 rejects a tool
+/// loop whose calls come back without it).
+fn thought_signature(part: &Value) -> Option<String> {
+    part.get("thoughtSignature")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 pub fn parse_response(bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         ProviderError::new(ErrorClass::Protocol, format!("malformed response: {e}"))
@@ -434,6 +445,7 @@ pub fn parse_response(bytes: &[u8], model: &str) -> Result<ChatResponse, Provide
                     .cloned()
                     .unwrap_or_else(|| json!({}))
                     .to_string(),
+                signature: thought_signature(part),
             });
         } else if let Some(data) = part.get("inlineData") {
             let mime = data
@@ -552,6 +564,12 @@ impl StreamState {
                             .unwrap_or_else(|| json!({}))
                             .to_string(),
                     });
+                    if let Some(signature) = thought_signature(part) {
+                        out.push(StreamEvent::ToolCallSignature {
+                            index: self.calls as u32,
+                            signature,
+                        });
+                    }
                     self.calls += 1;
                 } else if let Some(t) = part.get("text").and_then(Value::as_str)
                     && !t.is_empty()
@@ -723,7 +741,11 @@ fn contents(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), ProviderEr
                             ));
                         }
                     };
-                    parts.push(json!({"functionCall": {"name": c.name, "args": args}}));
+                    let mut part = json!({"functionCall": {"name": c.name, "args": args}});
+                    if let (Some(sig), Some(o)) = (&c.signature, part.as_object_mut()) {
+                        o.insert("thoughtSignature".into(), json!(sig));
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -866,11 +888,13 @@ mod tests {
                 id: "call_0_get_weather".into(),
                 name: "get_weather".into(),
                 arguments: "{\"city\":\"Paris\"}".into(),
+                signature: None,
             },
             ToolCall {
                 id: "xyz".into(),
                 name: "get_time".into(),
                 arguments: "{}".into(),
+                signature: None,
             },
         ];
         let mut r1 = Message::text(Role::Tool, "18C");
@@ -923,6 +947,7 @@ mod tests {
                 tool_call_id: None,
                 name: None,
                 reasoning: None,
+                reasoning_blocks: Vec::new(),
             }],
             ..ChatRequest::default()
         };

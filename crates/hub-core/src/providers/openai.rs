@@ -957,6 +957,7 @@ pub fn parse_chat_response(
                     // Some servers (Ollama native) send an object; keep it as JSON text.
                     Some(other) => other.to_string(),
                 },
+                signature: None,
             })
             .collect();
         output.images = msg
@@ -1166,6 +1167,7 @@ mod tests {
             id: "c1".into(),
             name: "f".into(),
             arguments: "{}".into(),
+            signature: None,
         }];
         let mut plain = Message::text(Role::Assistant, "answer");
         plain.reasoning = Some("thought".into());
@@ -1200,6 +1202,7 @@ mod tests {
             tool_call_id: None,
             name: None,
             reasoning: None,
+            reasoning_blocks: Vec::new(),
         }];
         let b = build_chat_body(Variant::OpenAi, "m", &r, false);
         assert_eq!(

@@ -238,6 +238,7 @@ pub(crate) fn parse_tool_calls(calls: &[Value], param: &str) -> Result<Vec<ToolC
                 id: id.to_string(),
                 name: name.to_string(),
                 arguments,
+                signature: None,
             })
         })
         .collect()
@@ -297,6 +298,7 @@ pub(crate) fn parse_messages(messages: &[Value], param: &str) -> Result<Vec<Mess
             tool_call_id,
             name: f.str(&["name"])?.map(str::to_string),
             reasoning: None,
+            reasoning_blocks: Vec::new(),
         });
     }
     Ok(out)
@@ -631,6 +633,7 @@ impl StreamWriter {
                         id: String::new(),
                         name: String::new(),
                         arguments: String::new(),
+                        signature: None,
                     });
                 }
                 let call = &mut self.calls[i];
@@ -645,6 +648,10 @@ impl StreamWriter {
             }
             // Usage is sent once, at the end, from the recorded (final) figures.
             StreamEvent::Finish { .. } | StreamEvent::Usage { .. } => None,
+            // The AIGNE wire has no place for reasoning signatures or encrypted reasoning.
+            StreamEvent::ReasoningSignature { .. }
+            | StreamEvent::RedactedReasoning { .. }
+            | StreamEvent::ToolCallSignature { .. } => None,
         }
     }
 
@@ -865,6 +872,7 @@ mod tests {
                 reasoning: Some("hmm".into()),
                 tool_calls: calls,
                 images: Vec::new(),
+                reasoning_blocks: Vec::new(),
             },
             finish_reason: FinishReason::Stop,
             usage: Usage {
@@ -893,6 +901,7 @@ mod tests {
                     id: "call_1".into(),
                     name: "get_weather".into(),
                     arguments: r#"{"city":"Paris"}"#.into(),
+                    signature: None,
                 }],
             ),
             &meta,

@@ -218,6 +218,7 @@ impl LegacyStream {
                         id: String::new(),
                         name: String::new(),
                         arguments: String::new(),
+                        signature: None,
                     });
                 }
                 let call = &mut self.calls[i];
@@ -370,6 +371,7 @@ mod tests {
                     id: "c1".into(),
                     name: "f".into(),
                     arguments: r#"{"a":1}"#.into(),
+                    signature: None,
                 }],
                 ..AssistantOutput::default()
             },

@@ -8,8 +8,9 @@
 //!   of that turn (Anthropic requires them first; OpenAI-family wires need tool messages right after
 //!   the assistant's calls). `is_error` has no canonical home: it is dropped.
 //! - `tool_use` blocks become the assistant's tool calls, `input` serialised as the arguments text;
-//!   `thinking` blocks become the turn's reasoning; `redacted_thinking` is dropped (it is encrypted
-//!   for Anthropic only and means nothing elsewhere).
+//!   `thinking` blocks become the turn's reasoning text and, with their `signature`, its reasoning
+//!   blocks; `redacted_thinking` becomes a redacted reasoning block. Providers that verify
+//!   signatures (Anthropic, Bedrock) get the blocks back unchanged and in order; others use the text.
 //! - `tool_choice` `auto|any|tool|none` -> auto / required / function / none;
 //!   `disable_parallel_tool_use` -> `parallel_tool_calls: false`.
 //! - `thinking: {"type":"enabled","budget_tokens":N}` -> `reasoning_effort` low (N < 4096),
@@ -24,8 +25,8 @@
 
 use hub_core::HubError;
 use hub_core::types::{
-    ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Message, ResponseFormat,
-    Role, StreamEvent, Tool, ToolCall, ToolChoice, Usage,
+    ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Message, ReasoningBlock,
+    ResponseFormat, Role, StreamEvent, Tool, ToolCall, ToolChoice, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -219,6 +220,7 @@ fn parse_message(v: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), HubE
         tool_call_id: None,
         name: None,
         reasoning: None,
+        reasoning_blocks: Vec::new(),
     };
     let mut tool_results = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
@@ -251,6 +253,7 @@ fn parse_message(v: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), HubE
                     tool_call_id: Some(id.to_string()),
                     name: None,
                     reasoning: None,
+                    reasoning_blocks: Vec::new(),
                 });
             }
             "tool_result" => return Err(wrong_role("user")),
@@ -269,14 +272,34 @@ fn parse_message(v: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), HubE
                     id: get_str(bobj, "id", &bpath)?.to_string(),
                     name: get_str(bobj, "name", &bpath)?.to_string(),
                     arguments: input,
+                    signature: None,
                 });
             }
             "tool_use" => return Err(wrong_role("assistant")),
             "thinking" if role == Role::Assistant => {
                 let text = get_str(bobj, "thinking", &bpath)?;
+                let signature = match bobj.get("signature") {
+                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    None | Some(Value::Null | Value::String(_)) => None,
+                    Some(_) => {
+                        return Err(field_err(
+                            &format!("{bpath}.signature"),
+                            "Input should be a valid string",
+                        ));
+                    }
+                };
                 msg.reasoning.get_or_insert_with(String::new).push_str(text);
+                msg.reasoning_blocks.push(ReasoningBlock::Thinking {
+                    text: text.to_string(),
+                    signature,
+                });
             }
-            "redacted_thinking" if role == Role::Assistant => {}
+            "redacted_thinking" if role == Role::Assistant => {
+                let data = get_str(bobj, "data", &bpath)?;
+                msg.reasoning_blocks.push(ReasoningBlock::Redacted {
+                    data: data.to_string(),
+                });
+            }
             "thinking" | "redacted_thinking" => return Err(wrong_role("assistant")),
             "document" => {
                 return Err(field_err(
@@ -639,12 +662,28 @@ pub fn tool_input(arguments: &str) -> Value {
     }
 }
 
+/// A reasoning block as Anthropic's `thinking` / `redacted_thinking` content block.
+pub fn reasoning_block_json(b: &ReasoningBlock) -> Value {
+    match b {
+        ReasoningBlock::Thinking { text, signature } => {
+            json!({"type": "thinking", "thinking": text, "signature": signature.as_deref().unwrap_or("")})
+        }
+        ReasoningBlock::Redacted { data } => json!({"type": "redacted_thinking", "data": data}),
+    }
+}
+
 /// A complete response as Anthropic's `message` object. Images a model returned inline have no
 /// place in an Anthropic message and are not rendered.
 pub fn render_message(resp: &ChatResponse, id: &str) -> Value {
     let mut content = Vec::with_capacity(2 + resp.output.tool_calls.len());
-    if let Some(r) = resp.output.reasoning.as_deref().filter(|r| !r.is_empty()) {
-        content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+    if resp.output.reasoning_blocks.is_empty() {
+        // Reasoning from a provider that signs nothing (DeepSeek, xAI, ...).
+        if let Some(r) = resp.output.reasoning.as_deref().filter(|r| !r.is_empty()) {
+            content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        }
+    }
+    for b in &resp.output.reasoning_blocks {
+        content.push(reasoning_block_json(b));
     }
     if let Some(t) = resp.output.content.as_deref().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": t}));
@@ -675,6 +714,7 @@ fn sse(event: &str, data: &Value) -> String {
 enum BlockKind {
     Text,
     Thinking,
+    Redacted,
     /// A tool call, by its canonical index.
     ToolUse(u32),
 }
@@ -840,6 +880,31 @@ impl EventWriter {
                     );
                 }
             }
+            StreamEvent::ReasoningSignature { signature } => {
+                // One `signature_delta` just before the thinking block's `content_block_stop`.
+                let index = self.ensure_block(
+                    &mut out,
+                    BlockKind::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                );
+                Self::delta(
+                    &mut out,
+                    index,
+                    json!({"type": "signature_delta", "signature": signature}),
+                );
+                self.close(&mut out);
+            }
+            StreamEvent::RedactedReasoning { data } => {
+                // Sent whole in its `content_block_start`, as Anthropic does.
+                self.ensure_block(
+                    &mut out,
+                    BlockKind::Redacted,
+                    json!({"type": "redacted_thinking", "data": data}),
+                );
+                self.close(&mut out);
+            }
+            // Gemini's call signatures have no place in Anthropic's `tool_use` block.
+            StreamEvent::ToolCallSignature { .. } => {}
             StreamEvent::Finish { reason } => self.stop_reason = stop_reason(*reason),
             // The final usage comes with `done`.
             StreamEvent::Usage { .. } => {}
@@ -933,6 +998,16 @@ mod tests {
         ));
         let a = &r.messages[2];
         assert_eq!(a.reasoning.as_deref(), Some("hmm"));
+        assert_eq!(
+            a.reasoning_blocks,
+            vec![
+                ReasoningBlock::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("sig".into())
+                },
+                ReasoningBlock::Redacted { data: "xx".into() }
+            ]
+        );
         assert_eq!(a.joined_text(), "Let me check.");
         assert_eq!(a.tool_calls.len(), 1);
         assert_eq!(a.tool_calls[0].id, "toolu_01");
@@ -1188,14 +1263,17 @@ mod tests {
                         id: "call_1".into(),
                         name: "get_weather".into(),
                         arguments: r#"{"city":"Paris"}"#.into(),
+                        signature: None,
                     },
                     ToolCall {
                         id: "call_2".into(),
                         name: "now".into(),
                         arguments: String::new(),
+                        signature: None,
                     },
                 ],
                 images: Vec::new(),
+                reasoning_blocks: Vec::new(),
             },
             FinishReason::ToolCalls,
             Usage {
@@ -1376,6 +1454,89 @@ mod tests {
             got[15].1,
             json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},
                    "usage":{"input_tokens":42,"cache_creation_input_tokens":0,"cache_read_input_tokens":8,"output_tokens":7}})
+        );
+    }
+
+    #[test]
+    fn signatures_and_redacted_thinking_render_as_anthropic_does() {
+        let mut w = EventWriter::new("req-1", "m", 3);
+        let mut text = String::new();
+        for ev in [
+            StreamEvent::ReasoningDelta { text: "a".into() },
+            StreamEvent::ReasoningDelta { text: "b".into() },
+            StreamEvent::ReasoningSignature {
+                signature: "SIG1".into(),
+            },
+            StreamEvent::RedactedReasoning { data: "ENC".into() },
+            StreamEvent::ReasoningDelta { text: "c".into() },
+            StreamEvent::ReasoningSignature {
+                signature: "SIG2".into(),
+            },
+            StreamEvent::TextDelta { text: "hi".into() },
+        ] {
+            text.push_str(&w.event(&ev).unwrap_or_default());
+        }
+        text.push_str(&w.done(&Usage::default()));
+        let evs = events(&text);
+        let shape: Vec<String> = evs
+            .iter()
+            .filter(|(e, _)| e != "message_start" && e != "message_delta" && e != "message_stop")
+            .map(|(e, d)| match e.as_str() {
+                "content_block_start" => format!("start {} {}", d["index"], d["content_block"]),
+                "content_block_delta" => format!("delta {} {}", d["index"], d["delta"]),
+                _ => format!("stop {}", d["index"]),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                r#"start 0 {"signature":"","thinking":"","type":"thinking"}"#,
+                r#"delta 0 {"thinking":"a","type":"thinking_delta"}"#,
+                r#"delta 0 {"thinking":"b","type":"thinking_delta"}"#,
+                r#"delta 0 {"signature":"SIG1","type":"signature_delta"}"#,
+                "stop 0",
+                r#"start 1 {"data":"ENC","type":"redacted_thinking"}"#,
+                "stop 1",
+                r#"start 2 {"signature":"","thinking":"","type":"thinking"}"#,
+                r#"delta 2 {"thinking":"c","type":"thinking_delta"}"#,
+                r#"delta 2 {"signature":"SIG2","type":"signature_delta"}"#,
+                "stop 2",
+                r#"start 3 {"text":"","type":"text"}"#,
+                r#"delta 3 {"text":"hi","type":"text_delta"}"#,
+                "stop 3",
+            ]
+        );
+        // JSON: the blocks in order, signatures as received, before the text.
+        let mut resp = response(
+            AssistantOutput {
+                content: Some("hi".into()),
+                reasoning: Some("abc".into()),
+                reasoning_blocks: vec![
+                    ReasoningBlock::Thinking {
+                        text: "ab".into(),
+                        signature: Some("SIG1".into()),
+                    },
+                    ReasoningBlock::Redacted { data: "ENC".into() },
+                ],
+                ..AssistantOutput::default()
+            },
+            FinishReason::Stop,
+            Usage::default(),
+        );
+        let m = render_message(&resp, "msg_1");
+        assert_eq!(
+            m["content"],
+            json!([
+                {"type": "thinking", "thinking": "ab", "signature": "SIG1"},
+                {"type": "redacted_thinking", "data": "ENC"},
+                {"type": "text", "text": "hi"}
+            ])
+        );
+        resp.output.reasoning_blocks.clear();
+        let m = render_message(&resp, "msg_1");
+        assert_eq!(
+            m["content"][0],
+            json!({"type": "thinking", "thinking": "abc", "signature": ""})
         );
     }
 

@@ -306,6 +306,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, HubError> {
                     Some(Value::Null) | None => "{}".to_string(),
                     Some(other) => other.to_string(),
                 },
+                signature: None,
             })
             .collect();
         messages.push(Message {
@@ -316,6 +317,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, HubError> {
             tool_call_id: m.tool_call_id,
             name: m.name,
             reasoning: m.reasoning_content,
+            reasoning_blocks: Vec::new(),
         });
     }
     let tools = w
@@ -810,6 +812,10 @@ impl ChunkWriter {
             }
             // Shown once, at the end, and only if the caller asked for it.
             StreamEvent::Usage { .. } => None,
+            // OpenAI's chat wire has no place for reasoning signatures or encrypted reasoning.
+            StreamEvent::ReasoningSignature { .. }
+            | StreamEvent::RedactedReasoning { .. }
+            | StreamEvent::ToolCallSignature { .. } => None,
         }
     }
 
