@@ -65,6 +65,10 @@ pub struct HubOptions {
     pub billing: crate::hub::BillingDefaults,
     /// Benchmarking switches (`HUB_BENCH_DISABLE`); all on by default.
     pub switches: BenchSwitches,
+    /// `HUB_EXTRA_CA_FILE`: PEM certificates the upstream clients trust in addition to the
+    /// built-in web roots (an upstream behind a private CA, e.g. a company gateway). Verification
+    /// is never switched off.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl HubOptions {
@@ -82,6 +86,7 @@ impl HubOptions {
             health: HealthConfig::default(),
             billing: crate::hub::BillingDefaults::default(),
             switches: BenchSwitches::default(),
+            extra_ca_pem: None,
         }
     }
 }

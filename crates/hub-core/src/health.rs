@@ -163,6 +163,7 @@ impl Breaker {
 /// The last failure seen, without secrets (provider messages are already masked by the provider;
 /// the credential value itself is redacted again before it is stored).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LastError {
     pub class: &'static str,
     pub status: Option<u16>,
@@ -719,6 +720,7 @@ impl Health {
                 stats: p.stats.report(),
                 credentials,
                 models,
+                timeouts: None,
             });
         }
         HealthReport { providers: out }
@@ -734,6 +736,7 @@ fn cooling(c: &Cooldowns, now: u64) -> Vec<CoolingModel> {
 
 /// A model cooling down after a 429 (or an overloaded answer with a delay).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CoolingModel {
     pub model: String,
     pub retry_in_ms: u64,
@@ -741,11 +744,13 @@ pub struct CoolingModel {
 
 /// `GET /api/admin/health`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthReport {
     pub providers: Vec<ProviderReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderReport {
     pub provider: &'static str,
     /// `ok`, `cooling_down`, `open`, `half_open`, `unavailable` (no credential usable now).
@@ -758,9 +763,13 @@ pub struct ProviderReport {
     pub stats: StatsReport,
     pub credentials: Vec<CredentialReport>,
     pub models: Vec<ModelReport>,
+    /// The timeouts in force for this provider (stored > env > default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<crate::timeouts::TimeoutSettings>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CredentialReport {
     /// Credential id (never the value).
     pub id: String,
@@ -777,6 +786,7 @@ pub struct CredentialReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelReport {
     /// The provider's own model id.
     pub model: String,
@@ -786,6 +796,7 @@ pub struct ModelReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsReport {
     pub requests: u64,
     pub successes: u64,

@@ -773,6 +773,41 @@ pub async fn upsert_provider(
     Ok(row)
 }
 
+/// Stores a provider's timeouts (replacing what was stored; an absent field falls back to the
+/// environment). Running servers apply them at their next reload (within a second); a changed
+/// connect timeout rebuilds that provider's connection pool.
+pub async fn set_provider_timeouts(
+    store: &dyn Store,
+    actor: &Actor,
+    kind: ProviderKind,
+    t: &crate::timeouts::TimeoutSettings,
+) -> Result<crate::timeouts::TimeoutSettings, HubError> {
+    use crate::timeouts::TimeoutSettings;
+    require_all(actor)?;
+    t.validate()
+        .map_err(|(field, msg)| HubError::invalid_param(field, msg))?;
+    let key = TimeoutSettings::key(kind);
+    let before = store
+        .get_setting(&key)
+        .await
+        .map_err(store_err)?
+        .and_then(|v| serde_json::from_str::<TimeoutSettings>(&v).ok());
+    let text = serde_json::to_string(t)
+        .map_err(|e| HubError::internal(format!("timeouts could not be encoded: {e}")))?;
+    store.set_setting(&key, &text).await.map_err(store_err)?;
+    audit(
+        store,
+        actor,
+        "provider.timeouts",
+        kind.name(),
+        None,
+        before.as_ref().and_then(json),
+        json(t),
+    )
+    .await?;
+    Ok(*t)
+}
+
 pub async fn delete_provider(
     store: &dyn Store,
     actor: &Actor,

@@ -3,10 +3,22 @@
 //!
 //! Labels are bounded on purpose: provider (the ten kinds + `none`), call status, error class (a
 //! fixed list + `other`). Per-credential and per-model figures are in the admin health report.
+//! The cost counters are the exception: they are labelled by model too, but a series exists only
+//! once a call of that model cost something, which needs a price in the price book (so the label
+//! set is bounded by the price book, not by what callers send).
+//!
+//! Costs are summed exactly (ledger units of 1e-10, `i128`) from the records the usage writer has
+//! committed, in the writer's task before the callers are answered: a caller that saw the end of
+//! its response finds its cost in `/metrics`, and the counters equal the sum of the committed
+//! records. They become decimal text only when rendered.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
 
 use crate::providers::ProviderKind;
 use crate::store::{CallStatus, UsageRecord};
@@ -140,8 +152,8 @@ pub struct Metrics {
     latency: [Histogram; NP],
     ttft: [Histogram; NP],
     tokens: [[AtomicU64; TOKEN_KINDS.len()]; NP],
-    /// Provider-reported cost, in billionths of a USD.
-    provider_cost_nano: [AtomicU64; NP],
+    /// Cost sums by billing mode, provider and model (see the module doc).
+    costs: Mutex<BTreeMap<CostKey, CostSums>>,
     retries: [AtomicU64; NP],
     /// Upstream attempts by outcome (`ok`, `failed`).
     attempts: [[AtomicU64; 2]; NP],
@@ -162,7 +174,7 @@ impl Default for Metrics {
             latency: std::array::from_fn(|_| Histogram::new()),
             ttft: std::array::from_fn(|_| Histogram::new()),
             tokens: std::array::from_fn(|_| counters()),
-            provider_cost_nano: counters(),
+            costs: Mutex::new(BTreeMap::new()),
             retries: counters(),
             attempts: std::array::from_fn(|_| counters()),
             streams_in_flight: AtomicI64::new(0),
@@ -208,17 +220,42 @@ impl Metrics {
                 t[i].fetch_add(n, Ordering::Relaxed);
             }
         }
-        if let Some(cost) = r
-            .provider_cost
-            .as_deref()
-            .and_then(|c| c.parse::<f64>().ok())
-            && cost.is_finite()
-            && cost > 0.0
-        {
-            self.provider_cost_nano[p].fetch_add((cost * 1e9) as u64, Ordering::Relaxed);
-        }
         if r.attempts > 1 {
             self.retries[p].fetch_add(u64::from(r.attempts - 1), Ordering::Relaxed);
+        }
+    }
+
+    /// Records just committed by the usage writer: their costs (see the module doc).
+    pub(crate) fn settled(&self, batch: &[UsageRecord]) {
+        let mut costs = self.costs.lock();
+        for r in batch {
+            let reported = r
+                .provider_cost
+                .as_deref()
+                .and_then(|c| c.trim().parse::<Decimal>().ok())
+                .filter(|d| !d.is_zero());
+            let b = &r.billing;
+            if b.cost_units == 0 && b.provider_cost_units == 0 && reported.is_none() {
+                continue;
+            }
+            let key = CostKey {
+                mode: b.mode.clone().unwrap_or_else(|| "none".to_string()),
+                provider: provider_label(provider_index(r.provider.as_deref())),
+                model: r
+                    .upstream_model
+                    .clone()
+                    .unwrap_or_else(|| r.requested_model.clone()),
+            };
+            let sums = costs.entry(key).or_default();
+            sums.cost_units += i128::from(b.cost_units);
+            sums.provider_cost_units += i128::from(b.provider_cost_units);
+            if let Some(d) = reported {
+                // A provider reporting an absurd amount must not take the writer down.
+                sums.reported_usd = sums
+                    .reported_usd
+                    .checked_add(d)
+                    .unwrap_or(sums.reported_usd);
+            }
         }
     }
 
@@ -315,20 +352,7 @@ impl Metrics {
                 );
             }
         }
-        head(
-            &mut o,
-            "aigne_hub_provider_cost_usd_total",
-            "counter",
-            "Cost reported by providers that report one (e.g. OpenRouter), in USD.",
-        );
-        for p in 0..NP {
-            let _ = writeln!(
-                o,
-                "aigne_hub_provider_cost_usd_total{{provider=\"{}\"}} {}",
-                provider_label(p),
-                self.provider_cost_nano[p].load(Ordering::Relaxed) as f64 / 1e9
-            );
-        }
+        self.render_costs(&mut o, &head);
         head(
             &mut o,
             "aigne_hub_retries_total",
@@ -388,6 +412,97 @@ impl Metrics {
         );
         o
     }
+
+    fn render_costs(&self, o: &mut String, head: &impl Fn(&mut String, &str, &str, &str)) {
+        let costs = self.costs.lock().clone();
+        head(
+            o,
+            "aigne_hub_cost_total",
+            "counter",
+            "What the hub's calls cost, from the price book, as settled on their usage records: \
+             credits charged in mode=\"credits\", the provider's list cost in USD in mode=\"internal\".",
+        );
+        for (k, v) in costs.iter().filter(|(_, v)| v.cost_units != 0) {
+            let _ = writeln!(
+                o,
+                "aigne_hub_cost_total{{mode=\"{}\",provider=\"{}\",model=\"{}\"}} {}",
+                escape(&k.mode),
+                k.provider,
+                escape(&k.model),
+                units_text(v.cost_units)
+            );
+        }
+        head(
+            o,
+            "aigne_hub_provider_cost_usd_total",
+            "counter",
+            "The providers' list cost of the hub's calls in USD (price book unit costs), in every billing mode.",
+        );
+        let mut provider_cost: BTreeMap<(&str, &str), i128> = BTreeMap::new();
+        for (k, v) in &costs {
+            *provider_cost.entry((k.provider, &k.model)).or_default() += v.provider_cost_units;
+        }
+        for ((p, m), units) in provider_cost.into_iter().filter(|(_, u)| *u != 0) {
+            let _ = writeln!(
+                o,
+                "aigne_hub_provider_cost_usd_total{{provider=\"{p}\",model=\"{}\"}} {}",
+                escape(m),
+                units_text(units)
+            );
+        }
+        head(
+            o,
+            "aigne_hub_provider_reported_cost_usd_total",
+            "counter",
+            "Cost the providers themselves reported (e.g. OpenRouter's usage.cost), in USD.",
+        );
+        let mut reported: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
+        for (k, v) in &costs {
+            let sum = reported.entry((k.provider, &k.model)).or_default();
+            *sum = sum.checked_add(v.reported_usd).unwrap_or(*sum);
+        }
+        for ((p, m), usd) in reported.into_iter().filter(|(_, d)| !d.is_zero()) {
+            let _ = writeln!(
+                o,
+                "aigne_hub_provider_reported_cost_usd_total{{provider=\"{p}\",model=\"{}\"}} {}",
+                escape(m),
+                usd.normalize()
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CostKey {
+    mode: String,
+    provider: &'static str,
+    model: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CostSums {
+    /// Ledger units (1e-10) of `Billing::cost_units`.
+    cost_units: i128,
+    /// Ledger units (1e-10 USD) of `Billing::provider_cost_units`.
+    provider_cost_units: i128,
+    /// `UsageRecord::provider_cost`, summed.
+    reported_usd: Decimal,
+}
+
+/// Ledger units as exact decimal text (`1234500000` -> `0.12345`).
+fn units_text(units: i128) -> String {
+    match Decimal::try_from_i128_with_scale(units, crate::pricing::DP) {
+        Ok(d) => d.normalize().to_string(),
+        // Beyond 96 bits (about 7.9e18 credits): only then a float.
+        Err(_) => format!("{:e}", units as f64 / 1e10),
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -407,6 +522,90 @@ mod tests {
         assert!(s.contains("x_bucket{p=\"a\",le=\"600\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{p=\"a\",le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count{p=\"a\"} 3\n"), "{s}");
+    }
+
+    fn record(
+        mode: &str,
+        provider: &str,
+        model: &str,
+        cost: i64,
+        provider_cost: i64,
+    ) -> UsageRecord {
+        UsageRecord {
+            id: "r".into(),
+            created_at_ms: 0,
+            client_request_id: None,
+            principal: "k".into(),
+            user_id: "u".into(),
+            team_id: None,
+            app: None,
+            ingress: "openai".into(),
+            endpoint: "chat".into(),
+            requested_model: model.into(),
+            provider: Some(provider.into()),
+            credential: None,
+            upstream_model: Some(model.into()),
+            stream: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            images: 0,
+            estimated: false,
+            latency_ms: 0,
+            ttfb_ms: None,
+            status: CallStatus::Success,
+            http_status: 200,
+            error_class: None,
+            error_message: None,
+            provider_cost: None,
+            attempts: 1,
+            billing: crate::store::Billing {
+                mode: Some(mode.into()),
+                cost_units: cost,
+                provider_cost_units: provider_cost,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn costs_are_summed_exactly_and_rendered_as_decimals() {
+        let m = Metrics::default();
+        // 0.1 + 0.2 credits: exact, unlike f64.
+        m.settled(&[
+            record("credits", "openai", "gpt-4o", 1_000_000_000, 3),
+            record("credits", "openai", "gpt-4o", 2_000_000_000, 4),
+            record("internal", "anthropic", "claude-\"x\"", 5, 5),
+            record("credits", "openai", "free-model", 0, 0),
+        ]);
+        let mut reported = record("credits", "openrouter", "openai/gpt-4o", 0, 0);
+        reported.provider_cost = Some("0.000123".into());
+        m.settled(&[reported]);
+        let s = m.render((0, 0));
+        assert!(
+            s.contains(
+                "aigne_hub_cost_total{mode=\"credits\",provider=\"openai\",model=\"gpt-4o\"} 0.3\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("aigne_hub_cost_total{mode=\"internal\",provider=\"anthropic\",model=\"claude-\\\"x\\\"\"} 0.0000000005\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("aigne_hub_provider_cost_usd_total{provider=\"openai\",model=\"gpt-4o\"} 0.0000000007\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("aigne_hub_provider_reported_cost_usd_total{provider=\"openrouter\",model=\"openai/gpt-4o\"} 0.000123\n"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("free-model"),
+            "a call that cost nothing adds no series: {s}"
+        );
     }
 
     #[test]

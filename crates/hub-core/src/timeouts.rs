@@ -2,9 +2,15 @@
 //! `HUB_TIMEOUT_{CONNECT,TTFB,IDLE,TOTAL}_MS`, per provider `<PREFIX>_TIMEOUT_{..}_MS`
 //! (`OPENAI_TIMEOUT_TTFB_MS`, `OPEN_ROUTER_TIMEOUT_IDLE_MS`, ...), and `HUB_BREAKER_*`,
 //! `HUB_AUTH_RECHECK_*`, `HUB_RATE_LIMIT_COOLDOWN_MS`.
+//!
+//! Per-provider timeouts can also be stored (admin API `PUT /api/admin/providers/{name}/timeouts`,
+//! CLI `aigne-hub admin provider timeouts`), as the setting `provider.<name>.timeouts`. Precedence
+//! per field: stored > provider env > `HUB_TIMEOUT_*` env > default.
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::health::HealthConfig;
 use crate::providers::ProviderKind;
@@ -57,6 +63,101 @@ impl Timeouts {
     }
 }
 
+/// The longest timeout that can be stored (24 hours).
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Per-provider timeouts as stored and as the admin API and CLI take them, in milliseconds; an
+/// absent field keeps the environment's value (or the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TimeoutSettings {
+    /// TCP + TLS connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    /// Per attempt: until the first stream event, or the whole answer of a non-streaming call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<u64>,
+    /// Between two stream events once the stream started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// The whole call: every attempt, and the stream until its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+impl TimeoutSettings {
+    /// The setting key a provider's stored timeouts live under.
+    pub fn key(kind: ProviderKind) -> String {
+        format!("provider.{}.timeouts", kind.name())
+    }
+
+    /// Every field 1 ms ..= 24 h; connect and first-byte no longer than total when both are set.
+    /// The error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (name, v) in [
+            ("connect_ms", self.connect_ms),
+            ("ttfb_ms", self.ttfb_ms),
+            ("idle_ms", self.idle_ms),
+            ("total_ms", self.total_ms),
+        ] {
+            if let Some(ms) = v
+                && !(1..=MAX_TIMEOUT_MS).contains(&ms)
+            {
+                return Err((
+                    name,
+                    format!("`{name}` must be 1 to {MAX_TIMEOUT_MS} milliseconds, got {ms}"),
+                ));
+            }
+        }
+        if let Some(total) = self.total_ms {
+            for (name, v) in [("connect_ms", self.connect_ms), ("ttfb_ms", self.ttfb_ms)] {
+                if let Some(ms) = v
+                    && ms > total
+                {
+                    return Err((
+                        name,
+                        format!("`{name}` ({ms}) cannot be longer than `total_ms` ({total})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn overrides(&self) -> TimeoutOverrides {
+        let d = |v: Option<u64>| v.map(Duration::from_millis);
+        TimeoutOverrides {
+            connect: d(self.connect_ms),
+            ttfb: d(self.ttfb_ms),
+            idle: d(self.idle_ms),
+            total: d(self.total_ms),
+        }
+    }
+
+    /// All four fields set: the timeouts in force.
+    pub fn of(t: &Timeouts) -> TimeoutSettings {
+        let ms = |d: Duration| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        TimeoutSettings {
+            connect_ms: ms(t.connect),
+            ttfb_ms: ms(t.ttfb),
+            idle_ms: ms(t.idle),
+            total_ms: ms(t.total),
+        }
+    }
+}
+
+/// A provider's timeouts (`GET/PUT /api/admin/providers/{name}/timeouts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderTimeouts {
+    pub provider: String,
+    /// Stored by an administrator (absent fields: not stored).
+    pub stored: TimeoutSettings,
+    /// In force now: stored > the provider's env > `HUB_TIMEOUT_*` > default.
+    pub effective: TimeoutSettings,
+}
+
 fn millis(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<Duration>, String> {
     match get(name) {
         None => Ok(None),
@@ -95,6 +196,17 @@ pub fn timeouts_from_env(
         }
     }
     Ok((global, per))
+}
+
+/// `HUB_EXTRA_CA_FILE`: the PEM bundle of extra root certificates for upstream TLS, read from
+/// the file it names (unset: none).
+pub fn extra_ca_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Vec<u8>>, String> {
+    match get("HUB_EXTRA_CA_FILE").filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(path) => std::fs::read(path.trim())
+            .map(Some)
+            .map_err(|e| format!("HUB_EXTRA_CA_FILE `{path}`: {e}")),
+    }
 }
 
 /// Health tunables from an environment lookup (unset: defaults).
@@ -144,6 +256,61 @@ mod tests {
         assert_eq!(or.ttfb, Duration::from_millis(9000));
         assert_eq!(or.idle, Duration::from_millis(700));
         assert_eq!(per.len(), 1);
+    }
+
+    #[test]
+    fn stored_settings_are_validated() {
+        let ok = TimeoutSettings {
+            ttfb_ms: Some(500),
+            total_ms: Some(500),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        assert!(TimeoutSettings::default().validate().is_ok());
+        for (bad, field) in [
+            (
+                TimeoutSettings {
+                    idle_ms: Some(0),
+                    ..Default::default()
+                },
+                "idle_ms",
+            ),
+            (
+                TimeoutSettings {
+                    connect_ms: Some(MAX_TIMEOUT_MS + 1),
+                    ..Default::default()
+                },
+                "connect_ms",
+            ),
+            (
+                TimeoutSettings {
+                    ttfb_ms: Some(900),
+                    total_ms: Some(800),
+                    ..Default::default()
+                },
+                "ttfb_ms",
+            ),
+        ] {
+            assert_eq!(bad.validate().err().map(|e| e.0), Some(field), "{bad:?}");
+        }
+        // Stored over env over global, field by field.
+        let env = TimeoutOverrides {
+            ttfb: Some(Duration::from_secs(9)),
+            idle: Some(Duration::from_secs(8)),
+            ..Default::default()
+        };
+        let stored = TimeoutSettings {
+            ttfb_ms: Some(250),
+            ..Default::default()
+        };
+        let t = Timeouts::default()
+            .with(Some(&env))
+            .with(Some(&stored.overrides()));
+        assert_eq!(t.ttfb, Duration::from_millis(250));
+        assert_eq!(t.idle, Duration::from_secs(8));
+        assert_eq!(t.total, Timeouts::default().total);
+        let unknown = serde_json::from_str::<TimeoutSettings>(r#"{"ttfb":5}"#);
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::hooks::UsageObserver;
+use crate::metrics::Metrics;
 use crate::store::{Store, UsageRecord};
 
 const MAX_BATCH: usize = 512;
@@ -46,8 +47,18 @@ impl UsageWriter {
         store: Arc<dyn Store>,
         observer: Option<Arc<dyn UsageObserver>>,
     ) -> (UsageWriter, JoinHandle<()>) {
+        Self::start_metered(store, observer, None)
+    }
+
+    /// Like `start_with_observer`; `metrics` gets the costs of every committed batch before its
+    /// waiters are answered (so `/metrics` includes a call whose caller saw its end).
+    pub(crate) fn start_metered(
+        store: Arc<dyn Store>,
+        observer: Option<Arc<dyn UsageObserver>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> (UsageWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(run(store, rx, observer));
+        let handle = tokio::spawn(run(store, rx, observer, metrics));
         (UsageWriter { tx: Some(tx) }, handle)
     }
 
@@ -110,6 +121,7 @@ async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
     observer: Option<Arc<dyn UsageObserver>>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(MAX_BATCH);
@@ -140,6 +152,11 @@ async fn run(
                     tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
                 }
             }
+        }
+        if result.is_ok()
+            && let Some(m) = &metrics
+        {
+            m.settled(&records);
         }
         for job in batch.drain(..) {
             if let Some(done) = job.done {

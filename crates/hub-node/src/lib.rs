@@ -205,6 +205,8 @@ impl NativeHub {
         opts.provider_timeouts = per_provider;
         opts.health = hub_core::timeouts::health_from_env(|k| env.get(k).cloned())
             .map_err(|e| invalid(HubError::invalid(e)))?;
+        opts.extra_ca_pem = hub_core::timeouts::extra_ca_from_env(|k| env.get(k).cloned())
+            .map_err(|e| invalid(HubError::invalid(e)))?;
         opts.timeouts.connect = ms(options.connect_timeout_ms, opts.timeouts.connect);
         opts.timeouts.ttfb = ms(options.request_timeout_ms, opts.timeouts.ttfb);
         opts.reload_interval = ms(options.reload_interval_ms, opts.reload_interval);

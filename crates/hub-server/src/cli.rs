@@ -121,6 +121,23 @@ pub enum ProviderCommand {
         #[arg(long)]
         name: String,
     },
+    /// Show or change a provider's stored timeouts (milliseconds). Fields not given keep their
+    /// stored value; `--clear` drops every stored value first (the environment's apply again).
+    /// Running servers apply the change within a second.
+    Timeouts {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        connect_ms: Option<u64>,
+        #[arg(long)]
+        ttfb_ms: Option<u64>,
+        #[arg(long)]
+        idle_ms: Option<u64>,
+        #[arg(long)]
+        total_ms: Option<u64>,
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,13 +205,15 @@ pub fn hub_options(data_dir: PathBuf, public_url: Option<String>) -> HubOptions 
     opts
 }
 
-/// Timeouts and health tunables from the environment (`HUB_TIMEOUT_*_MS`,
-/// `<PREFIX>_TIMEOUT_*_MS`, `HUB_BREAKER_*`, `HUB_AUTH_RECHECK_*`, ...). Bad values stop the start.
+/// Timeouts, health tunables and upstream TLS roots from the environment (`HUB_TIMEOUT_*_MS`,
+/// `<PREFIX>_TIMEOUT_*_MS`, `HUB_BREAKER_*`, `HUB_AUTH_RECHECK_*`, `HUB_EXTRA_CA_FILE`, ...). Bad
+/// values stop the start.
 pub fn resilience_from_env(opts: &mut HubOptions) -> Result<(), String> {
     let (timeouts, per) = hub_core::timeouts::timeouts_from_env(|k| std::env::var(k).ok())?;
     opts.timeouts = timeouts;
     opts.provider_timeouts = per;
     opts.health = hub_core::timeouts::health_from_env(|k| std::env::var(k).ok())?;
+    opts.extra_ca_pem = hub_core::timeouts::extra_ca_from_env(|k| std::env::var(k).ok())?;
     Ok(())
 }
 
@@ -333,6 +352,52 @@ async fn run_admin(
                     ));
                 }
             }
+        }
+        AdminCommand::Provider(ProviderCommand::Timeouts {
+            name,
+            connect_ms,
+            ttfb_ms,
+            idle_ms,
+            total_ms,
+            clear,
+        }) => {
+            use hub_core::timeouts::TimeoutSettings;
+            let kind = parse_provider(&name)?;
+            let key = TimeoutSettings::key(kind);
+            let stored = store
+                .get_setting(&key)
+                .await
+                .map_err(e)?
+                .and_then(|v| serde_json::from_str::<TimeoutSettings>(&v).ok())
+                .unwrap_or_default();
+            let changing = clear
+                || [connect_ms, ttfb_ms, idle_ms, total_ms]
+                    .iter()
+                    .any(Option::is_some);
+            let shown = if changing {
+                let base = if clear {
+                    TimeoutSettings::default()
+                } else {
+                    stored
+                };
+                let next = TimeoutSettings {
+                    connect_ms: connect_ms.or(base.connect_ms),
+                    ttfb_ms: ttfb_ms.or(base.ttfb_ms),
+                    idle_ms: idle_ms.or(base.idle_ms),
+                    total_ms: total_ms.or(base.total_ms),
+                };
+                hub_core::iam::set_provider_timeouts(
+                    store.as_ref(),
+                    &hub_core::iam::Actor::cli(),
+                    kind,
+                    &next,
+                )
+                .await
+                .map_err(|e| e.message)?
+            } else {
+                stored
+            };
+            out.line(&serde_json::to_string(&shown).map_err(|e| e.to_string())?);
         }
         AdminCommand::Provider(ProviderCommand::Remove { name }) => {
             let kind = parse_provider(&name)?;

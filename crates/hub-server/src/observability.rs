@@ -8,9 +8,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::admin::auth::{AdminCaller, AdminError};
+use crate::admin::auth::{AdminCaller, AdminError, ErrorBody};
 
-/// `GET /api/admin/health`.
+/// Health learned from traffic, per provider, credential and model: state (breakers, cool-downs,
+/// disabled credentials), last error, latency, success rate, and the provider's timeouts in force.
+/// Owner or an admin without a team.
+#[utoipa::path(get, path = "/api/admin/health", tag = "operations",
+    responses((status = 200, body = hub_core::health::HealthReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn health(
     State(st): State<AppState>,
     AdminCaller(caller): AdminCaller,
@@ -19,7 +23,13 @@ pub async fn health(
     Ok(axum::Json(st.hub.health_report()).into_response())
 }
 
-/// `GET /metrics`.
+/// Prometheus metrics in the text exposition format (version 0.0.4): requests, errors by class,
+/// latency and time-to-first-token histograms, tokens, cost (`aigne_hub_cost_total`,
+/// `aigne_hub_provider_cost_usd_total`), retries, open circuits, streams in flight. Owner or an
+/// admin without a team (Prometheus sends the API key as a bearer credential).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn metrics(
     State(st): State<AppState>,
     AdminCaller(caller): AdminCaller,

@@ -38,10 +38,9 @@ pub fn app(state: AppState, opts: &ServerOptions) -> Router {
         // `@blocklet/aigne-hub` reads the second.
         .route("/api/ai-providers/models", get(aigne::models))
         .route("/api/user/info", get(aigne::user_info))
+        // /api/admin/*, /api/me/*, /api/openapi.json, and the admin-only operations
+        // (/api/admin/health, /metrics): registered with their OpenAPI annotations in admin/mod.rs.
         .merge(crate::admin::router())
-        // Operations (admin only)
-        .route("/api/admin/health", get(crate::observability::health))
-        .route("/metrics", get(crate::observability::metrics))
         .fallback(not_found)
         .layer(axum::middleware::map_response(ensure_request_id))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))

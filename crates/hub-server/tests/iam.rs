@@ -769,12 +769,15 @@ async fn every_api_route_is_in_the_openapi_document() -> TestResult {
         ("/api/admin/audit", &["get"]),
         ("/api/admin/providers", &["get"]),
         ("/api/admin/providers/{name}", &["put", "delete"]),
+        ("/api/admin/providers/{name}/timeouts", &["get", "put"]),
         ("/api/admin/credentials", &["get", "post"]),
         ("/api/admin/credentials/{id}", &["patch", "delete"]),
         ("/api/admin/credentials/{id}/test", &["post"]),
         ("/api/me/keys", &["get", "post"]),
         ("/api/me/keys/{id}/revoke", &["post"]),
         ("/api/me/usage", &["get"]),
+        ("/api/admin/health", &["get"]),
+        ("/metrics", &["get"]),
     ];
     for (path, methods) in want {
         for m in *methods {
@@ -791,6 +794,20 @@ async fn every_api_route_is_in_the_openapi_document() -> TestResult {
         paths.keys().collect::<Vec<_>>()
     );
     assert!(r.body["components"]["schemas"]["KeyPolicy"].is_object());
+    // The operational routes carry their response schemas.
+    assert!(r.body["components"]["schemas"]["HealthReport"].is_object());
+    assert_eq!(
+        r.body["paths"]["/api/admin/health"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/HealthReport"
+    );
+    assert!(
+        r.body["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+            .get("text/plain; version=0.0.4")
+            .is_some(),
+        "{}",
+        r.body["paths"]["/metrics"]
+    );
     Ok(())
 }
 

@@ -307,3 +307,298 @@ async fn outbound_calls_go_through_https_proxy() {
     );
     let _ = child.kill().await;
 }
+
+/// `aigne_hub_cost_total` / `aigne_hub_provider_cost_usd_total` samples of a `/metrics` text, by
+/// (metric, mode or "", provider, model), exact decimals.
+fn cost_samples(
+    text: &str,
+) -> std::collections::BTreeMap<(String, String, String, String), rust_decimal::Decimal> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        if name != "aigne_hub_cost_total" && name != "aigne_hub_provider_cost_usd_total" {
+            continue;
+        }
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('}').trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        out.insert(
+            (
+                name.to_string(),
+                label("mode"),
+                label("provider"),
+                label("model"),
+            ),
+            value.parse().unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn cost_counters_equal_the_sum_of_the_usage_records() {
+    use hub_core::hub::billing_keys;
+    use hub_core::pricing::{BillingMode, from_units};
+    use hub_testkit::Usage;
+
+    let mock = MockServer::start_with_key(Flavor::OpenAi, PROVIDER_KEY).await;
+    let srv = start(&mock, |o| {
+        o.billing.mode = BillingMode::Credits;
+        o.billing.starter_credits = "1000".parse().unwrap();
+        o.billing.max_output_tokens = 100;
+    })
+    .await;
+    let http = client();
+    let call = |model: &'static str, stream: bool| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", srv.base);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(ADMIN)
+                .json(&json!({"model": model, "stream": stream,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let _ = r.text().await.unwrap();
+            status
+        }
+    };
+    // Credits mode: two models at list price (built-in price book), stream and not, one failure.
+    mock.push(Script::text("one").with_usage(Usage::new(1234, 56)));
+    assert_eq!(call("openai/gpt-4o-mini", false).await, 200);
+    mock.push(Script::text("two three").with_usage(Usage::new(777, 9)));
+    assert_eq!(call("openai/gpt-4o-mini", true).await, 200);
+    mock.push(Script::text("four").with_usage(Usage::new(100_003, 17)));
+    assert_eq!(call("openai/gpt-4o", false).await, 200);
+    mock.push(Script::error(400));
+    assert_eq!(call("openai/gpt-4o", false).await, 400);
+    // Internal mode (switched live): the provider's list cost.
+    srv.hub
+        .store()
+        .set_setting(billing_keys::MODE, "internal")
+        .await
+        .unwrap();
+    srv.hub.reload_if_changed().await.unwrap();
+    mock.push(Script::text("five").with_usage(Usage::new(31, 7)));
+    assert_eq!(call("openai/gpt-4o-mini", false).await, 200);
+
+    let text = http
+        .get(format!("{}/metrics", srv.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# TYPE aigne_hub_cost_total counter"),
+        "{text}"
+    );
+    let got = cost_samples(&text);
+
+    let mut want = std::collections::BTreeMap::new();
+    for r in srv.hub.store().list_usage(100).await.unwrap() {
+        let model = r.upstream_model.clone().unwrap_or_default();
+        let provider = r.provider.clone().unwrap_or_default();
+        let b = &r.billing;
+        if b.cost_units != 0 {
+            *want
+                .entry((
+                    "aigne_hub_cost_total".to_string(),
+                    b.mode.clone().unwrap(),
+                    provider.clone(),
+                    model.clone(),
+                ))
+                .or_insert(rust_decimal::Decimal::ZERO) += from_units(b.cost_units);
+        }
+        if b.provider_cost_units != 0 {
+            *want
+                .entry((
+                    "aigne_hub_provider_cost_usd_total".to_string(),
+                    String::new(),
+                    provider,
+                    model,
+                ))
+                .or_insert(rust_decimal::Decimal::ZERO) += from_units(b.provider_cost_units);
+        }
+    }
+    let modes: std::collections::BTreeSet<&str> = want.keys().map(|k| k.1.as_str()).collect();
+    assert!(
+        modes.contains("credits") && modes.contains("internal"),
+        "{want:?}"
+    );
+    assert_eq!(want.len(), 5, "{want:?}");
+    assert_eq!(got, want, "{text}");
+}
+
+async fn put_timeouts(srv: &Server, key: &str, provider: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .put(format!(
+            "{}/api/admin/providers/{provider}/timeouts",
+            srv.base
+        ))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// One non-streaming call; (status, how long it took).
+async fn timed_call(srv: &Server) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", srv.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let _ = r.text().await;
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn provider_timeouts_changed_through_the_api_and_cli_apply_to_a_running_server() {
+    let mock = MockServer::start_with_key(Flavor::OpenAi, PROVIDER_KEY).await;
+    // The provider's env says 20 s to the first byte; every answer here takes 3 s.
+    let srv = start(&mock, |o| {
+        o.provider_timeouts.insert(
+            ProviderKind::OpenAi,
+            hub_core::timeouts::TimeoutOverrides {
+                ttfb: Some(Duration::from_secs(20)),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    mock.register_scenario(
+        "gpt-4o-mini",
+        Script::text("late").with_first_byte_delay_ms(3000),
+    );
+
+    // Nonsense is refused with the field named; nothing is stored.
+    for (body, param) in [
+        (json!({"ttfb_ms": 0}), Some("ttfb_ms")),
+        (json!({"idle_ms": 86_400_001u64}), Some("idle_ms")),
+        (json!({"ttfb_ms": 5000, "total_ms": 1000}), Some("ttfb_ms")),
+        (json!({"ttfb_ms": "soon"}), None),
+        (json!({"ttfb_ms": -5}), None),
+        (json!({"first_byte": 5}), None),
+    ] {
+        let (status, err) = put_timeouts(&srv, ADMIN, "openai", body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+        if let Some(p) = param {
+            assert!(
+                err["error"]["message"].as_str().unwrap().contains(p),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(put_timeouts(&srv, ADMIN, "nosuch", json!({})).await.0, 404);
+    let member = member_key(&srv.hub).await;
+    assert_eq!(
+        put_timeouts(&srv, &member, "openai", json!({"ttfb_ms": 1}))
+            .await
+            .0,
+        403
+    );
+
+    // Through the API: stored beats the env, and the stalled mock now times out at 400 ms.
+    let (status, view) = put_timeouts(&srv, ADMIN, "openai", json!({"ttfb_ms": 400})).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["stored"], json!({"ttfb_ms": 400}));
+    assert_eq!(view["effective"]["ttfb_ms"], 400);
+    assert_eq!(view["effective"]["connect_ms"], 10_000);
+    let (status, took) = timed_call(&srv).await;
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(380) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    let health: Value = client()
+        .get(format!("{}/api/admin/health", srv.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["providers"][0]["timeouts"]["ttfb_ms"], 400,
+        "{health}"
+    );
+
+    // Through the CLI, a separate process writing to the data dir: noticed within a second.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aigne-hub"))
+        .args([
+            "admin",
+            "provider",
+            "timeouts",
+            "--name",
+            "openai",
+            "--ttfb-ms",
+            "1200",
+        ])
+        .env("HUB_DATA_DIR", srv._dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, json!({"ttfb_ms": 1200}));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, took) = timed_call(&srv).await;
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(1150) && took < Duration::from_millis(2800),
+        "{took:?}"
+    );
+
+    // Cleared: the env's 20 s applies again and the slow answer gets through.
+    let (status, view) = put_timeouts(&srv, ADMIN, "openai", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["effective"]["ttfb_ms"], 20_000);
+    let (status, took) = timed_call(&srv).await;
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(2900), "{took:?}");
+
+    let audit: Vec<String> = srv
+        .hub
+        .store()
+        .list_audit(&hub_core::store::iam::AuditQuery {
+            limit: 10,
+            action: Some("provider.timeouts".into()),
+            actor_user_id: None,
+            team_id: None,
+            since_ms: None,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.actor_user_id)
+        .collect();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert!(audit.contains(&"cli".to_string()), "{audit:?}");
+}

@@ -197,8 +197,9 @@ impl Hub {
                 attempted.provider = Some(inst.kind);
                 attempted.credential = Some(cred.id.clone());
                 attempted.upstream_model = Some(upstream_model.clone());
+                let http = self.client(inst.kind);
                 let up = Upstream {
-                    http: self.client(inst.kind),
+                    http: &http,
                     base_url: &inst.base_url,
                     credential: &cred.secret,
                     model: upstream_model,

@@ -168,9 +168,8 @@ struct Inner {
     writer_task: Mutex<Option<JoinHandle<()>>>,
     reloader: Mutex<Option<JoinHandle<()>>>,
     env_providers: Vec<EnvProvider>,
-    /// Fallback pool (every provider has its own in `clients`).
-    http: reqwest::Client,
-    clients: HashMap<ProviderKind, reqwest::Client>,
+    /// One upstream connection pool per provider.
+    clients: resilience::Clients,
     catalog: Catalog,
     public_url: Option<String>,
     version: AtomicI64,
@@ -232,14 +231,16 @@ impl Hub {
             &opts.public_url,
         )
         .await?;
-        let clients = resilience::build_clients(&opts.timeouts, &opts.provider_timeouts)?;
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(opts.timeouts.connect)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| OpenError::Http(e.to_string()))?;
+        let clients = resilience::Clients::new(
+            &opts.timeouts,
+            |k| {
+                opts.timeouts
+                    .with(opts.provider_timeouts.get(&k))
+                    .with(snapshot.stored_timeouts.get(&k))
+                    .connect
+            },
+            opts.extra_ca_pem.as_deref(),
+        )?;
         let unauthenticated_as = unauthenticated_principal(&opts, &snapshot)?;
         let key_budgets = budgets::load_budgets(
             store.as_ref(),
@@ -256,8 +257,13 @@ impl Hub {
         }
         let mut key_opts = HubOptions::new(opts.data_dir.clone());
         key_opts.master_key = opts.master_key.clone();
+        let metrics = Arc::new(Metrics::default());
         let (writer, writer_task) = if opts.switches.usage_log {
-            let (w, t) = UsageWriter::start_with_observer(store.clone(), opts.hooks.usage.clone());
+            let (w, t) = UsageWriter::start_metered(
+                store.clone(),
+                opts.hooks.usage.clone(),
+                Some(metrics.clone()),
+            );
             (w, Some(t))
         } else {
             (UsageWriter::off(), None)
@@ -277,7 +283,6 @@ impl Hub {
             writer_task: Mutex::new(writer_task),
             reloader: Mutex::new(None),
             env_providers: opts.env_providers,
-            http,
             clients,
             catalog: Catalog::builtin(),
             public_url: opts.public_url,
@@ -293,7 +298,7 @@ impl Hub {
             timeouts: opts.timeouts,
             provider_timeouts: opts.provider_timeouts,
             health: Health::new(opts.health),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             billing: ArcSwap::from_pointee(billing_cfg),
             billing_defaults: opts.billing,
             ledger,
@@ -362,6 +367,9 @@ impl Hub {
         .await?;
         self.inner.budgets.store(Arc::new(key_budgets));
         self.inner.snapshot.store(Arc::new(snap));
+        if let Err(e) = self.refresh_clients() {
+            tracing::error!(error = %e, "rebuilding upstream clients failed; keeping the previous ones");
+        }
         self.reload_billing().await?;
         self.inner.version.store(v, Ordering::Release);
         tracing::info!(version = v, "configuration reloaded");

@@ -112,8 +112,9 @@ impl Hub {
             max_tokens: Some(16),
             ..ChatRequest::default()
         };
+        let http = self.client(kind);
         let up = Upstream {
-            http: self.client(kind),
+            http: &http,
             base_url: &base_url,
             credential: &secret,
             model: &model,

@@ -8,47 +8,157 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use arc_swap::ArcSwap;
+
+use super::snapshot::Snapshot;
 use super::{Hub, OpenError};
 use crate::error::{ErrorClass, ProviderError};
 use crate::health::{CredHealth, Effect, HealthReport, ProviderHealth};
 use crate::providers::{CredentialSecret, EventStream, ProviderKind, Upstream};
 use crate::store::UsageRecord;
-use crate::timeouts::{TimeoutOverrides, Timeouts};
+use crate::timeouts::{TimeoutSettings, Timeouts};
 
-/// Builds one connection pool per provider (its own connect timeout; HTTP/2 negotiated by ALPN
-/// over TLS where the provider speaks it, HTTP/1.1 otherwise; TLS by rustls). Proxies come from
-/// the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as reqwest reads them.
-pub(crate) fn build_clients(
-    global: &Timeouts,
-    per: &HashMap<ProviderKind, TimeoutOverrides>,
-) -> Result<HashMap<ProviderKind, reqwest::Client>, OpenError> {
-    let mut out = HashMap::new();
-    for kind in ProviderKind::ALL {
-        let t = global.with(per.get(&kind));
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(t.connect)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .http2_adaptive_window(true)
-            .build()
-            .map_err(|e| OpenError::Http(e.to_string()))?;
-        out.insert(kind, client);
+/// The upstream clients: one connection pool per provider, each with the provider's connect
+/// timeout. HTTP/2 is negotiated by ALPN over TLS where the upstream speaks it (HTTP/1.1
+/// otherwise); TLS by rustls with the built-in web roots plus `HUB_EXTRA_CA_FILE`. Proxies come
+/// from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as reqwest reads
+/// them. A provider's pool is rebuilt only when its connect timeout changes (stored timeouts).
+pub(crate) struct Clients {
+    extra_roots: Vec<reqwest::Certificate>,
+    pools: ArcSwap<HashMap<ProviderKind, (Duration, reqwest::Client)>>,
+    /// For anything not tied to a provider.
+    pub(crate) fallback: reqwest::Client,
+}
+
+impl Clients {
+    /// `extra_ca_pem`: a PEM bundle of extra roots (at least one certificate).
+    pub(crate) fn new(
+        global: &Timeouts,
+        connect: impl Fn(ProviderKind) -> Duration,
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<Clients, OpenError> {
+        let extra_roots = match extra_ca_pem {
+            None => Vec::new(),
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                    OpenError::Http(format!(
+                        "HUB_EXTRA_CA_FILE: not a PEM certificate bundle: {e}"
+                    ))
+                })?;
+                if certs.is_empty() {
+                    return Err(OpenError::Config(
+                        "HUB_EXTRA_CA_FILE: no certificate in the file",
+                    ));
+                }
+                certs
+            }
+        };
+        let mut pools = HashMap::new();
+        for kind in ProviderKind::ALL {
+            let c = connect(kind);
+            pools.insert(kind, (c, build_client(c, &extra_roots)?));
+        }
+        Ok(Clients {
+            fallback: build_client(global.connect, &extra_roots)?,
+            extra_roots,
+            pools: ArcSwap::from_pointee(pools),
+        })
     }
-    Ok(out)
+
+    pub(crate) fn get(&self, kind: ProviderKind) -> reqwest::Client {
+        self.pools
+            .load()
+            .get(&kind)
+            .map_or_else(|| self.fallback.clone(), |(_, c)| c.clone())
+    }
+
+    /// Rebuilds the pools whose connect timeout changed.
+    pub(crate) fn refresh(
+        &self,
+        connect: impl Fn(ProviderKind) -> Duration,
+    ) -> Result<(), OpenError> {
+        let current = self.pools.load();
+        if ProviderKind::ALL
+            .iter()
+            .all(|k| current.get(k).is_some_and(|(c, _)| *c == connect(*k)))
+        {
+            return Ok(());
+        }
+        let mut next = HashMap::new();
+        for kind in ProviderKind::ALL {
+            let c = connect(kind);
+            let client = match current.get(&kind) {
+                Some((old, client)) if *old == c => client.clone(),
+                _ => build_client(c, &self.extra_roots)?,
+            };
+            next.insert(kind, (c, client));
+        }
+        self.pools.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+fn build_client(
+    connect: Duration,
+    extra_roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, OpenError> {
+    let mut b = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(connect)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .http2_adaptive_window(true);
+    for c in extra_roots {
+        b = b.add_root_certificate(c.clone());
+    }
+    b.build().map_err(|e| OpenError::Http(e.to_string()))
 }
 
 impl Hub {
     /// The provider's connection pool.
-    pub(crate) fn client(&self, kind: ProviderKind) -> &reqwest::Client {
-        self.inner.clients.get(&kind).unwrap_or(&self.inner.http)
+    pub(crate) fn client(&self, kind: ProviderKind) -> reqwest::Client {
+        self.inner.clients.get(kind)
     }
 
-    /// Timeouts for calls to `kind` (global with the provider's overrides).
+    /// Timeouts for calls to `kind`, field by field: stored (admin API / CLI) > the provider's
+    /// env > `HUB_TIMEOUT_*` > default.
     pub(crate) fn timeouts_for(&self, kind: ProviderKind) -> Timeouts {
+        let snap = self.inner.snapshot.load();
+        self.timeouts_in(&snap, kind)
+    }
+
+    fn timeouts_in(&self, snap: &Snapshot, kind: ProviderKind) -> Timeouts {
         self.inner
             .timeouts
             .with(self.inner.provider_timeouts.get(&kind))
+            .with(snap.stored_timeouts.get(&kind))
+    }
+
+    /// After a reload: pools whose connect timeout changed are rebuilt.
+    pub(crate) fn refresh_clients(&self) -> Result<(), OpenError> {
+        let snap = self.inner.snapshot.load();
+        self.inner
+            .clients
+            .refresh(|k| self.timeouts_in(&snap, k).connect)
+    }
+
+    /// A provider's timeouts: what is stored, and what is in force.
+    pub async fn provider_timeouts(
+        &self,
+        kind: ProviderKind,
+    ) -> Result<crate::timeouts::ProviderTimeouts, crate::store::StoreError> {
+        let stored = self
+            .inner
+            .store
+            .get_setting(&TimeoutSettings::key(kind))
+            .await?
+            .and_then(|t| serde_json::from_str::<TimeoutSettings>(&t).ok())
+            .unwrap_or_default();
+        Ok(crate::timeouts::ProviderTimeouts {
+            provider: kind.name().to_string(),
+            stored,
+            effective: TimeoutSettings::of(&self.timeouts_for(kind)),
+        })
     }
 
     /// Re-checks a disabled credential in the background with exponential backoff until the
@@ -139,8 +249,9 @@ impl Hub {
         let inst = snap.providers.get(&kind)?.clone();
         let cred = inst.creds.iter().find(|c| c.id == cred_id)?;
         let model = ch.probe_model.lock().clone().unwrap_or_default();
+        let http = self.client(kind);
         let up = Upstream {
-            http: self.client(kind),
+            http: &http,
             base_url: &inst.base_url,
             credential: &cred.secret,
             model: &model,
@@ -188,7 +299,13 @@ impl Hub {
             })
             .collect();
         providers.sort_by_key(|(k, _)| *k);
-        self.inner.health.report(&providers)
+        let mut report = self.inner.health.report(&providers);
+        for p in &mut report.providers {
+            if let Some(kind) = ProviderKind::from_name(p.provider) {
+                p.timeouts = Some(TimeoutSettings::of(&self.timeouts_in(&snap, kind)));
+            }
+        }
+        report
     }
 
     /// `GET /metrics` in the Prometheus text format.

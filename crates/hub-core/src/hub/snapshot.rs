@@ -14,6 +14,7 @@ use crate::policy::KeyGate;
 use crate::providers::{self, CredentialSecret, Provider, ProviderKind, ProviderSettings, Secret};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ApiKeyRow, CredentialRow, Store, StoreError, UserRow};
+use crate::timeouts::TimeoutSettings;
 use crate::vault::{Vault, VaultError};
 
 /// A credential ready to use.
@@ -79,6 +80,8 @@ pub(crate) struct Snapshot {
     pub(crate) keys: KeyIndex,
     /// Expiry and policy of every key in `keys`, by key id.
     pub(crate) gates: HashMap<String, Arc<KeyGate>>,
+    /// Per-provider timeouts stored by an administrator (`provider.<name>.timeouts`).
+    pub(crate) stored_timeouts: HashMap<ProviderKind, crate::timeouts::TimeoutOverrides>,
 }
 
 /// Opens the store and vault of a data dir without starting a hub (admin CLI).
@@ -297,7 +300,33 @@ pub(crate) async fn load_snapshot(
         providers,
         keys,
         gates,
+        stored_timeouts: load_stored_timeouts(store).await?,
     })
+}
+
+/// Every provider's stored timeouts. A value that does not parse or validate (written by hand into
+/// the database) is ignored with a warning: the environment's timeouts apply.
+pub(crate) async fn load_stored_timeouts(
+    store: &dyn Store,
+) -> Result<HashMap<ProviderKind, crate::timeouts::TimeoutOverrides>, OpenError> {
+    let mut out = HashMap::new();
+    for kind in ProviderKind::ALL {
+        let Some(text) = store.get_setting(&TimeoutSettings::key(kind)).await? else {
+            continue;
+        };
+        match serde_json::from_str::<TimeoutSettings>(&text) {
+            Ok(t) if t.validate().is_ok() => {
+                if t != TimeoutSettings::default() {
+                    out.insert(kind, t.overrides());
+                }
+            }
+            _ => tracing::warn!(
+                provider = kind.name(),
+                "stored timeouts are not valid; using the environment's"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn env_creds(e: &EnvProvider) -> Vec<CredEntry> {

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use hub_core::iam::{self, CredentialUpdate, NewCredential, ProviderSettingsIn};
 use hub_core::store::iam::{AuditEntry, AuditQuery};
 use hub_core::store::{CredentialRow, ProviderRow};
+use hub_core::timeouts::{ProviderTimeouts, TimeoutSettings};
 use serde::Deserialize;
 
 use super::applied;
@@ -56,6 +57,52 @@ pub async fn delete_provider(
     iam::delete_provider(st.hub.store().as_ref(), &c.actor, kind).await?;
     applied(&st).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A provider's timeouts: stored, and in force (stored > the provider's env > `HUB_TIMEOUT_*` >
+/// default). The provider need not be configured.
+#[utoipa::path(get, path = "/api/admin/providers/{name}/timeouts", tag = "providers",
+    params(("name" = String, Path, description = "provider")),
+    responses((status = 200, body = ProviderTimeouts), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_provider_timeouts(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<ProviderTimeouts>, AdminError> {
+    iam::require_all(&c.actor)?;
+    let kind = iam::parse_provider(&name)?;
+    Ok(Json(timeouts_view(&st, kind).await?))
+}
+
+/// Replaces a provider's stored timeouts (milliseconds, 1 to 86400000; connect and first-byte no
+/// longer than total). An absent field uses the environment's value; `{}` clears them all. Every
+/// running server applies them within a second.
+#[utoipa::path(put, path = "/api/admin/providers/{name}/timeouts", tag = "providers", request_body = TimeoutSettings,
+    params(("name" = String, Path, description = "provider")),
+    responses((status = 200, body = ProviderTimeouts), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_provider_timeouts(
+    State(st): State<AppState>,
+    AdminCaller(c): AdminCaller,
+    Path(name): Path<String>,
+    Body(b): Body<TimeoutSettings>,
+) -> Result<Json<ProviderTimeouts>, AdminError> {
+    iam::require_all(&c.actor)?;
+    let kind = iam::parse_provider(&name)?;
+    iam::set_provider_timeouts(st.hub.store().as_ref(), &c.actor, kind, &b).await?;
+    applied(&st).await;
+    Ok(Json(timeouts_view(&st, kind).await?))
+}
+
+async fn timeouts_view(
+    st: &AppState,
+    kind: hub_core::providers::ProviderKind,
+) -> Result<ProviderTimeouts, AdminError> {
+    st.hub.provider_timeouts(kind).await.map_err(|e| {
+        tracing::error!(error = %e, "reading stored timeouts failed");
+        AdminError(hub_core::HubError::internal(
+            "the stored timeouts could not be read",
+        ))
+    })
 }
 
 /// Credentials, masked (first 4 + last 4).

@@ -36,7 +36,7 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The documented `/api` routes.
+/// The documented routes: `/api/*` and the operational `GET /metrics`.
 fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(iam::list_teams, iam::create_team))
@@ -51,6 +51,10 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(iam::my_usage))
         .routes(routes!(config::list_providers))
         .routes(routes!(config::put_provider, config::delete_provider))
+        .routes(routes!(
+            config::get_provider_timeouts,
+            config::put_provider_timeouts
+        ))
         .routes(routes!(config::list_credentials, config::create_credential))
         .routes(routes!(
             config::update_credential,
@@ -58,6 +62,8 @@ fn documented() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(config::test_credential))
         .routes(routes!(config::list_audit))
+        .routes(routes!(crate::observability::health))
+        .routes(routes!(crate::observability::metrics))
 }
 
 /// The OpenAPI document of every `/api` route registered here.
