@@ -25,4 +25,6 @@ mod signatures; // reasoning signatures the mocks issue and verify // MockServer
 
 pub use flavor::Flavor;
 pub use script::{Script, ScriptError, ToolCall, Usage};
-pub use server::{DEFAULT_AWS_SECRET_KEY, MockConfig, MockServer, MockStats, RecordedRequest};
+pub use server::{
+    DEFAULT_AWS_SECRET_KEY, MockConfig, MockServer, MockStats, MockTls, RecordedRequest,
+};

@@ -67,6 +67,7 @@ async fn main() -> std::io::Result<()> {
             default_chunk_delay_ms: args.chunk_delay_ms,
             record_limit: Some(args.record_limit),
             aws_secret_key: args.aws_secret_key.clone(),
+            tls: None,
         };
         servers.push(MockServer::try_start_with_config(flavor, config).await?);
     }

@@ -47,6 +47,18 @@ pub struct MockConfig {
     /// Bedrock: the AWS secret access key the mock verifies SigV4 signatures with (the access
     /// key id is `api_key`).
     pub aws_secret_key: String,
+    /// Serve HTTPS with this certificate (the origin becomes `https://`); `None`: plain HTTP.
+    pub tls: Option<MockTls>,
+}
+
+/// TLS of an HTTPS mock: a certificate chain and its key (PEM), and the protocols offered by
+/// ALPN in order of preference (`["h2", "http/1.1"]`, or `["http/1.1"]` for an upstream that only
+/// speaks HTTP/1.1).
+#[derive(Clone, Debug)]
+pub struct MockTls {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+    pub alpn: Vec<String>,
 }
 
 /// The AWS secret access key a Bedrock mock uses unless configured otherwise.
@@ -62,6 +74,7 @@ impl Default for MockConfig {
             default_chunk_delay_ms: 0,
             record_limit: None,
             aws_secret_key: DEFAULT_AWS_SECRET_KEY.to_owned(),
+            tls: None,
         }
     }
 }
@@ -75,6 +88,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Parsed JSON body; `Null` if the body was empty or not JSON.
     pub body: Value,
+    /// The HTTP version the request came in with (`HTTP/1.1`, `HTTP/2.0`).
+    #[serde(default)]
+    pub version: String,
 }
 
 impl RecordedRequest {
@@ -227,7 +243,13 @@ impl MockServer {
     ) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
         let addr = listener.local_addr()?;
-        let origin = format!("http://{addr}");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let origin = format!("{scheme}://{addr}");
+        let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let shared = Arc::new(Shared {
             flavor,
             accepted_keys: Mutex::new(vec![config.api_key.clone()]),
@@ -248,18 +270,35 @@ impl MockServer {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let listener = listener.tap_io(|tcp| {
-            // Best effort: a socket that refuses NODELAY still works, only slower.
-            let _ = tcp.set_nodelay(true);
-        });
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
-            // The accept loop only ends on shutdown; an error here has no one to report to.
-            let _ = serve.await;
-        });
+        let stop = async move {
+            let _ = rx.await;
+        };
+        // The accept loops only end on shutdown; an error there has no one to report to.
+        match acceptor {
+            Some(acceptor) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor,
+                };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await;
+                });
+            }
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    // Best effort: a socket that refuses NODELAY still works, only slower.
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await;
+                });
+            }
+        }
         Ok(MockServer {
             shared,
             addr,
@@ -401,6 +440,59 @@ pub(crate) fn script_headers(script: &Script, headers: &mut HeaderMap) {
     }
 }
 
+/// Accepts TCP connections and completes the TLS handshake before handing them to the HTTP
+/// server (which then speaks HTTP/2 if the client negotiated `h2`). Handshakes are done one at a
+/// time: enough for a test upstream.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            // A client that refuses the certificate ends its handshake; wait for the next one.
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn tls_acceptor(tls: &MockTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs = CertificateDer::pem_slice_iter(tls.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("mock TLS certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| bad(format!("mock TLS key: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(e.to_string()))?;
+    cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
 /// The single entry point: control API under `/__mock/`, everything else is the upstream API.
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -435,6 +527,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 })
                 .collect(),
             body: body_value.clone(),
+            version: format!("{:?}", parts.version),
         });
     }
 

@@ -1,0 +1,243 @@
+//! Outbound HTTP/2 where the upstream speaks it: HTTPS mocks behind a private CA generated here
+//! (rcgen), trusted through `HubOptions::extra_ca_pem` / `HUB_EXTRA_CA_FILE`. A mock offering `h2`
+//! by ALPN sees HTTP/2 requests (non-streaming and streaming calls work); a mock offering only
+//! `http/1.1` still works, over HTTP/1.1; without the extra CA the hub refuses the upstream's
+//! certificate (verification is never off).
+
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hub_core::Hub;
+use hub_core::config::{EnvProvider, HubOptions};
+use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
+use hub_testkit::{Flavor, MockConfig, MockServer, MockTls, Script};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
+const PROVIDER_KEY: &str = "sk-provider-secret-value-h2";
+
+/// A private CA and a server certificate it signed for 127.0.0.1 / localhost: (CA PEM, TLS).
+fn private_ca(alpn: &[&str]) -> (String, MockTls) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "hub test private CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    (
+        ca.pem(),
+        MockTls {
+            cert_chain_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        },
+    )
+}
+
+async fn https_mock(flavor: Flavor, tls: MockTls) -> MockServer {
+    let mock = MockServer::start_with_config(
+        flavor,
+        MockConfig {
+            api_key: PROVIDER_KEY.to_string(),
+            tls: Some(tls),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    assert!(mock.base_url().starts_with("https://127.0.0.1:"));
+    mock
+}
+
+struct Server {
+    base: String,
+    hub: Hub,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(providers: Vec<(ProviderKind, String)>, extra_ca: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = HubOptions::new(dir.path());
+    opts.admin_key = Some(Secret::new(ADMIN));
+    opts.env_providers = providers
+        .into_iter()
+        .map(|(kind, base)| EnvProvider {
+            kind,
+            base_url: Some(base),
+            region: None,
+            credentials: vec![CredentialSecret::api_key(PROVIDER_KEY)],
+        })
+        .collect();
+    opts.timeouts.connect = Duration::from_secs(5);
+    opts.extra_ca_pem = extra_ca.map(|p| p.as_bytes().to_vec());
+    let hub = Hub::open(opts).await.unwrap().hub;
+    let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let h = hub.clone();
+    tokio::spawn(async move {
+        let _ = hub_server::serve(
+            h,
+            "127.0.0.1:0".parse().unwrap(),
+            hub_server::ServerOptions::default(),
+            move |a| {
+                let _ = tx.send(a);
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await;
+    });
+    let addr = rx.await.unwrap();
+    Server {
+        base: format!("http://{addr}"),
+        hub,
+        stop: Some(stop_tx),
+        _dir: dir,
+    }
+}
+
+/// (status, body text) of one chat call.
+async fn chat(base: &str, model: &str, stream: bool) -> (u16, String) {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"model": model, "stream": stream,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn versions(mock: &MockServer) -> Vec<String> {
+    mock.requests().into_iter().map(|r| r.version).collect()
+}
+
+#[tokio::test]
+async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work() {
+    let (ca_h2, tls_h2) = private_ca(&["h2", "http/1.1"]);
+    let (ca_h1, tls_h1) = private_ca(&["http/1.1"]);
+    let h2 = https_mock(Flavor::OpenAi, tls_h2).await;
+    let h1 = https_mock(Flavor::DeepSeek, tls_h1).await;
+    let bundle = format!("{ca_h2}{ca_h1}");
+    let srv = start(
+        vec![
+            (ProviderKind::OpenAi, h2.base_url()),
+            (ProviderKind::DeepSeek, h1.base_url()),
+        ],
+        Some(&bundle),
+    )
+    .await;
+
+    h2.push(Script::text("over h2"));
+    let (status, body) = chat(&srv.base, "openai/gpt-4o-mini", false).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "over h2");
+    h2.push(Script::text("streamed over h2").with_chunks(3));
+    let (status, body) = chat(&srv.base, "openai/gpt-4o-mini", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"content\":\"strea\""), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(versions(&h2), vec!["HTTP/2.0", "HTTP/2.0"]);
+
+    h1.push(Script::text("over http/1.1"));
+    let (status, body) = chat(&srv.base, "deepseek/deepseek-chat", false).await;
+    assert_eq!(status, 200, "{body}");
+    h1.push(Script::text("streamed over http/1.1").with_chunks(3));
+    let (status, body) = chat(&srv.base, "deepseek/deepseek-chat", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(versions(&h1), vec!["HTTP/1.1", "HTTP/1.1"]);
+
+    let usage = srv.hub.store().list_usage(10).await.unwrap();
+    assert_eq!(usage.len(), 4);
+    assert!(
+        usage.iter().all(|r| r.status.as_str() == "success"),
+        "{usage:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_private_ca_is_not_trusted_unless_configured() {
+    let (_ca, tls) = private_ca(&["h2", "http/1.1"]);
+    let mock = https_mock(Flavor::OpenAi, tls).await;
+    let srv = start(vec![(ProviderKind::OpenAi, mock.base_url())], None).await;
+    let (status, body) = chat(&srv.base, "openai/gpt-4o-mini", false).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(mock.hits(), 0, "no request got past the handshake");
+    // A file that holds no certificate is refused at start, not ignored.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = HubOptions::new(dir.path());
+    opts.extra_ca_pem = Some(b"not a certificate".to_vec());
+    let err = Hub::open(opts).await.err().expect("refused");
+    assert!(err.to_string().contains("HUB_EXTRA_CA_FILE"), "{err}");
+}
+
+#[tokio::test]
+async fn the_binary_trusts_hub_extra_ca_file() {
+    let (ca, tls) = private_ca(&["h2", "http/1.1"]);
+    let mock = https_mock(Flavor::OpenAi, tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("private-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aigne-hub"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HUB_ADMIN_KEY", ADMIN)
+        .env("OPENAI_API_KEY", PROVIDER_KEY)
+        .env("OPENAI_BASE_URL", mock.base_url())
+        .env("HUB_EXTRA_CA_FILE", &ca_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut base = None;
+    for _ in 0..10 {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), async {
+            use tokio::io::AsyncBufReadExt;
+            lines.read_line(&mut l).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(rest) = l.trim().strip_prefix("aigne-hub listening on ") {
+            base = Some(rest.to_string());
+            break;
+        }
+    }
+    let base = base.expect("the hub printed its address");
+    mock.push(Script::text("hello"));
+    let (status, body) = chat(&base, "openai/gpt-4o-mini", false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(versions(&mock), vec!["HTTP/2.0"]);
+    let _ = child.kill().await;
+}
