@@ -162,3 +162,48 @@ async fn limits_switch_skips_the_key_policy() {
     assert_eq!(chat(addr, Some("ahk_wrong")).await, 401);
     let _ = stop.send(());
 }
+
+/// Credits mode, the owner's account funded with 100 credits; one call; the owner's ledger
+/// entry kinds, oldest first.
+async fn credits_call_entry_kinds(mock: &MockServer, disable: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), mock, disable);
+    opts.billing.mode = hub_core::pricing::BillingMode::Credits;
+    let hub = Hub::open(opts).await.unwrap().hub;
+    let owner = hub.authenticate(ADMIN_KEY).unwrap();
+    let account = hub_core::ledger::user_account(&owner.user_id);
+    hub.store()
+        .grant(&hub_core::ledger::GrantReq {
+            account: account.clone(),
+            kind: hub_core::ledger::GrantKind::Grant,
+            amount: hub_core::pricing::to_units(100.into()).unwrap(),
+            idem_key: "bench-grant".into(),
+            expires_at_ms: None,
+            note: None,
+            now_ms: hub_core::hub::now_ms(),
+            starter: None,
+        })
+        .await
+        .unwrap();
+    let (addr, stop) = serve(hub.clone()).await;
+    assert_eq!(chat(addr, Some(ADMIN_KEY)).await, 200);
+    let _ = stop.send(());
+    hub.close().await;
+    let entries = hub.store().entries(&account).await.unwrap();
+    let capture = entries.iter().find(|e| e.kind == "capture").unwrap();
+    assert!(capture.charged > 0, "the call is charged either way");
+    entries.into_iter().map(|e| e.kind).collect()
+}
+
+#[tokio::test]
+async fn reservation_switch_skips_only_the_hold() {
+    let mock = MockServer::start(Flavor::OpenAi).await;
+    assert_eq!(
+        credits_call_entry_kinds(&mock, "").await,
+        ["grant", "reserve", "capture"]
+    );
+    assert_eq!(
+        credits_call_entry_kinds(&mock, "reservation").await,
+        ["grant", "capture"]
+    );
+}

@@ -485,6 +485,11 @@ impl Hub {
             HubError::invalid("the worst-case cost of this request is out of range")
         })?;
         hold.account = Some(account.clone());
+        if !self.inner.switches.reservation {
+            // Benchmarking only (HUB_BENCH_DISABLE=reservation): nothing held; the record's
+            // settlement still charges the cost (never beyond the balance).
+            return Ok(hold);
+        }
         let now = now_ms();
         let starter = if ctx.principal.team_id.is_none() {
             cfg.starter(now)
