@@ -70,7 +70,10 @@ pub async fn serve_open(
         }
     });
     let app = routes::app(AppState { hub: hub.clone() }, &opts);
-    axum::serve(listener, app)
+    // `into_make_service`: the routes are finalised once. Serving the `Router` itself finalises a
+    // fresh copy of every route per connection (~20 KB and its CPU for each one; BENCHMARKS.md,
+    // memory per open stream).
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
 }

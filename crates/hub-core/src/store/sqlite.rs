@@ -220,6 +220,12 @@ CREATE INDEX usage_account_created ON usage_records (account, created_at_ms);
     r#"
 CREATE INDEX usage_principal_created ON usage_records (principal, created_at_ms);
 "#,
+    // 5: no query reads usage_records by account (reports use the roll-ups, exports filter by
+    // time/user/team/app, verify joins by id); the index only cost a b-tree insert and a WAL page
+    // per usage write (BENCHMARKS.md).
+    r#"
+DROP INDEX IF EXISTS usage_account_created;
+"#,
 ];
 
 /// The SQLite store.
@@ -819,6 +825,62 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let a = rows.iter().find(|r| r.id == "a");
         assert_eq!(a, Some(&record("a")));
+        Ok(())
+    }
+
+    /// Every usage write pays one b-tree insert (and a WAL page at commit) per index on
+    /// usage_records, so each index must have a reader: newest-first lists (`usage_created`),
+    /// per-user and per-app exports (`usage_user_created`, `usage_app_created`), a key's budget
+    /// period (`usage_principal_created`). The planner shows them in use, and no index beyond
+    /// them exists.
+    #[tokio::test]
+    async fn usage_indexes_are_the_ones_queries_use() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let c = store.reader.lock();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records' ORDER BY name")
+            .map_err(db_err)?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        assert_eq!(
+            names,
+            [
+                "sqlite_autoindex_usage_records_1",
+                "usage_app_created",
+                "usage_created",
+                "usage_principal_created",
+                "usage_user_created"
+            ]
+        );
+        let plan = |sql: &str| -> Result<String, StoreError> {
+            let mut st = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(3))
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok(rows.join("; "))
+        };
+        let newest = plan("SELECT id FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT 50")?;
+        assert!(newest.contains("usage_created"), "{newest}");
+        let by_user = plan(
+            "SELECT id FROM usage_records WHERE created_at_ms >= 1 AND created_at_ms < 2 AND user_id = 'u' ORDER BY created_at_ms, rowid",
+        )?;
+        assert!(by_user.contains("usage_user_created"), "{by_user}");
+        let by_app = plan(
+            "SELECT id FROM usage_records WHERE created_at_ms >= 1 AND created_at_ms < 2 AND app = 'a' ORDER BY created_at_ms, rowid",
+        )?;
+        assert!(by_app.contains("usage_app_created"), "{by_app}");
+        let by_key = plan(
+            "SELECT COALESCE(SUM(cost_units), 0) FROM usage_records WHERE principal = 'k' AND created_at_ms >= 1 AND created_at_ms < 2",
+        )?;
+        assert!(by_key.contains("usage_principal_created"), "{by_key}");
         Ok(())
     }
 
