@@ -17,16 +17,14 @@ const USAGE_CHUNK: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","obj
 const RESPONSE: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_fc9f1d7035"}"#;
 
 fn request() -> ChatRequest {
-    let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
-        "model": "openai/gpt-4o-mini",
-        "messages": [],
-    }))
-    .unwrap();
-    req.messages = vec![
-        Message::text(MsgRole::System, "You are a helpful assistant."),
-        Message::text(MsgRole::User, "Say hello in three languages."),
-    ];
-    req
+    ChatRequest {
+        model: "openai/gpt-4o-mini".into(),
+        messages: vec![
+            Message::text(MsgRole::System, "You are a helpful assistant."),
+            Message::text(MsgRole::User, "Say hello in three languages."),
+        ],
+        ..ChatRequest::default()
+    }
 }
 
 fn stream_decoding(c: &mut Criterion) {
