@@ -320,7 +320,7 @@ impl KeyBudget {
     }
 
     /// Takes a changed amount in place. `false` when the period or time zone changed: the
-    /// periods differ, so the caller builds (and seeds) a new one.
+    /// periods differ, so the caller re-seeds it (`rebase`).
     pub fn reconfigure(&self, budget: &Budget) -> bool {
         let mut s = self.state.lock();
         if s.budget.period != budget.period || s.budget.time_zone != budget.time_zone {
@@ -329,6 +329,28 @@ impl KeyBudget {
         s.limit = budget.limit_units();
         s.budget = budget.clone();
         true
+    }
+
+    /// Moves to a new period definition (period or time zone changed) with `spent` read from the
+    /// store for `period`. Calls in flight keep their worst cases held and settle into the new
+    /// period: their records are not written yet (settlement comes first), so the seed cannot
+    /// include them.
+    pub fn rebase(&self, budget: &Budget, tz: TimeZone, period: Period, spent: i64) {
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let held: i64 = s.calls.values().map(|(_, w)| *w).sum();
+        for call in s.calls.values_mut() {
+            call.0 = period.start_ms;
+        }
+        s.limit = budget.limit_units();
+        s.budget = budget.clone();
+        s.tz = tz;
+        s.prev = None;
+        s.cur = Slot {
+            period,
+            spent,
+            in_flight: held,
+        };
     }
 
     /// Admits call `request_id`, started at `at_ms`, whose cost is at most `worst` units.
@@ -542,5 +564,28 @@ mod tests {
         assert_eq!(kb.usage_at(later), (0, 0));
         kb.settle("straggler", 40); // its period is gone: nothing to settle into
         assert_eq!(kb.usage_at(later), (0, 0));
+    }
+
+    #[test]
+    fn a_changed_period_keeps_calls_in_flight_held_and_settles_them() {
+        let t = ms("2026-05-05T10:00:00Z");
+        let kb = live(&budget("0.0000000100", BudgetPeriod::Day, "UTC"), t, 0);
+        assert!(kb.admit("a", t, 30).is_ok());
+        let month = budget("0.0000000100", BudgetPeriod::Month, "Asia/Tokyo");
+        assert!(!kb.reconfigure(&month));
+        let tz = month.zone().unwrap_or(TimeZone::UTC);
+        let p = period_at(month.period, &tz, t).unwrap_or(Period {
+            start_ms: 0,
+            end_ms: 0,
+        });
+        kb.rebase(&month, tz, p, 50);
+        assert_eq!(kb.usage_at(t), (50, 30));
+        assert!(kb.admit("b", t, 21).is_err());
+        kb.settle("a", 7);
+        assert_eq!(kb.usage_at(t), (57, 0));
+        // Only the amount changed: taken in place.
+        assert!(kb.reconfigure(&budget("0.0000000060", BudgetPeriod::Month, "Asia/Tokyo")));
+        assert!(kb.admit("c", t, 4).is_err());
+        assert!(kb.admit("c", t, 3).is_ok());
     }
 }

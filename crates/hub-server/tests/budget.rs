@@ -686,3 +686,88 @@ async fn cli_and_admin_api_set_show_and_change_a_budget() -> R {
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_settle_at_their_end_and_a_disconnect_spends_what_was_delivered() -> R {
+    use futures::StreamExt;
+    use hub_core::store::CallStatus;
+    let mock = MockServer::start(Flavor::OpenAi).await;
+    let dir = tempfile::tempdir()?;
+    let s = Server::start(dir.path(), &mock, BillingMode::Internal).await;
+    let (ub, worst) = worst_case()?;
+    exact_usage(&mock, ub, 0);
+    let mut body = chat_body();
+    body["stream"] = json!(true);
+    let (key_id, key) = s
+        .member_key(budget_json(worst * Decimal::from(2), "month", "UTC"))
+        .await?;
+    for i in 0..2 {
+        let (st, _, v) = s.post("/v1/chat/completions", &key, &body).await?;
+        assert_eq!(st, 200, "stream {i}: {v}");
+        assert!(v.as_str().is_some_and(|t| t.contains("[DONE]")), "{v}");
+    }
+    // The third is refused before it starts: a JSON error, not a stream.
+    let (st, retry, v) = s.post("/v1/chat/completions", &key, &body).await?;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (429, &json!("budget_exceeded")),
+        "{v}"
+    );
+    assert!(retry.is_some());
+    assert_eq!(mock.hits(), 2);
+    assert_eq!(
+        s.hub.budget_usage(&key_id),
+        Some((to_units(worst * Decimal::from(2)).unwrap_or(-1), 0))
+    );
+
+    // A stream its caller leaves after a few chunks: what was delivered is spent, the rest of
+    // its worst case is free again.
+    let words = vec!["hello"; 40].join(" ");
+    mock.register_scenario(
+        MODEL,
+        Script::text(words)
+            .with_chunk_delay_ms(50)
+            .with_usage(Usage::new(ub, MAX_TOKENS)),
+    );
+    let (left_id, left) = s.member_key(budget_json(worst, "month", "UTC")).await?;
+    let resp = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&left)
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+        if seen.matches("hello").count() >= 3 {
+            break;
+        }
+    }
+    drop(stream);
+    let mut rec = None;
+    for _ in 0..100 {
+        rec = s
+            .hub
+            .store()
+            .list_usage(100)
+            .await?
+            .into_iter()
+            .find(|r| r.principal == left_id && r.status == CallStatus::Cancelled);
+        if rec.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = rec.ok_or("no cancelled record")?;
+    let cost = rec.billing.cost_units;
+    assert!(cost > 0 && cost < to_units(worst).unwrap_or(0), "{rec:?}");
+    assert_eq!(s.hub.budget_usage(&left_id), Some((cost, 0)));
+    // What is left no longer covers a whole worst case.
+    let (st, _, v) = s.post("/v1/chat/completions", &left, &chat_body()).await?;
+    assert_eq!(st, 429, "{v}");
+    s.stop().await;
+    Ok(())
+}

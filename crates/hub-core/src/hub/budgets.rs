@@ -17,8 +17,9 @@ use crate::store::{Store, StoreError, UsageRecord};
 pub(crate) type Budgets = HashMap<String, Arc<KeyBudget>>;
 
 /// The budgets of the keys in `gates`: a key already live keeps its counter (a changed amount is
-/// taken in place); a key new to this process, or whose period or time zone changed, is seeded
-/// with what its usage records of the current period cost.
+/// taken in place); a key new to this process is seeded with what its usage records of the
+/// current period cost, and so is a live one whose period or time zone changed (in place, its
+/// calls in flight still held).
 pub(crate) async fn load_budgets(
     store: &dyn Store,
     old: &Budgets,
@@ -30,7 +31,8 @@ pub(crate) async fn load_budgets(
         let Some(b) = &gate.policy.budget else {
             continue;
         };
-        if let Some(live) = old.get(key_id)
+        let live = old.get(key_id);
+        if let Some(live) = live
             && live.reconfigure(b)
         {
             out.insert(key_id.clone(), live.clone());
@@ -49,10 +51,14 @@ pub(crate) async fn load_budgets(
         let spent = store
             .key_spend(key_id, period.start_ms, period.end_ms)
             .await?;
-        out.insert(
-            key_id.clone(),
-            Arc::new(KeyBudget::new(b, tz, period, spent)),
-        );
+        let kb = match live {
+            Some(live) => {
+                live.rebase(b, tz, period, spent);
+                live.clone()
+            }
+            None => Arc::new(KeyBudget::new(b, tz, period, spent)),
+        };
+        out.insert(key_id.clone(), kb);
     }
     Ok(out)
 }

@@ -760,7 +760,6 @@ impl Store for SqliteStore {
     }
 }
 
-
 /// Maps a `users` row (id, name, role, team_id, created_at_ms).
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     let role: String = r.get(2)?;
@@ -920,7 +919,10 @@ mod tests {
                 .await?;
         }
         let bo = store.get_user("u2").await?;
-        assert_eq!(bo.as_ref().map(|u| (u.name.as_str(), u.role)), Some(("Bo", Role::Admin)));
+        assert_eq!(
+            bo.as_ref().map(|u| (u.name.as_str(), u.role)),
+            Some(("Bo", Role::Admin))
+        );
         assert_eq!(bo.and_then(|u| u.team_id), Some("t".into()));
         assert!(store.get_user("nobody").await?.is_none());
         Ok(())
