@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use hub_core::ledger::report::{Dim, Period};
+use hub_core::ledger::report::{Dim, Period, ReportZone};
 use hub_core::ledger::{LedgerStore, ReportQuery, UsageFilter};
 use hub_core::store::sqlite::SqliteStore;
 use hub_core::store::{Billing, CallStatus, Store, UsageRecord};
@@ -94,6 +94,12 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
     let dir = tempfile::tempdir_in(std::env::var("HUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
     let path = dir.path().join("hub.db");
     let store = SqliteStore::open(&path)?;
+    // A configured report zone (HUB_REPORT_TIMEZONES=UTC,Asia/Shanghai): its day roll-up is kept
+    // by the write path too.
+    let shanghai = ReportZone::parse("Asia/Shanghai")?;
+    store
+        .set_report_zones(&[ReportZone::UTC, shanghai.clone()])
+        .await?;
     // The real write path (record + both roll-ups per commit, as the group-commit writer does).
     let real = n.min(
         std::env::var("HUB_BENCH_REAL_ROWS")
@@ -111,7 +117,7 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
-        "write path: {real} usage records in {secs:.1} s = {:.0} records/s (batches of {batch}; record + 15-min and day roll-ups in each commit)",
+        "write path: {real} usage records in {secs:.1} s = {:.0} records/s (batches of {batch}; record + 15-min, UTC-day and Asia/Shanghai-day roll-ups in each commit)",
         real as f64 / secs
     );
     // The rest generated in SQL with the same values (the write path above is what a hub runs;
@@ -171,15 +177,26 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
             n - real,
             t.elapsed().as_secs_f64()
         );
+        // The generated rows have no zone days: rebuild them from the 15-minute roll-up, as a
+        // hub does when a zone is added to the setting.
+        store.set_report_zones(&[]).await?;
+        let t = Instant::now();
+        let rep = store.set_report_zones(std::slice::from_ref(&shanghai)).await?;
+        eprintln!(
+            "rebuilt the Asia/Shanghai day roll-up ({} rows) from the 15-minute roll-up in {:.1} s",
+            rep.rows,
+            t.elapsed().as_secs_f64()
+        );
     }
     let conn = rusqlite::Connection::open(&path)?;
     let count = |t: &str| -> rusqlite::Result<i64> {
         conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
     };
     eprintln!(
-        "{n} usage records; roll-up rows: 15-min {}, day {}",
+        "{n} usage records; roll-up rows: 15-min {}, day {}, Asia/Shanghai day {}",
         count("usage_rollup")?,
-        count("usage_rollup_day")?
+        count("usage_rollup_day")?,
+        count("usage_rollup_zone_day")?
     );
     let month = ReportQuery {
         since_ms: Some(START + 30 * DAY),
@@ -200,17 +217,43 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
             .await
     })
     .await?;
-    time("by provider x month, UTC+08:00", || async {
-        store
-            .usage_report(&ReportQuery {
-                group_by: vec![Dim::Provider],
-                period: Some(Period::Month),
-                tz_offset_minutes: 480,
-                ..ReportQuery::default()
-            })
-            .await
-    })
+    let by_provider_month = |zone: &ReportZone| ReportQuery {
+        group_by: vec![Dim::Provider],
+        period: Some(Period::Month),
+        zone: Some(zone.clone()),
+        ..ReportQuery::default()
+    };
+    let q = by_provider_month(&shanghai);
+    assert_eq!(store.report_source(&q), "usage_rollup_zone_day");
+    let fast = time(
+        "by provider x month, Asia/Shanghai (zone day roll-up)",
+        || async { store.usage_report(&q).await },
+    )
     .await?;
+    let sh_month = ReportQuery {
+        group_by: vec![Dim::User],
+        period: Some(Period::Day),
+        since_ms: Some(START + 30 * DAY - 8 * 3_600_000),
+        until_ms: Some(START + 60 * DAY - 8 * 3_600_000),
+        zone: Some(shanghai.clone()),
+        ..ReportQuery::default()
+    };
+    assert_eq!(store.report_source(&sh_month), "usage_rollup_zone_day");
+    time(
+        "by user x day, one month, Asia/Shanghai (zone day roll-up)",
+        || async { store.usage_report(&sh_month).await },
+    )
+    .await?;
+    // The same report in a zone that is not configured reads the 15-minute roll-up.
+    let plus8 = ReportZone::parse("+08:00")?;
+    let q = by_provider_month(&plus8);
+    assert_eq!(store.report_source(&q), "usage_rollup");
+    let slow = time(
+        "by provider x month, +08:00 not configured (15-min roll-up)",
+        || async { store.usage_report(&q).await },
+    )
+    .await?;
+    assert_eq!(fast, slow, "both roll-ups give the same report");
     time(
         "by user x day, one month (1000 users x 30 days)",
         || async {

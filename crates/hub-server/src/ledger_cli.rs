@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use hub_core::hub::{BillingDefaults, billing_keys, load_billing_config, now_ms};
 use hub_core::ledger::report::{
-    Dim, EXPORT_HEADER, Period, csv_line, export_line, parse_tz_offset, totals,
+    Dim, EXPORT_HEADER, Period, ReportZone, csv_line, export_line, totals,
 };
 use hub_core::ledger::{
     GrantKind, GrantOutcome, GrantReq, LedgerStore, ReportQuery, UsageFilter, quota_of,
@@ -160,6 +160,10 @@ pub enum BillingCommand {
         /// Worst-case output tokens reserved when a request sets no max.
         #[arg(long)]
         max_output_tokens: Option<u32>,
+        /// Report time zones whose day roll-ups are kept (comma list of IANA names or offsets,
+        /// e.g. `UTC,Asia/Shanghai`); the server rebuilds new ones from the 15-minute roll-up.
+        #[arg(long)]
+        report_timezones: Option<String>,
     },
 }
 
@@ -216,7 +220,8 @@ pub struct ReportArgs {
     /// hour | day | month
     #[arg(long)]
     pub period: Option<String>,
-    /// Time zone as a UTC offset (`+08:00`, `-05:30`, `UTC`) for periods and dates.
+    /// Time zone for periods and dates: an IANA name (`Asia/Shanghai`, `America/New_York`,
+    /// daylight saving included) or a UTC offset (`+08:00`, `-05:30`, `UTC`).
     #[arg(long, default_value = "UTC")]
     pub tz: String,
     /// From (inclusive): `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` in `--tz`, or epoch milliseconds.
@@ -361,6 +366,20 @@ pub fn sqlite_path_of(url: &str) -> Result<std::path::PathBuf, Failure> {
         path.join("hub.db")
     } else {
         path
+    })
+}
+
+/// `YYYY-MM-DD[THH:MM[:SS]]` as a wall-clock time in `zone` (a date: the first instant of that
+/// day there, DST included), or epoch milliseconds.
+pub fn parse_time_in(s: &str, zone: &ReportZone) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    let wall = parse_time(s, 0)?;
+    Ok(if wall.rem_euclid(86_400_000) == 0 {
+        zone.day_start_ms(wall.div_euclid(86_400_000))
+    } else {
+        zone.from_wall_ms(wall)
     })
 }
 
@@ -596,6 +615,7 @@ pub async fn billing(
                 "payment_link": cfg.payment_link,
                 "credit_prefix": cfg.credit_prefix,
                 "prices": cfg.prices.len(),
+                "report_timezones": cfg.report_zones.iter().map(|z| z.key()).collect::<Vec<_>>().join(","),
             });
             if json {
                 out.line(&serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
@@ -615,6 +635,7 @@ pub async fn billing(
             payment_link,
             credit_prefix,
             max_output_tokens,
+            report_timezones,
         } => {
             let mut sets: Vec<(&str, String)> = Vec::new();
             if let Some(m) = mode {
@@ -650,6 +671,12 @@ pub async fn billing(
             }
             if let Some(v) = max_output_tokens {
                 sets.push((billing_keys::MAX_OUTPUT_TOKENS, v.to_string()));
+            }
+            if let Some(v) = report_timezones {
+                let zones = hub_core::hub::parse_report_zones(&v)
+                    .map_err(|e| format!("--report-timezones: {e}"))?;
+                let list = zones.iter().map(|z| z.key()).collect::<Vec<_>>().join(",");
+                sets.push((billing_keys::REPORT_TIMEZONES, list));
             }
             if sets.is_empty() {
                 return Err("nothing to set; see `aigne-hub admin billing set --help`".into());
@@ -819,7 +846,7 @@ pub async fn price(
 
 /// `aigne-hub admin usage report ...`
 pub async fn report(store: Arc<dyn Store>, a: ReportArgs, out: &mut dyn Out) -> Result<(), String> {
-    let tz = parse_tz_offset(&a.tz)?;
+    let zone = ReportZone::parse(&a.tz).map_err(|e| format!("--tz: {e}"))?;
     let mut group_by = Vec::new();
     for d in a.by.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         group_by.push(Dim::parse(d).ok_or_else(|| {
@@ -837,9 +864,21 @@ pub async fn report(store: Arc<dyn Store>, a: ReportArgs, out: &mut dyn Out) -> 
     let q = ReportQuery {
         group_by: group_by.clone(),
         period,
-        tz_offset_minutes: tz,
-        since_ms: a.since.as_deref().map(|s| parse_time(s, tz)).transpose()?,
-        until_ms: a.until.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        tz_offset_minutes: match zone {
+            ReportZone::Fixed(m) => m,
+            ReportZone::Named(..) => 0,
+        },
+        since_ms: a
+            .since
+            .as_deref()
+            .map(|s| parse_time_in(s, &zone))
+            .transpose()?,
+        until_ms: a
+            .until
+            .as_deref()
+            .map(|s| parse_time_in(s, &zone))
+            .transpose()?,
+        zone: Some(zone.clone()),
         user_id: a.user,
         team_id: a.team,
         app: a.app,
@@ -915,10 +954,18 @@ pub async fn report(store: Arc<dyn Store>, a: ReportArgs, out: &mut dyn Out) -> 
 
 /// `aigne-hub admin usage export --csv ...`
 pub async fn export(store: Arc<dyn Store>, a: ExportArgs, out: &mut dyn Out) -> Result<(), String> {
-    let tz = parse_tz_offset(&a.tz)?;
+    let zone = ReportZone::parse(&a.tz).map_err(|e| format!("--tz: {e}"))?;
     let f = UsageFilter {
-        since_ms: a.since.as_deref().map(|s| parse_time(s, tz)).transpose()?,
-        until_ms: a.until.as_deref().map(|s| parse_time(s, tz)).transpose()?,
+        since_ms: a
+            .since
+            .as_deref()
+            .map(|s| parse_time_in(s, &zone))
+            .transpose()?,
+        until_ms: a
+            .until
+            .as_deref()
+            .map(|s| parse_time_in(s, &zone))
+            .transpose()?,
         user_id: a.user,
         team_id: a.team,
         app: a.app,
@@ -947,5 +994,30 @@ mod tests {
         assert_eq!(parse_time("1700000000000", 0), Ok(1_700_000_000_000));
         assert!(parse_time("2026-13-01", 0).is_err());
         assert!(parse_time("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn dates_parse_in_an_iana_zone_with_daylight_saving() {
+        let ny = ReportZone::parse("America/New_York").unwrap_or_default();
+        // EST (-05:00) in January, EDT (-04:00) in July.
+        assert_eq!(
+            parse_time_in("2026-01-01", &ny),
+            Ok(1_767_225_600_000 + 5 * 3_600_000)
+        );
+        assert_eq!(
+            parse_time_in("2026-07-01T12:30", &ny),
+            parse_time("2026-07-01T12:30", -240)
+        );
+        // 02:30 on 2026-03-08 does not exist there: it means 03:30 EDT.
+        assert_eq!(
+            parse_time_in("2026-03-08T02:30", &ny),
+            parse_time("2026-03-08T03:30", -240)
+        );
+        assert_eq!(parse_time_in("1700000000000", &ny), Ok(1_700_000_000_000));
+        let fixed = ReportZone::parse("+08:00").unwrap_or_default();
+        assert_eq!(
+            parse_time_in("2026-01-01T08:00", &fixed),
+            Ok(1_767_225_600_000)
+        );
     }
 }

@@ -38,6 +38,14 @@ fn dec(s: &str) -> Decimal {
 }
 
 async fn harness(mode: BillingMode, starter: &str) -> Harness {
+    harness_with(mode, starter, |_| {}).await
+}
+
+async fn harness_with(
+    mode: BillingMode,
+    starter: &str,
+    configure: impl FnOnce(&mut HubOptions),
+) -> Harness {
     let mock = MockServer::start(Flavor::OpenAi).await;
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
@@ -55,6 +63,7 @@ async fn harness(mode: BillingMode, starter: &str) -> Harness {
     opts.billing.starter_credits = dec(starter);
     opts.billing.max_output_tokens = 50;
     opts.reload_interval = Duration::from_millis(100);
+    configure(&mut opts);
     let hub = match Hub::open(opts).await {
         Ok(o) => o.hub,
         Err(e) => unreachable!("open: {e}"),
@@ -566,4 +575,65 @@ async fn a_non_streaming_caller_that_goes_away_cancels_upstream_and_is_charged_n
     assert_eq!(captures[0].charged, 0);
     assert_eq!(captures[0].request_id.as_deref(), Some(rec.id.as_str()));
     h.verify().await
+}
+
+/// Report time zones: the configured ones (HUB_REPORT_TIMEZONES -> `BillingDefaults`) are built
+/// when the hub opens; changing the stored setting (`admin billing set --report-timezones`)
+/// rebuilds while the hub runs; reports in the zone agree with the 15-minute roll-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_time_zones_follow_the_setting() -> R {
+    use hub_core::ledger::report::{Dim, Period, ReportZone};
+    use hub_core::ledger::{ReportQuery, ZoneRebuild};
+    let shanghai = ReportZone::parse("Asia/Shanghai")?;
+    let paris = ReportZone::parse("Europe/Paris")?;
+    let h = harness_with(BillingMode::Internal, "0", |o| {
+        o.billing.report_zones =
+            hub_core::hub::parse_report_zones("UTC, Asia/Shanghai").unwrap_or_default();
+    })
+    .await;
+    h.mock.register_scenario(
+        "bill-model",
+        Script::text("hi").with_usage(Usage::new(9, 2)),
+    );
+    for _ in 0..3 {
+        assert_eq!(h.chat(&body("openai/bill-model", false)).await?.0, 200);
+    }
+    // Asking the store for what the hub configured changes nothing: it was built at open.
+    let same = h
+        .hub
+        .store()
+        .set_report_zones(&[ReportZone::UTC, shanghai.clone()])
+        .await?;
+    assert_eq!(same, ZoneRebuild::default());
+    let q = |z: &ReportZone| ReportQuery {
+        group_by: vec![Dim::Model],
+        period: Some(Period::Day),
+        zone: Some(z.clone()),
+        ..ReportQuery::default()
+    };
+    let rows = h.hub.store().usage_report(&q(&shanghai)).await?;
+    assert_eq!(rows.iter().map(|r| r.calls).sum::<i64>(), 3, "{rows:?}");
+
+    // The stored setting overrides the environment; the running hub applies it on reload.
+    h.hub
+        .store()
+        .set_setting(billing_keys::REPORT_TIMEZONES, "Europe/Paris")
+        .await?;
+    assert!(h.hub.reload_if_changed().await?);
+    assert_eq!(h.hub.billing().report_zones, vec![paris.clone()]);
+    let same = h.hub.store().set_report_zones(std::slice::from_ref(&paris)).await?;
+    assert_eq!(
+        same,
+        ZoneRebuild::default(),
+        "Paris built, Shanghai dropped by the hub"
+    );
+    let rows = h.hub.store().usage_report(&q(&paris)).await?;
+    assert_eq!(rows.iter().map(|r| r.calls).sum::<i64>(), 3, "{rows:?}");
+    let rows = h.hub.store().usage_report(&q(&shanghai)).await?;
+    assert_eq!(
+        rows.iter().map(|r| r.calls).sum::<i64>(),
+        3,
+        "falls back: {rows:?}"
+    );
+    Ok(())
 }

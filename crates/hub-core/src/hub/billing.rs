@@ -11,7 +11,7 @@ use rust_decimal::prelude::ToPrimitive;
 
 use super::{CallContext, Hub, now_ms};
 use crate::error::HubError;
-use crate::ledger::{ReserveOutcome, ReserveReq, Starter, team_account, user_account};
+use crate::ledger::{ReportZone, ReserveOutcome, ReserveReq, Starter, team_account, user_account};
 use crate::pricing::{
     BillingMode, Price, PriceBook, PricingSettings, Rates, UNITS_PER_CREDIT, builtin_prices,
     from_units, to_units,
@@ -31,6 +31,8 @@ pub mod keys {
     pub const STARTER_EXPIRY_DAYS: &str = "billing.starter_expiry_days";
     pub const PAYMENT_LINK: &str = "billing.payment_link";
     pub const CREDIT_PREFIX: &str = "billing.credit_prefix";
+    /// Comma list of report time zones (IANA names or offsets) whose day roll-ups are kept.
+    pub const REPORT_TIMEZONES: &str = "report.timezones";
     pub const ALL: &[&str] = &[
         MODE,
         MARGIN_PCT,
@@ -40,6 +42,7 @@ pub mod keys {
         STARTER_EXPIRY_DAYS,
         PAYMENT_LINK,
         CREDIT_PREFIX,
+        REPORT_TIMEZONES,
     ];
 }
 
@@ -63,6 +66,9 @@ pub struct BillingDefaults {
     /// `HUB_HEARTBEAT_MS`: how often this instance proves it is alive; reservations of an
     /// instance silent for 5 beats are released by the others (or by the next start).
     pub heartbeat: Duration,
+    /// `HUB_REPORT_TIMEZONES`: time zones (IANA names or offsets, comma list) whose day
+    /// roll-ups are kept so that reports on whole days in them are fast (default: UTC).
+    pub report_zones: Vec<ReportZone>,
 }
 
 impl Default for BillingDefaults {
@@ -76,6 +82,7 @@ impl Default for BillingDefaults {
             max_output_tokens: 4096,
             reconcile_window: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(2),
+            report_zones: vec![ReportZone::UTC],
         }
     }
 }
@@ -117,6 +124,10 @@ impl BillingDefaults {
                     .map_err(|_| format!("HUB_RECONCILE_WINDOW_SECS: `{v}` is not a number"))?,
             );
         }
+        if let Some(v) = get("HUB_REPORT_TIMEZONES") {
+            d.report_zones =
+                parse_report_zones(&v).map_err(|e| format!("HUB_REPORT_TIMEZONES: {e}"))?;
+        }
         if let Some(v) = get("HUB_HEARTBEAT_MS") {
             let ms: u64 = v
                 .trim()
@@ -126,6 +137,18 @@ impl BillingDefaults {
         }
         Ok(d)
     }
+}
+
+/// A comma list of report time zones (IANA names or UTC offsets).
+pub fn parse_report_zones(s: &str) -> Result<Vec<ReportZone>, String> {
+    let mut out: Vec<ReportZone> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let z = ReportZone::parse(part)?;
+        if !out.contains(&z) {
+            out.push(z);
+        }
+    }
+    Ok(out)
 }
 
 /// Billing as the hot path sees it: swapped atomically on reload, never read from the database
@@ -141,6 +164,8 @@ pub struct BillingConfig {
     pub starter_expiry_days: Option<u32>,
     pub payment_link: Option<String>,
     pub credit_prefix: String,
+    /// Report time zones whose day roll-ups the store keeps.
+    pub report_zones: Vec<ReportZone>,
 }
 
 impl BillingConfig {
@@ -169,6 +194,7 @@ pub async fn load_billing_config(
         starter_expiry_days: defaults.starter_expiry_days,
         payment_link: defaults.payment_link.clone(),
         credit_prefix: defaults.credit_prefix.clone(),
+        report_zones: defaults.report_zones.clone(),
     };
     for key in keys::ALL {
         let Some(v) = store.get_setting(key).await? else {
@@ -214,6 +240,10 @@ pub async fn load_billing_config(
             }
             keys::PAYMENT_LINK => cfg.payment_link = Some(v.clone()).filter(|s| !s.is_empty()),
             keys::CREDIT_PREFIX => cfg.credit_prefix = v.clone(),
+            keys::REPORT_TIMEZONES => match parse_report_zones(&v) {
+                Ok(z) => cfg.report_zones = z,
+                Err(_) => bad("time zone list"),
+            },
             _ => {}
         }
     }
@@ -581,7 +611,30 @@ impl Hub {
     pub(crate) async fn reload_billing(&self) -> Result<(), StoreError> {
         let cfg =
             load_billing_config(self.inner.store.as_ref(), &self.inner.billing_defaults).await?;
+        let old = self.inner.billing.load_full();
+        if cfg.report_zones != old.report_zones {
+            // Rebuilt from the 15-minute roll-up; usage writes wait for it (one transaction).
+            if let Err(e) = self.apply_report_zones(&cfg.report_zones).await {
+                tracing::error!(error = %e, "report time zones could not be applied; reports in them read the 15-minute roll-up");
+            }
+        }
         self.inner.billing.store(Arc::new(cfg));
+        Ok(())
+    }
+
+    /// Makes the store keep day roll-ups for these report zones (building new ones now).
+    pub(crate) async fn apply_report_zones(&self, zones: &[ReportZone]) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let rep = self.inner.store.set_report_zones(zones).await?;
+        if !rep.built.is_empty() || !rep.dropped.is_empty() {
+            tracing::info!(
+                built = ?rep.built,
+                dropped = ?rep.dropped,
+                rows = rep.rows,
+                ms = started.elapsed().as_millis() as u64,
+                "report time zones: day roll-ups rebuilt from the 15-minute roll-up"
+            );
+        }
         Ok(())
     }
 

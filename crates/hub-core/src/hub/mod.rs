@@ -45,7 +45,8 @@ use crate::vault::{Vault, VaultError};
 
 use billing::Demand;
 pub use billing::{
-    BillingConfig, BillingDefaults, keys as billing_keys, load_billing_config, seed_builtin_prices,
+    BillingConfig, BillingDefaults, keys as billing_keys, load_billing_config, parse_report_zones,
+    seed_builtin_prices,
 };
 pub use count::TokenCount;
 use dispatch::{Attempted, Op, OpOut};
@@ -309,6 +310,8 @@ impl Hub {
             switches: opts.switches,
         });
         let hub = Hub { inner };
+        let zones = hub.billing().report_zones.clone();
+        hub.apply_report_zones(&zones).await?;
         // Reservations a stopped instance left open are released before we serve.
         hub.ledger_upkeep(true).await?;
         hub.spawn_ledger_upkeep();

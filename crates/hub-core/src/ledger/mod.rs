@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::pricing::Price;
 use crate::store::{StoreError, UsageRecord};
 
-pub use report::{Quota, ReportQuery, ReportRow, UsageFilter};
+pub use report::{Quota, ReportQuery, ReportRow, ReportZone, UsageFilter};
 pub use writer::LedgerWriter;
 
 /// Ledger account of a user.
@@ -168,6 +168,17 @@ impl VerifyReport {
     }
 }
 
+/// What `set_report_zones` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneRebuild {
+    /// Zones built from the 15-minute roll-up now.
+    pub built: Vec<String>,
+    /// Zones whose rows were dropped.
+    pub dropped: Vec<String>,
+    /// Day rows written by the builds.
+    pub rows: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileReport {
     pub released: u64,
@@ -208,6 +219,13 @@ pub trait LedgerStore: Send + Sync {
     /// The current version of every price, or every version when `history`.
     async fn list_prices(&self, history: bool) -> Result<Vec<Price>, StoreError>;
 
+    /// The report time zones (besides UTC) whose day roll-ups the store keeps, maintained with
+    /// every usage batch. A zone new to the store is built from the 15-minute roll-up; a zone
+    /// no longer listed loses its rows. Reports in other zones read the 15-minute roll-up.
+    async fn set_report_zones(
+        &self,
+        zones: &[report::ReportZone],
+    ) -> Result<ZoneRebuild, StoreError>;
     /// Usage and cost grouped by the query's dimensions, from the roll-up table.
     async fn usage_report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
     /// Raw usage records matching a filter, oldest first.

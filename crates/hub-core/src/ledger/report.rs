@@ -108,18 +108,245 @@ pub fn parse_tz_offset(s: &str) -> Result<i32, String> {
     Ok(minutes)
 }
 
+/// One day, milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// A report time zone: a fixed UTC offset (`+08:00`, `UTC`) or an IANA zone (`Asia/Shanghai`,
+/// `America/New_York`) whose offset follows its daylight-saving rules (jiff's tz database).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ReportZone {
+    /// Minutes east of UTC.
+    Fixed(i32),
+    Named(String, jiff::tz::TimeZone),
+}
+
+impl std::fmt::Debug for ReportZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+impl Default for ReportZone {
+    fn default() -> Self {
+        ReportZone::Fixed(0)
+    }
+}
+
+impl std::str::FromStr for ReportZone {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ReportZone, String> {
+        ReportZone::parse(s)
+    }
+}
+
+impl Serialize for ReportZone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.key())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReportZone {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ReportZone, D::Error> {
+        let s = String::deserialize(d)?;
+        ReportZone::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl ReportZone {
+    pub const UTC: ReportZone = ReportZone::Fixed(0);
+
+    /// `UTC`, a UTC offset (see `parse_tz_offset`), or an IANA time zone name.
+    pub fn parse(s: &str) -> Result<ReportZone, String> {
+        let t = s.trim();
+        if let Ok(m) = parse_tz_offset(t) {
+            return Ok(ReportZone::Fixed(m));
+        }
+        if t.starts_with(['+', '-']) || t.chars().all(|c| c.is_ascii_digit()) {
+            return parse_tz_offset(t).map(ReportZone::Fixed);
+        }
+        match jiff::tz::TimeZone::get(t) {
+            Ok(tz) => Ok(ReportZone::Named(
+                tz.iana_name().unwrap_or(t).to_string(),
+                tz,
+            )),
+            Err(_) => Err(format!(
+                "`{s}` is not a time zone: use an IANA name (Europe/Paris, America/New_York) or a UTC offset (+08:00, UTC)"
+            )),
+        }
+    }
+
+    /// Its canonical name: `UTC`, `+08:00`, `-05:30`, or the IANA name.
+    pub fn key(&self) -> String {
+        match self {
+            ReportZone::Fixed(0) => "UTC".to_string(),
+            ReportZone::Fixed(m) => {
+                let sign = if *m < 0 { '-' } else { '+' };
+                format!("{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60)
+            }
+            ReportZone::Named(name, _) => name.clone(),
+        }
+    }
+
+    pub fn is_utc(&self) -> bool {
+        *self == ReportZone::UTC
+    }
+
+    /// Offset from UTC at an instant, milliseconds.
+    pub fn offset_ms_at(&self, utc_ms: i64) -> i64 {
+        match self {
+            ReportZone::Fixed(m) => i64::from(*m) * 60_000,
+            ReportZone::Named(_, tz) => match jiff::Timestamp::from_millisecond(utc_ms) {
+                Ok(ts) => i64::from(tz.to_offset(ts).seconds()) * 1000,
+                Err(_) => 0,
+            },
+        }
+    }
+
+    /// The local date of an instant, as days since 1970-01-01.
+    pub fn local_day(&self, utc_ms: i64) -> i64 {
+        (utc_ms + self.offset_ms_at(utc_ms)).div_euclid(DAY_MS)
+    }
+
+    /// The first instant of a local date (days since 1970-01-01): local midnight, or the end of
+    /// a daylight-saving gap that swallows midnight.
+    pub fn day_start_ms(&self, local_day: i64) -> i64 {
+        match self {
+            ReportZone::Fixed(m) => local_day * DAY_MS - i64::from(*m) * 60_000,
+            ReportZone::Named(_, tz) => {
+                let (y, m, d) = civil_from_days(local_day);
+                let zoned = i16::try_from(y)
+                    .ok()
+                    .and_then(|y| jiff::civil::Date::new(y, m as i8, d as i8).ok())
+                    .and_then(|date| date.to_zoned_datetime(tz.clone()).ok());
+                match zoned {
+                    Some(z) => z.timestamp().as_millisecond(),
+                    None => local_day * DAY_MS,
+                }
+            }
+        }
+    }
+
+    /// The instant of a local wall-clock time (milliseconds since 1970 as if the wall clock
+    /// were UTC). A time skipped by a DST gap maps past the gap, a repeated one to its first
+    /// occurrence (RFC 5545 "compatible").
+    pub fn from_wall_ms(&self, wall_ms: i64) -> i64 {
+        match self {
+            ReportZone::Fixed(m) => wall_ms - i64::from(*m) * 60_000,
+            ReportZone::Named(_, tz) => {
+                let day = wall_ms.div_euclid(DAY_MS);
+                let (y, m, d) = civil_from_days(day);
+                let ms = wall_ms.rem_euclid(DAY_MS);
+                let zoned = i16::try_from(y).ok().and_then(|y| {
+                    jiff::civil::DateTime::new(
+                        y,
+                        m as i8,
+                        d as i8,
+                        (ms / 3_600_000) as i8,
+                        (ms / 60_000 % 60) as i8,
+                        (ms / 1000 % 60) as i8,
+                        (ms % 1000 * 1_000_000) as i32,
+                    )
+                    .ok()?
+                    .to_zoned_datetime(tz.clone())
+                    .ok()
+                });
+                zoned.map_or(wall_ms, |z| z.timestamp().as_millisecond())
+            }
+        }
+    }
+
+    /// Whether an instant is the first instant of its local day.
+    pub fn is_day_start(&self, utc_ms: i64) -> bool {
+        self.day_start_ms(self.local_day(utc_ms)) == utc_ms
+    }
+
+    /// The zone's offsets over `[from_ms, to_ms)`: `(start, offset_ms)` pieces, the first
+    /// starting at `from_ms`, each in force until the next one starts.
+    pub fn offsets_between(&self, from_ms: i64, to_ms: i64) -> Vec<(i64, i64)> {
+        let mut out = vec![(from_ms, self.offset_ms_at(from_ms))];
+        if let ReportZone::Named(_, tz) = self
+            && let Ok(start) = jiff::Timestamp::from_millisecond(from_ms)
+        {
+            for t in tz.following(start) {
+                let at = t.timestamp().as_millisecond();
+                if at >= to_ms {
+                    break;
+                }
+                let off = i64::from(t.offset().seconds()) * 1000;
+                if out.last().is_some_and(|(_, o)| *o != off) {
+                    out.push((at, off));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether every offset and transition over `[from_ms, to_ms)` falls on the 15-minute grid of
+    /// the roll-up (true of every zone's rules since the 1970s), so that its 15-minute buckets
+    /// group into this zone's days exactly.
+    pub fn fits_buckets(&self, from_ms: i64, to_ms: i64) -> bool {
+        self.offsets_between(from_ms, to_ms)
+            .iter()
+            .enumerate()
+            .all(|(i, (at, off))| off % BUCKET_MS == 0 && (i == 0 || at % BUCKET_MS == 0))
+    }
+}
+
+/// SQL: the zone's offset (ms) at `col`, a CASE over the pieces of `offsets_between`.
+pub fn offset_sql(pieces: &[(i64, i64)], col: &str) -> String {
+    match pieces {
+        [] => "0".to_string(),
+        [(_, off)] => off.to_string(),
+        _ => {
+            let mut s = String::from("CASE");
+            for w in pieces.windows(2) {
+                s.push_str(&format!(" WHEN {col} < {} THEN {}", w[1].0, w[0].1));
+            }
+            let last = pieces.last().map_or(0, |p| p.1);
+            s.push_str(&format!(" ELSE {last} END"));
+            s
+        }
+    }
+}
+
 /// A report over the roll-ups.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportQuery {
     pub group_by: Vec<Dim>,
     pub period: Option<Period>,
-    /// Offset of the caller's time zone from UTC, minutes.
+    /// Offset of the caller's time zone from UTC, minutes (used when `zone` is absent).
     pub tz_offset_minutes: i32,
+    /// The caller's time zone (IANA name or offset, DST-correct); overrides `tz_offset_minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ReportZone>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
     pub app: Option<String>,
+}
+
+impl ReportQuery {
+    /// The zone periods and day bounds are read in.
+    pub fn zone(&self) -> ReportZone {
+        self.zone
+            .clone()
+            .unwrap_or(ReportZone::Fixed(self.tz_offset_minutes))
+    }
 }
 
 /// One group of a report (the totals row has every key `None`).

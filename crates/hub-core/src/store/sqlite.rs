@@ -226,6 +226,32 @@ CREATE INDEX usage_principal_created ON usage_records (principal, created_at_ms)
     r#"
 DROP INDEX IF EXISTS usage_account_created;
 "#,
+    // 6: day roll-ups in the configured report time zones (issue 5); delivered-so-far of a
+    // reservation's stream, written by the heartbeat (charged if the instance dies).
+    r#"
+CREATE TABLE usage_rollup_zone_day (
+    zone                TEXT NOT NULL,
+    day                 INTEGER NOT NULL,
+    user_id             TEXT NOT NULL,
+    team_id             TEXT NOT NULL,
+    app                 TEXT NOT NULL,
+    provider            TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    calls               INTEGER NOT NULL,
+    success_calls       INTEGER NOT NULL,
+    prompt_tokens       INTEGER NOT NULL,
+    completion_tokens   INTEGER NOT NULL,
+    images              INTEGER NOT NULL,
+    cost_units          INTEGER NOT NULL,
+    provider_cost_units INTEGER NOT NULL,
+    PRIMARY KEY (zone, day, user_id, team_id, app, provider, model)
+) WITHOUT ROWID;
+CREATE TABLE report_zones (
+    zone        TEXT PRIMARY KEY,
+    built_at_ms INTEGER NOT NULL
+);
+ALTER TABLE reservations ADD COLUMN delivered TEXT;
+"#,
 ];
 
 /// The SQLite store.
@@ -233,6 +259,9 @@ DROP INDEX IF EXISTS usage_account_created;
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Non-UTC report zones whose day roll-ups this store keeps (`set_report_zones`); read by
+    /// the usage writer's transaction and by reports.
+    report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -272,6 +301,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            report_zones: Arc::default(),
         })
     }
 
@@ -677,7 +707,11 @@ impl Store for SqliteStore {
 
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
+        let report_zones = self.report_zones.clone();
         self.write(move |c| {
+            // Read under the writer lock: `set_report_zones` changes it under the same lock.
+            let zones = report_zones.read().clone();
+            let mut rollups = ledger::RollupBatch::default();
             // IMMEDIATE: the settlement reads balances it then writes (another process may write).
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -737,10 +771,11 @@ impl Store for SqliteStore {
                     // A replayed record (same id) settles nothing and counts nothing again.
                     if inserted == 1 {
                         ledger::settle_in_tx(&tx, r)?;
-                        ledger::rollup_in_tx(&tx, r)?;
+                        rollups.add(r, &zones);
                     }
                 }
             }
+            rollups.write(&tx, &zones)?;
             tx.commit().map_err(db_err)
         })
         .await

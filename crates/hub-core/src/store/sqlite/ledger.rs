@@ -3,14 +3,19 @@
 //! NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
 //! processes sharing the file, PostgreSQL's row locks would serialise instances.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{SqliteStore, USAGE_COLUMNS, bump_config, db_err, kind_of, usage_from_row};
-use crate::ledger::report::{BUCKET_MS, Period};
+
+use crate::ledger::report::{BUCKET_MS, DAY_MS, Period, ReportZone, offset_sql};
 use crate::ledger::{
     AccountBalance, GrantKind, GrantOutcome, GrantReq, LedgerEntry, LedgerStore, ReconcileReport,
-    ReportQuery, ReportRow, ReserveOutcome, ReserveReq, Starter, UsageFilter, VerifyReport, expiry,
+    ReportQuery, ReportRow, ReserveOutcome, ReserveReq, Starter, UsageFilter, VerifyReport,
+    ZoneRebuild, expiry,
 };
 use crate::pricing::Price;
 use crate::store::{StoreError, UsageRecord};
@@ -185,48 +190,181 @@ pub(super) fn settle_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), 
     Ok(())
 }
 
-/// Adds a record to its roll-up rows (same transaction as the record): a 15-minute bucket (any
-/// time zone, any range) and a UTC-day bucket (fast path for UTC reports and all-time totals).
-pub(super) fn rollup_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
-    let model = r
-        .upstream_model
-        .clone()
-        .unwrap_or_else(|| r.requested_model.clone());
-    let success = i64::from(r.status == crate::store::CallStatus::Success);
-    for (table, width) in [("usage_rollup", BUCKET_MS), ("usage_rollup_day", DAY_MS)] {
-        let bucket = r.created_at_ms.div_euclid(width) * width;
-        tx.prepare_cached(&format!(
-            "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
-               prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET
-               calls = calls + 1, success_calls = success_calls + excluded.success_calls,
-               prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-               completion_tokens = completion_tokens + excluded.completion_tokens,
-               images = images + excluded.images, cost_units = cost_units + excluded.cost_units,
-               provider_cost_units = provider_cost_units + excluded.provider_cost_units"
-        ))
-        .map_err(db_err)?
-        .execute(params![
-            bucket,
-            r.user_id,
-            r.team_id.as_deref().unwrap_or(""),
-            r.app.as_deref().unwrap_or(""),
-            r.provider.as_deref().unwrap_or(""),
-            model,
-            success,
-            r.prompt_tokens as i64,
-            r.completion_tokens as i64,
-            r.images as i64,
-            r.billing.cost_units,
-            r.billing.provider_cost_units,
-        ])
-        .map_err(db_err)?;
-    }
-    Ok(())
+/// Roll-up rows of one group-commit batch, summed in memory and written with one UPSERT per
+/// distinct row, not one per record: the 15-minute bucket (any zone, any range), the UTC day,
+/// and the day in each configured report time zone.
+#[derive(Default)]
+pub(super) struct RollupBatch {
+    rows: HashMap<RollKey, Sums>,
 }
 
-const DAY_MS: i64 = 86_400_000;
+/// Which roll-up a row belongs to: 15-minute, UTC day, or a zone's day (its index).
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+enum Grain {
+    Quarter,
+    UtcDay,
+    ZoneDay(usize),
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct RollKey {
+    grain: Grain,
+    /// Bucket start (ms) for `Quarter` / `UtcDay`; the local date (days since 1970) for `ZoneDay`.
+    bucket: i64,
+    user: String,
+    team: String,
+    app: String,
+    provider: String,
+    model: String,
+}
+
+#[derive(Default)]
+struct Sums {
+    calls: i64,
+    success_calls: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    images: i64,
+    cost_units: i64,
+    provider_cost_units: i64,
+}
+
+const SUMS_UPSERT: &str =
+    "calls = calls + excluded.calls, success_calls = success_calls + excluded.success_calls,
+   prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+   completion_tokens = completion_tokens + excluded.completion_tokens,
+   images = images + excluded.images, cost_units = cost_units + excluded.cost_units,
+   provider_cost_units = provider_cost_units + excluded.provider_cost_units";
+
+impl RollupBatch {
+    /// Counts a newly inserted record (`zones`: the configured non-UTC report zones).
+    pub(super) fn add(&mut self, r: &UsageRecord, zones: &[ReportZone]) {
+        let model = r.upstream_model.as_deref().unwrap_or(&r.requested_model);
+        let success = i64::from(r.status == crate::store::CallStatus::Success);
+        let at = r.created_at_ms;
+        let grains = [
+            (Grain::Quarter, at.div_euclid(BUCKET_MS) * BUCKET_MS),
+            (Grain::UtcDay, at.div_euclid(DAY_MS) * DAY_MS),
+        ]
+        .into_iter()
+        .chain(
+            zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| (Grain::ZoneDay(i), z.local_day(at))),
+        );
+        for (grain, bucket) in grains {
+            let s = self
+                .rows
+                .entry(RollKey {
+                    grain,
+                    bucket,
+                    user: r.user_id.clone(),
+                    team: r.team_id.clone().unwrap_or_default(),
+                    app: r.app.clone().unwrap_or_default(),
+                    provider: r.provider.clone().unwrap_or_default(),
+                    model: model.to_string(),
+                })
+                .or_default();
+            s.calls += 1;
+            s.success_calls += success;
+            s.prompt_tokens += r.prompt_tokens as i64;
+            s.completion_tokens += r.completion_tokens as i64;
+            s.images += r.images as i64;
+            s.cost_units += r.billing.cost_units;
+            s.provider_cost_units += r.billing.provider_cost_units;
+        }
+    }
+
+    /// Writes the summed rows (same transaction as the records).
+    pub(super) fn write(
+        self,
+        tx: &Transaction<'_>,
+        zones: &[ReportZone],
+    ) -> Result<(), StoreError> {
+        for (k, s) in self.rows {
+            let (sql, zone): (String, Option<String>) = match k.grain {
+                Grain::Quarter | Grain::UtcDay => {
+                    let table = if k.grain == Grain::Quarter { "usage_rollup" } else { "usage_rollup_day" };
+                    (format!(
+                        "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
+                           prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                         ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+                    ), None)
+                }
+                Grain::ZoneDay(i) => (
+                    format!(
+                        "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
+                           prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         ON CONFLICT (zone, day, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+                    ),
+                    zones.get(i).map(ReportZone::key),
+                ),
+            };
+            let mut st = tx.prepare_cached(&sql).map_err(db_err)?;
+            let mut p: Vec<rusqlite::types::Value> = vec![
+                k.bucket.into(),
+                k.user.into(),
+                k.team.into(),
+                k.app.into(),
+                k.provider.into(),
+                k.model.into(),
+                s.calls.into(),
+                s.success_calls.into(),
+                s.prompt_tokens.into(),
+                s.completion_tokens.into(),
+                s.images.into(),
+                s.cost_units.into(),
+                s.provider_cost_units.into(),
+            ];
+            if let Some(z) = zone {
+                p.push(z.into());
+            }
+            st.execute(rusqlite::params_from_iter(p)).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// (Re)builds a zone's day roll-up from the exact 15-minute roll-up (same transaction).
+fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, StoreError> {
+    let key = zone.key();
+    tx.execute("DELETE FROM usage_rollup_zone_day WHERE zone = ?1", [&key])
+        .map_err(db_err)?;
+    let range: (Option<i64>, Option<i64>) = tx
+        .query_row(
+            "SELECT MIN(bucket_ms), MAX(bucket_ms) FROM usage_rollup",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(db_err)?;
+    let (Some(lo), Some(hi)) = range else {
+        return Ok(0);
+    };
+    let hi = hi + BUCKET_MS;
+    if !zone.fits_buckets(lo, hi) {
+        return Err(StoreError::Conflict(format!(
+            "time zone {key} has offsets off the 15-minute grid within the usage history, so its days cannot be built from the 15-minute roll-up"
+        )));
+    }
+    let offset = offset_sql(&zone.offsets_between(lo, hi), "bucket_ms");
+    let n = tx
+        .execute(
+            &format!(
+                "INSERT INTO usage_rollup_zone_day (zone, day, user_id, team_id, app, provider, model, calls, success_calls,
+                   prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
+                 SELECT ?1, (bucket_ms + {offset}) / {DAY_MS}, user_id, team_id, app, provider, model, SUM(calls),
+                   SUM(success_calls), SUM(prompt_tokens), SUM(completion_tokens), SUM(images), SUM(cost_units),
+                   SUM(provider_cost_units)
+                 FROM usage_rollup GROUP BY 2, 3, 4, 5, 6, 7"
+            ),
+            [&key],
+        )
+        .map_err(db_err)?;
+    Ok(n as u64)
+}
 
 fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
     ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
@@ -531,6 +669,53 @@ fn filter_sql(
     (w.join(" AND "), p)
 }
 
+/// The roll-up a report reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rollup {
+    /// UTC days (`usage_rollup_day`).
+    UtcDay,
+    /// Days of a configured report zone (`usage_rollup_zone_day`).
+    ZoneDay,
+    /// 15-minute buckets (`usage_rollup`): any zone, any range.
+    Quarter,
+}
+
+/// A day roll-up when the range is whole days in the report's zone (UTC days, or the days kept
+/// for a configured zone; about 100 times fewer rows), else the 15-minute one (exact for every
+/// zone: offsets and DST transitions fall on its 15-minute grid). Both give the same figures.
+fn rollup_for(q: &ReportQuery, built: &[ReportZone]) -> Rollup {
+    let zone = q.zone();
+    let whole_days = |t: Option<i64>| t.is_none_or(|t| zone.is_day_start(t));
+    let days = q.period != Some(Period::Hour) && whole_days(q.since_ms) && whole_days(q.until_ms);
+    if days && zone.is_utc() {
+        Rollup::UtcDay
+    } else if days && built.contains(&zone) {
+        Rollup::ZoneDay
+    } else {
+        Rollup::Quarter
+    }
+}
+
+fn quarter_range(c: &rusqlite::Connection) -> Result<(Option<i64>, Option<i64>), StoreError> {
+    c.query_row(
+        "SELECT MIN(bucket_ms), MAX(bucket_ms) FROM usage_rollup",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .map_err(db_err)
+}
+
+impl SqliteStore {
+    /// The roll-up table `usage_report` reads for a query (for tests and benchmarks).
+    pub fn report_source(&self, q: &ReportQuery) -> &'static str {
+        match rollup_for(q, &self.report_zones.read()) {
+            Rollup::UtcDay => "usage_rollup_day",
+            Rollup::ZoneDay => "usage_rollup_zone_day",
+            Rollup::Quarter => "usage_rollup",
+        }
+    }
+}
+
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError> {
@@ -804,29 +989,101 @@ impl LedgerStore for SqliteStore {
         .await
     }
 
+    async fn set_report_zones(&self, zones: &[ReportZone]) -> Result<ZoneRebuild, StoreError> {
+        let mut wanted: Vec<ReportZone> = Vec::new();
+        for z in zones {
+            if !z.is_utc() && !wanted.contains(z) {
+                wanted.push(z.clone());
+            }
+        }
+        let current = self.report_zones.clone();
+        self.write(move |c| {
+            let now = crate::hub::now_ms();
+            // Zones leaving stop being read before their rows go.
+            {
+                let mut cur = current.write();
+                let kept: Vec<ReportZone> =
+                    cur.iter().filter(|z| wanted.contains(z)).cloned().collect();
+                *cur = Arc::new(kept);
+            }
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let stored: Vec<String> = {
+                let mut st = tx
+                    .prepare("SELECT zone FROM report_zones")
+                    .map_err(db_err)?;
+                let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            let mut rep = ZoneRebuild::default();
+            for old in &stored {
+                if !wanted.iter().any(|z| &z.key() == old) {
+                    tx.execute("DELETE FROM usage_rollup_zone_day WHERE zone = ?1", [old])
+                        .map_err(db_err)?;
+                    tx.execute("DELETE FROM report_zones WHERE zone = ?1", [old])
+                        .map_err(db_err)?;
+                    rep.dropped.push(old.clone());
+                }
+            }
+            for z in &wanted {
+                let key = z.key();
+                if stored.contains(&key) {
+                    continue;
+                }
+                rep.rows += rebuild_zone_days(&tx, z)?;
+                tx.execute(
+                    "INSERT INTO report_zones (zone, built_at_ms) VALUES (?1, ?2)",
+                    params![key, now],
+                )
+                .map_err(db_err)?;
+                rep.built.push(key);
+            }
+            tx.commit().map_err(db_err)?;
+            // New zones are read once their rows are committed.
+            *current.write() = Arc::new(wanted);
+            Ok(rep)
+        })
+        .await
+    }
+
     async fn usage_report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
         let q = q.clone();
+        let built = self.report_zones.read().clone();
         self.read(move |c| {
-            // Roll-ups are 15-minute buckets: a bound inside a bucket moves to its next start.
-            // UTC reports on whole days read the day buckets (about 100 times fewer rows).
-            let whole_days = |t: Option<i64>| t.is_none_or(|t| t.rem_euclid(DAY_MS) == 0);
-            let table = if q.tz_offset_minutes == 0
-                && q.period != Some(Period::Hour)
-                && whole_days(q.since_ms)
-                && whole_days(q.until_ms)
-            {
-                "usage_rollup_day"
-            } else {
-                "usage_rollup"
+            let zone = q.zone();
+            let (table, since, until, label_expr, zone_key) = match rollup_for(&q, &built) {
+                Rollup::UtcDay => ("usage_rollup_day", q.since_ms, q.until_ms, "bucket_ms / 1000".to_string(), None),
+                Rollup::ZoneDay => (
+                    "usage_rollup_zone_day",
+                    q.since_ms.map(|t| zone.local_day(t)),
+                    q.until_ms.map(|t| zone.local_day(t)),
+                    "day * 86400".to_string(),
+                    Some(zone.key()),
+                ),
+                Rollup::Quarter => {
+                    // The zone's offsets over what the query can touch (the data's range when
+                    // open-ended), as a CASE on the bucket start.
+                    let (lo, hi) = match (q.since_ms, q.until_ms) {
+                        (Some(a), Some(b)) => (a, b),
+                        (a, b) => {
+                            let (min, max) = quarter_range(c)?;
+                            (a.or(min).unwrap_or(0), b.or(max.map(|m| m + BUCKET_MS)).unwrap_or(0))
+                        }
+                    };
+                    let offset = offset_sql(&zone.offsets_between(lo, hi.max(lo)), "bucket_ms");
+                    ("usage_rollup", q.since_ms, q.until_ms, format!("(bucket_ms + {offset}) / 1000"), None)
+                }
             };
-            let (where_sql, params) =
-                filter_sql(q.since_ms, q.until_ms, &q.user_id, &q.team_id, &q.app, "bucket_ms");
-            let offset_ms = i64::from(q.tz_offset_minutes) * 60_000;
+            let time_col = if zone_key.is_some() { "day" } else { "bucket_ms" };
+            let (mut where_sql, mut params) =
+                filter_sql(since, until, &q.user_id, &q.team_id, &q.app, time_col);
+            if let Some(z) = zone_key {
+                params.push(rusqlite::types::Value::Text(z));
+                where_sql.push_str(&format!(" AND zone = ?{}", params.len()));
+            }
             let period_expr = q.period.map(|p: Period| {
-                format!(
-                    "strftime('{}', (bucket_ms + {offset_ms}) / 1000, 'unixepoch')",
-                    p.pattern()
-                )
+                format!("strftime('{}', {label_expr}, 'unixepoch')", p.pattern())
             });
             let mut select: Vec<String> = Vec::new();
             select.push(period_expr.clone().unwrap_or_else(|| "NULL".to_string()));
