@@ -226,8 +226,8 @@ async fn reconcile_releases_what_a_dead_instance_held() -> R {
     let (_d, store) = open()?;
     let acct = user_account("u");
     store.grant(&grant(&acct, 100, "g")).await?;
-    store.heartbeat("dead", 1_000).await?;
-    store.heartbeat("alive", 10_000).await?;
+    store.heartbeat("dead", 1_000, &[]).await?;
+    store.heartbeat("alive", 10_000, &[]).await?;
     let mut a = reserve("a", &acct, 30);
     a.instance = "dead".into();
     a.now_ms = 1_000;

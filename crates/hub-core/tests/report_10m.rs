@@ -181,7 +181,9 @@ async fn report_queries_on_10_million_usage_rows() -> Result<(), Box<dyn std::er
         // hub does when a zone is added to the setting.
         store.set_report_zones(&[]).await?;
         let t = Instant::now();
-        let rep = store.set_report_zones(std::slice::from_ref(&shanghai)).await?;
+        let rep = store
+            .set_report_zones(std::slice::from_ref(&shanghai))
+            .await?;
         eprintln!(
             "rebuilt the Asia/Shanghai day roll-up ({} rows) from the 15-minute roll-up in {:.1} s",
             rep.rows,

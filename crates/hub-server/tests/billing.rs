@@ -621,7 +621,11 @@ async fn report_time_zones_follow_the_setting() -> R {
         .await?;
     assert!(h.hub.reload_if_changed().await?);
     assert_eq!(h.hub.billing().report_zones, vec![paris.clone()]);
-    let same = h.hub.store().set_report_zones(std::slice::from_ref(&paris)).await?;
+    let same = h
+        .hub
+        .store()
+        .set_report_zones(std::slice::from_ref(&paris))
+        .await?;
     assert_eq!(
         same,
         ZoneRebuild::default(),

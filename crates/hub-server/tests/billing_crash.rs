@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hub_core::ledger::LedgerStore;
 use hub_core::store::CallStatus;
 use hub_core::store::sqlite::SqliteStore;
@@ -302,5 +303,184 @@ fn ledger_verify_reads_the_database_a_url_names_and_refuses_postgres() -> R {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no hub database"));
     assert!(!missing.exists());
+    Ok(())
+}
+
+/// kill -9 mid-stream: the heartbeat had persisted what the stream delivered (the meter's count
+/// of output tokens, the prompt estimate); the restart captures exactly that part as an
+/// estimated record flagged `reconciled`, releases the rest, and releases a non-streaming call's
+/// whole reservation (nothing known delivered). Verify passes; nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_stream_charges_what_the_last_heartbeat_saw_delivered() -> R {
+    let mock = MockServer::start(Flavor::OpenAi).await;
+    let base = mock.base_url();
+    // One token per chunk ("hello" / " hello"), 5 chunks, then the upstream stalls.
+    mock.register_scenario(
+        "crash-model",
+        Script::text(vec!["hello"; 40].join(" "))
+            .with_stall_after_chunks(5)
+            .with_usage(Usage::new(9, 40)),
+    );
+    mock.register_scenario(
+        "slow-model",
+        Script::text("too late").with_first_byte_delay_ms(60_000),
+    );
+    let dir = tempfile::tempdir()?;
+    let data = dir.path();
+    for model in ["crash-model", "slow-model"] {
+        admin(
+            data,
+            &base,
+            &[
+                "admin",
+                "price",
+                "set",
+                "--provider",
+                "openai",
+                "--model",
+                model,
+                "--input",
+                "1",
+                "--output",
+                "2",
+            ],
+        )?;
+    }
+    let (mut child, url) = serve(data, &base)?;
+    admin(
+        data,
+        &base,
+        &[
+            "admin", "credits", "grant", "--user", "owner", "--amount", "1",
+        ],
+    )?;
+    let http = reqwest::Client::new();
+    // A non-streaming call waiting on its upstream, holding a reservation.
+    let slow = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(KEY)
+                .json(&json!({
+                    "model": "openai/slow-model",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 50,
+                }))
+                .send()
+                .await
+        })
+    };
+    let resp = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({
+            "model": "openai/crash-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 50,
+            "stream": true,
+        }))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no request id")?
+        .to_string();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while text.matches("hello").count() < 5 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await?
+            .ok_or("stream ended")??;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Wait for a heartbeat (every 100 ms) to persist the 5 delivered tokens, then kill -9.
+    let db = rusqlite::Connection::open(data.join("hub.db"))?;
+    let mut persisted = None;
+    for _ in 0..100 {
+        persisted = db
+            .query_row(
+                "SELECT delivered FROM reservations WHERE request_id = ?1",
+                [&id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<hub_core::store::UsageRecord>(&j).ok())
+            .filter(|r| r.completion_tokens == 5);
+        if persisted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let persisted = persisted.ok_or("no heartbeat persisted the delivered part")?;
+    assert_eq!(mock.hits(), 2, "both calls are upstream");
+    let sent = mock.stats().chunks_sent;
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    drop(body);
+    let _ = slow.await;
+    assert_eq!(sent, 5, "the mock delivered 5 chunks and stalled");
+
+    // Restart: reconciled at start, or within a few heartbeats once the dead one is stale.
+    let (mut child, _url) = serve(data, &base)?;
+    let store = SqliteStore::open(&data.join("hub.db"))?;
+    let mut rep = store.verify(hub_core::hub::now_ms(), 3_600_000).await?;
+    for _ in 0..100 {
+        if rep.open_reservations == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rep = store.verify(hub_core::hub::now_ms(), 3_600_000).await?;
+    }
+    assert!(rep.ok(), "{:#?}", rep.violations);
+    assert_eq!(rep.open_reservations, 0, "{rep:#?}");
+    assert_eq!(rep.reconciled_reservations, 2, "{rep:#?}");
+    let records = store
+        .usage_records(&hub_core::ledger::UsageFilter::default())
+        .await?;
+    assert_eq!(
+        records.len(),
+        1,
+        "only the stream left a record: {records:#?}"
+    );
+    let rec = &records[0];
+    assert_eq!(rec.id, id);
+    assert_eq!(
+        rec.completion_tokens, sent,
+        "charged what the mock delivered"
+    );
+    assert_eq!(rec.prompt_tokens, persisted.prompt_tokens);
+    assert!(rec.prompt_tokens > 0);
+    assert!(rec.estimated);
+    assert_eq!(rec.status, CallStatus::Failed);
+    assert_eq!(rec.error_class.as_deref(), Some("reconciled"));
+    // 1 credit per 1M input tokens, 2 per 1M output tokens.
+    let cost = hub_core::pricing::to_units(
+        rust_decimal::Decimal::from(rec.prompt_tokens) * rust_decimal::Decimal::new(1, 6)
+            + rust_decimal::Decimal::from(sent) * rust_decimal::Decimal::new(2, 6),
+    )
+    .ok_or("range")?;
+    assert_eq!(rec.billing.cost_units, cost);
+    let entries = store.entries("user:owner").await?;
+    let captures: Vec<_> = entries.iter().filter(|e| e.kind == "capture").collect();
+    assert_eq!(captures.len(), 1, "{entries:#?}");
+    assert_eq!(captures[0].charged, cost);
+    assert_eq!(captures[0].request_id.as_deref(), Some(id.as_str()));
+    let releases = entries.iter().filter(|e| e.kind == "release").count();
+    assert_eq!(releases, 1, "the non-streaming call's hold went back whole");
+    let bal = store.balance("user:owner").await?.ok_or("no account")?;
+    assert_eq!(bal.reserved, 0);
+    assert_eq!(
+        bal.available,
+        hub_core::pricing::UNITS_PER_CREDIT - cost,
+        "1 credit granted, the delivered part charged"
+    );
+    child.kill()?;
+    child.wait()?;
+    let out = admin(data, &base, &["ledger", "verify", "--window-secs", "3600"])?;
+    assert!(out.contains("ledger OK"), "{out}");
     Ok(())
 }

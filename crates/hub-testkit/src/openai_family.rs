@@ -43,6 +43,8 @@ pub(crate) enum Cutoff {
     /// Send the mid-stream error event (with this error object, or the flavor's) after N
     /// content chunks.
     Error(usize, Option<Value>),
+    /// Send nothing after N content chunks; keep the connection open.
+    Stall(usize),
 }
 
 /// One unit of an SSE body.
@@ -53,6 +55,8 @@ pub(crate) enum Frame {
     Data { bytes: Bytes, content: bool },
     /// Abruptly close the connection.
     Abort,
+    /// Send nothing more, holding the connection open until the client goes away.
+    Stall,
 }
 
 pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -571,6 +575,7 @@ pub(crate) fn chat_stream_frames(
         Cutoff::None => (usize::MAX, None),
         Cutoff::Drop(n) => (*n, None),
         Cutoff::Error(n, body) => (*n, Some(body)),
+        Cutoff::Stall(n) => (*n, None),
     };
     for (i, piece) in pieces.iter().enumerate() {
         if i >= limit {
@@ -594,6 +599,10 @@ pub(crate) fn chat_stream_frames(
         Cutoff::None => {}
         Cutoff::Drop(_) => {
             frames.push(Frame::Abort);
+            return frames;
+        }
+        Cutoff::Stall(_) => {
+            frames.push(Frame::Stall);
             return frames;
         }
         Cutoff::Error(..) => {

@@ -146,6 +146,10 @@ pub struct Script {
     /// Write N content chunks then the flavor's mid-stream error event, then end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_after_chunks: Option<usize>,
+    /// Write N content chunks then send nothing more, holding the connection open (OpenAI
+    /// family streams): a stream stalled upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_after_chunks: Option<usize>,
     /// The error object of the mid-stream error event (`{"error": X}` is unwrapped to `X`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_error_body: Option<Value>,
@@ -298,6 +302,12 @@ impl Script {
     #[must_use]
     pub fn with_drop_after_chunks(mut self, chunks: usize) -> Script {
         self.drop_after_chunks = Some(chunks);
+        self
+    }
+
+    #[must_use]
+    pub fn with_stall_after_chunks(mut self, chunks: usize) -> Script {
+        self.stall_after_chunks = Some(chunks);
         self
     }
 

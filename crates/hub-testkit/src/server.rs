@@ -818,10 +818,15 @@ async fn chat(shared: &Arc<Shared>, body: Value, seq: u64, request_id: &str) -> 
         return resp;
     }
 
-    let cutoff = match (script.drop_after_chunks, script.error_after_chunks) {
-        (Some(n), _) => Cutoff::Drop(n),
-        (None, Some(n)) => Cutoff::Error(n, script.stream_error_body.clone()),
-        (None, None) => Cutoff::None,
+    let cutoff = match (
+        script.drop_after_chunks,
+        script.error_after_chunks,
+        script.stall_after_chunks,
+    ) {
+        (Some(n), _, _) => Cutoff::Drop(n),
+        (None, Some(n), _) => Cutoff::Error(n, script.stream_error_body.clone()),
+        (None, None, Some(n)) => Cutoff::Stall(n),
+        (None, None, None) => Cutoff::None,
     };
     let frames = fam::chat_stream_frames(&ctx, &reply, &cutoff, request_id);
     let delay = script
@@ -901,6 +906,10 @@ pub(crate) fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -
                     if content {
                         shared.chunks_sent.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                Frame::Stall => {
+                    // Dropped when the client goes away (counted as cancelled by the guard).
+                    std::future::pending::<()>().await;
                 }
                 Frame::Abort => {
                     // Let the connection flush what was written, then cut it.

@@ -368,6 +368,21 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    /// Its pricing terms, unarmed (pricing a copy never records anything).
+    fn terms(&self) -> Hold {
+        Hold {
+            mode: self.mode,
+            model_type: self.model_type,
+            account: self.account.clone(),
+            reserved: self.reserved,
+            fallback: self.fallback.clone(),
+            quality: self.quality.clone(),
+            size: self.size.clone(),
+            budget: None,
+            armed: None,
+        }
+    }
+
     fn free(mode: BillingMode, model_type: ModelType) -> Hold {
         Hold {
             mode,
@@ -381,6 +396,33 @@ impl Hold {
             budget: None,
         }
     }
+}
+
+/// What a stream has delivered so far: updated by its meter per chunk (in memory only), read by
+/// the heartbeat, which persists it with the stream's reservation so that a restart after a
+/// crash charges the delivered part.
+#[derive(Default)]
+pub(crate) struct Delivered {
+    /// Delivered output text, while the provider has sent no usage.
+    pub(crate) output: String,
+    /// Usage as the provider reported it.
+    pub(crate) usage: Option<Usage>,
+    /// What the last successful heartbeat persisted.
+    persisted: Option<DeliveredMark>,
+}
+
+/// `(output length, usage)`: changes whenever more is delivered.
+type DeliveredMark = (usize, Option<Usage>);
+
+/// A stream holding a reservation, as the heartbeat sees it.
+pub(crate) struct InFlight {
+    pub(crate) delivered: Arc<parking_lot::Mutex<Delivered>>,
+    /// Its usage record so far (identity, provider, model; no usage yet).
+    record: UsageRecord,
+    req: Arc<crate::types::ChatRequest>,
+    /// o200k estimate of the prompt, computed at the first heartbeat that needs it.
+    prompt_estimate: std::sync::OnceLock<u64>,
+    terms: Hold,
 }
 
 impl Drop for Hold {
@@ -607,6 +649,78 @@ impl Hub {
         price.map(|_| from_units(cost_units))
     }
 
+    /// Registers a stream holding a reservation for the heartbeat (nothing when none is held).
+    pub(crate) fn track_stream(
+        &self,
+        record: &UsageRecord,
+        req: &Arc<crate::types::ChatRequest>,
+        hold: &Hold,
+        delivered: &Arc<parking_lot::Mutex<Delivered>>,
+    ) {
+        if hold.reserved > 0 {
+            self.inner.in_flight.lock().insert(
+                record.id.clone(),
+                Arc::new(InFlight {
+                    delivered: delivered.clone(),
+                    record: record.clone(),
+                    req: req.clone(),
+                    prompt_estimate: std::sync::OnceLock::new(),
+                    terms: hold.terms(),
+                }),
+            );
+        }
+    }
+
+    /// Forgets a stream (settled: its own record carries its usage now).
+    pub(crate) fn untrack_stream(&self, request_id: &str) {
+        self.inner.in_flight.lock().remove(request_id);
+    }
+
+    /// For every stream holding a reservation whose delivered part changed since the last beat:
+    /// the record to write if this instance dies now (usage so far, estimated, priced, flagged
+    /// `reconciled`), and the mark to remember once it is persisted.
+    fn delivered_so_far(&self) -> Vec<(UsageRecord, Arc<InFlight>, DeliveredMark)> {
+        let streams: Vec<Arc<InFlight>> = self.inner.in_flight.lock().values().cloned().collect();
+        let mut out = Vec::new();
+        for f in streams {
+            let (output, usage, mark) = {
+                let d = f.delivered.lock();
+                let mark = (d.output.len(), d.usage);
+                if d.persisted == Some(mark) || (mark.0 == 0 && mark.1.is_none()) {
+                    continue; // unchanged, or nothing delivered yet (released if it dies)
+                }
+                (d.output.clone(), d.usage, mark)
+            };
+            let usage = match usage {
+                Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => Usage {
+                    estimated: true,
+                    ..u
+                },
+                _ => Usage {
+                    prompt_tokens: *f
+                        .prompt_estimate
+                        .get_or_init(|| crate::tokenize::estimate_prompt(&f.req)),
+                    completion_tokens: crate::tokenize::count(&output),
+                    estimated: true,
+                    ..Usage::default()
+                },
+            };
+            let mut rec = f.record.clone();
+            super::meter::apply_usage(&mut rec, &usage);
+            rec.latency_ms = (now_ms() - rec.created_at_ms).max(0) as u64;
+            rec.status = CallStatus::Failed;
+            rec.error_class = Some("reconciled".to_string());
+            rec.error_message = Some(
+                "the hub stopped mid-stream; charged for what was delivered up to its last heartbeat (estimated)"
+                    .to_string(),
+            );
+            let mut terms = f.terms.terms();
+            self.charge(&mut rec, &mut terms, &usage);
+            out.push((rec, f, mark));
+        }
+        out
+    }
+
     /// Reloads the billing configuration (settings and prices) from the store.
     pub(crate) async fn reload_billing(&self) -> Result<(), StoreError> {
         let cfg =
@@ -664,7 +778,12 @@ impl Hub {
         let store = self.inner.store.as_ref();
         let d = &self.inner.billing_defaults;
         let now = now_ms();
-        store.heartbeat(&self.inner.instance, now).await?;
+        let delivered = self.delivered_so_far();
+        let records: Vec<UsageRecord> = delivered.iter().map(|(r, _, _)| r.clone()).collect();
+        store.heartbeat(&self.inner.instance, now, &records).await?;
+        for (_, f, mark) in delivered {
+            f.delivered.lock().persisted = Some(mark);
+        }
         let stale_before = now - 5 * d.heartbeat.as_millis() as i64;
         let older_than = now - d.reconcile_window.as_millis() as i64;
         let rep = store

@@ -3,7 +3,7 @@
 
 use futures::{Stream, StreamExt};
 
-use super::billing::Hold;
+use super::billing::{Delivered, Hold};
 use super::dispatch::Attempted;
 use super::{CallContext, Hub, StreamItem};
 use crate::error::HubError;
@@ -143,11 +143,11 @@ pub(crate) fn estimate_chat_usage(req: &ChatRequest, resp: &ChatResponse) -> Usa
 pub(crate) struct StreamMeter {
     pub(crate) hub: Hub,
     pub(crate) ctx: CallContext,
-    pub(crate) req: ChatRequest,
+    pub(crate) req: std::sync::Arc<ChatRequest>,
     pub(crate) record: Option<UsageRecord>,
-    pub(crate) usage: Option<Usage>,
-    /// Delivered output text, kept for estimation while the provider has sent no usage.
-    pub(crate) output: String,
+    /// Usage reported and output delivered so far (the text kept for estimation while the
+    /// provider has sent no usage); shared with the heartbeat when credit is held.
+    pub(crate) delivered: std::sync::Arc<parking_lot::Mutex<Delivered>>,
     /// Token-limit reservation, settled with the recorded usage.
     pub(crate) permit: Option<crate::policy::Permit>,
     /// The credit held for this stream; settled with the record.
@@ -158,21 +158,23 @@ impl StreamMeter {
     fn observe(&mut self, ev: &StreamEvent) {
         match ev {
             StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => {
-                if self.usage.is_none() {
-                    self.output.push_str(text);
+                let mut d = self.delivered.lock();
+                if d.usage.is_none() {
+                    d.output.push_str(text);
                 }
             }
             StreamEvent::ToolCallDelta {
                 name, arguments, ..
             } => {
-                if self.usage.is_none() {
+                let mut d = self.delivered.lock();
+                if d.usage.is_none() {
                     if let Some(n) = name {
-                        self.output.push_str(n);
+                        d.output.push_str(n);
                     }
-                    self.output.push_str(arguments);
+                    d.output.push_str(arguments);
                 }
             }
-            StreamEvent::Usage { usage } => self.usage = Some(*usage),
+            StreamEvent::Usage { usage } => self.delivered.lock().usage = Some(*usage),
             // Signatures and redacted reasoning are opaque; the tokens behind them are billed
             // from the provider's usage.
             StreamEvent::Start { .. }
@@ -190,11 +192,16 @@ impl StreamMeter {
         err: Option<&HubError>,
     ) -> Option<(UsageRecord, Usage, Option<rust_decimal::Decimal>)> {
         let mut rec = self.record.take()?;
-        let usage = match self.usage {
+        self.hub.untrack_stream(&rec.id);
+        let (reported, output) = {
+            let mut d = self.delivered.lock();
+            (d.usage, std::mem::take(&mut d.output))
+        };
+        let usage = match reported {
             Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
             _ => Usage {
                 prompt_tokens: tokenize::estimate_prompt(&self.req),
-                completion_tokens: tokenize::count(&self.output),
+                completion_tokens: tokenize::count(&output),
                 estimated: true,
                 ..Usage::default()
             },

@@ -191,6 +191,9 @@ struct Inner {
     ledger: LedgerWriter,
     ledger_task: Mutex<Option<JoinHandle<()>>>,
     upkeep: Mutex<Option<JoinHandle<()>>>,
+    /// Streams holding a reservation, by request id: the heartbeat persists what each has
+    /// delivered (billing.rs).
+    in_flight: Mutex<HashMap<String, Arc<billing::InFlight>>>,
     /// This process's id in the ledger (its reservations are released if it stops beating).
     instance: String,
     /// `Some` only when auth is switched off for a benchmark (`HUB_BENCH_DISABLE=auth`): every
@@ -305,6 +308,7 @@ impl Hub {
             ledger,
             ledger_task: Mutex::new(Some(ledger_task)),
             upkeep: Mutex::new(None),
+            in_flight: Mutex::new(HashMap::new()),
             instance: format!("inst_{}", uuid::Uuid::new_v4().simple()),
             unauthenticated_as,
             switches: opts.switches,
@@ -637,13 +641,15 @@ impl Hub {
             .provider
             .map(|p| p.name().to_string())
             .unwrap_or_default();
+        let req = Arc::new(req);
+        let delivered = Arc::default();
+        self.track_stream(&rec, &req, &hold, &delivered);
         let meter = StreamMeter {
             hub: self.clone(),
             ctx,
             req,
             record: Some(rec),
-            usage: None,
-            output: String::new(),
+            delivered,
             permit: Some(permit),
             hold,
         };

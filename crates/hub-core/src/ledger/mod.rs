@@ -12,8 +12,10 @@
 //!   (`UPDATE ... WHERE status = 'open'`), charges the cost, returns the rest to `available`, one
 //!   `capture` entry. A cost above reservation + available is written off as `shortfall`, never
 //!   overdrawn.
-//! - **Release** (reconcile after a crash): an open reservation whose instance died (or older than
-//!   the window) goes back to `available`, flagged `reconciled`.
+//! - **Reconcile** (after a crash): an open reservation whose instance died (or older than the
+//!   window) is flagged `reconciled`; if its stream had delivered something by the instance's
+//!   last heartbeat, the heartbeat's record of that part is written and captured (the rest goes
+//!   back), else all of it goes back to `available` (a `release` entry).
 //! - Every entry has a UNIQUE idempotency key (`reserve:<req>`, `capture:<req>`,
 //!   `release:<req>`, `starter:<user>`, `grant:<key>`, `expire:<entry id>`): a replay changes
 //!   nothing.
@@ -183,6 +185,9 @@ pub struct ZoneRebuild {
 pub struct ReconcileReport {
     pub released: u64,
     pub released_units: i64,
+    /// Streams captured for what they had delivered by their last heartbeat (rest released).
+    pub captured: u64,
+    pub captured_units: i64,
 }
 
 /// The ledger, price book and reports, as the store implements them. Every write is a
@@ -198,9 +203,10 @@ pub trait LedgerStore: Send + Sync {
     async fn entries(&self, account: &str) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Checks every invariant; `window_ms`: how old an open reservation may be.
     async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError>;
-    /// Releases (flagged `reconciled`) every open reservation held by an instance other than `me`
-    /// whose heartbeat is older than `stale_before_ms`, and every open reservation created before
-    /// `older_than_ms`.
+    /// Reconciles (flagged `reconciled`) every open reservation held by an instance other than
+    /// `me` whose heartbeat is older than `stale_before_ms`, and every open reservation created
+    /// before `older_than_ms`: one whose stream had delivered something by its last heartbeat is
+    /// captured for that part (its record written, the rest released); any other is released.
     async fn reconcile(
         &self,
         me: &str,
@@ -208,8 +214,15 @@ pub trait LedgerStore: Send + Sync {
         stale_before_ms: i64,
         older_than_ms: i64,
     ) -> Result<ReconcileReport, StoreError>;
-    /// Records that instance `id` is alive.
-    async fn heartbeat(&self, id: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Records that instance `id` is alive, and what its streams holding reservations have
+    /// delivered so far: for each, the usage record to write (estimated, flagged `reconciled`)
+    /// if this instance dies before settling it. One transaction per beat.
+    async fn heartbeat(
+        &self,
+        id: &str,
+        now_ms: i64,
+        delivered: &[UsageRecord],
+    ) -> Result<(), StoreError>;
     /// Expires what is left of grants whose expiry passed (entries keyed `expire:<grant id>`).
     /// Returns the number of grants expired.
     async fn expire_grants(&self, now_ms: i64) -> Result<u64, StoreError>;

@@ -343,6 +343,78 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(db_err)
 }
 
+/// Inserts records (a replayed id is skipped), settles each in the same transaction, and adds
+/// them to the roll-ups (summed per batch).
+pub(super) fn insert_usage_in_tx(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[UsageRecord],
+    zones: &[crate::ledger::report::ReportZone],
+) -> Result<(), StoreError> {
+    let mut rollups = ledger::RollupBatch::default();
+    {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO usage_records (id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress,
+                   endpoint, requested_model, provider, credential, upstream_model, stream, prompt_tokens,
+                   completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated,
+                   latency_ms, ttfb_ms, status, http_status, error_class, error_message, provider_cost, attempts,
+                   billing_mode, price_version, cost_units, provider_cost_units, account, reserved_units)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                         ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)
+                 ON CONFLICT(id) DO NOTHING",
+            )
+            .map_err(db_err)?;
+        for r in records {
+            let inserted = st
+                .execute(params![
+                    r.id,
+                    r.created_at_ms,
+                    r.client_request_id,
+                    r.principal,
+                    r.user_id,
+                    r.team_id,
+                    r.app,
+                    r.ingress,
+                    r.endpoint,
+                    r.requested_model,
+                    r.provider,
+                    r.credential,
+                    r.upstream_model,
+                    r.stream as i64,
+                    r.prompt_tokens as i64,
+                    r.completion_tokens as i64,
+                    r.cache_read_tokens as i64,
+                    r.cache_write_tokens as i64,
+                    r.reasoning_tokens as i64,
+                    r.images as i64,
+                    r.estimated as i64,
+                    r.latency_ms as i64,
+                    r.ttfb_ms.map(|v| v as i64),
+                    r.status.as_str(),
+                    r.http_status as i64,
+                    r.error_class,
+                    r.error_message,
+                    r.provider_cost,
+                    r.attempts as i64,
+                    r.billing.mode,
+                    r.billing.price_version,
+                    r.billing.cost_units,
+                    r.billing.provider_cost_units,
+                    r.billing.account,
+                    r.billing.reserved_units,
+                ])
+                .map_err(db_err)?;
+            // A replayed record (same id) settles nothing and counts nothing again.
+            if inserted == 1 {
+                ledger::settle_in_tx(tx, r)?;
+                rollups.add(r, zones);
+            }
+        }
+    }
+    rollups.write(tx, zones)?;
+    Ok(())
+}
+
 fn bump_config(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'config_version'",
@@ -711,71 +783,11 @@ impl Store for SqliteStore {
         self.write(move |c| {
             // Read under the writer lock: `set_report_zones` changes it under the same lock.
             let zones = report_zones.read().clone();
-            let mut rollups = ledger::RollupBatch::default();
             // IMMEDIATE: the settlement reads balances it then writes (another process may write).
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO usage_records (id, created_at_ms, client_request_id, principal, user_id, team_id, app, ingress,
-                           endpoint, requested_model, provider, credential, upstream_model, stream, prompt_tokens,
-                           completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, images, estimated,
-                           latency_ms, ttfb_ms, status, http_status, error_class, error_message, provider_cost, attempts,
-                           billing_mode, price_version, cost_units, provider_cost_units, account, reserved_units)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                                 ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)
-                         ON CONFLICT(id) DO NOTHING",
-                    )
-                    .map_err(db_err)?;
-                for r in &records {
-                    let inserted = st.execute(params![
-                        r.id,
-                        r.created_at_ms,
-                        r.client_request_id,
-                        r.principal,
-                        r.user_id,
-                        r.team_id,
-                        r.app,
-                        r.ingress,
-                        r.endpoint,
-                        r.requested_model,
-                        r.provider,
-                        r.credential,
-                        r.upstream_model,
-                        r.stream as i64,
-                        r.prompt_tokens as i64,
-                        r.completion_tokens as i64,
-                        r.cache_read_tokens as i64,
-                        r.cache_write_tokens as i64,
-                        r.reasoning_tokens as i64,
-                        r.images as i64,
-                        r.estimated as i64,
-                        r.latency_ms as i64,
-                        r.ttfb_ms.map(|v| v as i64),
-                        r.status.as_str(),
-                        r.http_status as i64,
-                        r.error_class,
-                        r.error_message,
-                        r.provider_cost,
-                        r.attempts as i64,
-                        r.billing.mode,
-                        r.billing.price_version,
-                        r.billing.cost_units,
-                        r.billing.provider_cost_units,
-                        r.billing.account,
-                        r.billing.reserved_units,
-                    ])
-                    .map_err(db_err)?;
-                    // A replayed record (same id) settles nothing and counts nothing again.
-                    if inserted == 1 {
-                        ledger::settle_in_tx(&tx, r)?;
-                        rollups.add(r, &zones);
-                    }
-                }
-            }
-            rollups.write(&tx, &zones)?;
+            insert_usage_in_tx(&tx, &records, &zones)?;
             tx.commit().map_err(db_err)
         })
         .await

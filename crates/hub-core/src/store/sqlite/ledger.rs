@@ -571,7 +571,7 @@ fn verify_in(
         "SELECT r.request_id, r.status FROM reservations r WHERE
            NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'reserve:' || r.request_id AND e.available_delta = -r.amount)
            OR (r.status = 'settled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id AND e.reserved_delta = -r.amount))
-           OR (r.status = 'reconciled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'release:' || r.request_id AND e.reserved_delta = -r.amount))",
+           OR (r.status = 'reconciled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key IN ('release:' || r.request_id, 'capture:' || r.request_id) AND e.reserved_delta = -r.amount))",
         &|r| {
             Ok(format!(
                 "reservation {} ({}) does not match its ledger entries",
@@ -818,14 +818,16 @@ impl LedgerStore for SqliteStore {
         older_than_ms: i64,
     ) -> Result<ReconcileReport, StoreError> {
         let me = me.to_string();
+        let report_zones = self.report_zones.clone();
         self.write(move |c| {
+            let zones = report_zones.read().clone();
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let stale: Vec<(String, String, i64)> = {
+            let stale: Vec<(String, String, i64, Option<String>)> = {
                 let mut st = tx
                     .prepare(
-                        "SELECT r.request_id, r.account, r.amount FROM reservations r
+                        "SELECT r.request_id, r.account, r.amount, r.delivered FROM reservations r
                          LEFT JOIN instances i ON i.id = r.instance
                          WHERE r.status = 'open' AND (r.created_at_ms < ?3 OR
                            (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2)))",
@@ -833,13 +835,44 @@ impl LedgerStore for SqliteStore {
                     .map_err(db_err)?;
                 let rows = st
                     .query_map(params![me, stale_before_ms, older_than_ms], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })
                     .map_err(db_err)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
             };
             let mut rep = ReconcileReport::default();
-            for (req, account, amount) in stale {
+            for (req, account, amount, delivered) in stale {
+                // A stream that had delivered something by its last heartbeat: its record (as
+                // the heartbeat left it: estimated, flagged `reconciled`) is written and settled
+                // now, which charges the delivered part and returns the rest.
+                if let Some(rec) = delivered
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str::<UsageRecord>(j).ok())
+                    .filter(|r| r.id == req && r.billing.account.as_deref() == Some(account.as_str()))
+                {
+                    let mut rec = rec;
+                    rec.billing.reserved_units = amount;
+                    super::insert_usage_in_tx(&tx, std::slice::from_ref(&rec), &zones)?;
+                    let captured: Option<i64> = tx
+                        .query_row(
+                            "SELECT e.charged FROM reservations r JOIN ledger_entries e ON e.idem_key = 'capture:' || r.request_id
+                             WHERE r.request_id = ?1 AND r.status = 'settled'",
+                            [&req],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db_err)?;
+                    if let Some(charged) = captured {
+                        tx.execute(
+                            "UPDATE reservations SET status = 'reconciled' WHERE request_id = ?1",
+                            [&req],
+                        )
+                        .map_err(db_err)?;
+                        rep.captured += 1;
+                        rep.captured_units += charged;
+                        continue;
+                    }
+                }
                 let n = tx
                     .execute(
                         "UPDATE reservations SET status = 'reconciled', settled_at_ms = ?2 WHERE request_id = ?1 AND status = 'open'",
@@ -876,22 +909,43 @@ impl LedgerStore for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        id: &str,
+        now_ms: i64,
+        delivered: &[UsageRecord],
+    ) -> Result<(), StoreError> {
         let id = id.to_string();
+        let mut progress = Vec::with_capacity(delivered.len());
+        for r in delivered {
+            let json = serde_json::to_string(r).map_err(|e| StoreError::Db(e.to_string()))?;
+            progress.push((r.id.clone(), json));
+        }
         self.write(move |c| {
-            c.execute(
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
                 "INSERT INTO instances (id, heartbeat_ms) VALUES (?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
                 params![id, now_ms],
             )
             .map_err(db_err)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "UPDATE reservations SET delivered = ?2 WHERE request_id = ?1 AND status = 'open'",
+                    )
+                    .map_err(db_err)?;
+                for (req, json) in &progress {
+                    st.execute(params![req, json]).map_err(db_err)?;
+                }
+            }
             // Forget instances gone for a day.
-            c.execute(
+            tx.execute(
                 "DELETE FROM instances WHERE heartbeat_ms < ?1",
                 [now_ms - 86_400_000],
             )
             .map_err(db_err)?;
-            Ok(())
+            tx.commit().map_err(db_err)
         })
         .await
     }
