@@ -169,8 +169,37 @@ async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work()
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     assert_eq!(versions(&h1), vec!["HTTP/1.1", "HTTP/1.1"]);
 
-    let usage = srv.hub.store().list_usage(10).await.unwrap();
-    assert_eq!(usage.len(), 4);
+    // One pooled client per provider: concurrent streams to the h2 upstream share its one
+    // connection; HTTP/1.1 needs a connection per request in flight.
+    for mock in [&h2, &h1] {
+        mock.register_scenario(
+            "slow",
+            Script::text("a b c d")
+                .with_chunks(4)
+                .with_chunk_delay_ms(150),
+        );
+    }
+    let calls = (0..6).flat_map(|_| {
+        [
+            chat(&srv.base, "openai/slow", true),
+            chat(&srv.base, "deepseek/slow", true),
+        ]
+    });
+    for (status, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    }
+    assert_eq!(h2.stats().requests, 8);
+    assert_eq!(
+        h2.stats().connections,
+        1,
+        "h2 multiplexes over one pooled connection"
+    );
+    assert!(h1.stats().connections > 1, "{:?}", h1.stats());
+    assert!(versions(&h2).iter().all(|v| v == "HTTP/2.0"));
+
+    let usage = srv.hub.store().list_usage(100).await.unwrap();
+    assert_eq!(usage.len(), 16);
     assert!(
         usage.iter().all(|r| r.status.as_str() == "success"),
         "{usage:?}"

@@ -118,6 +118,9 @@ pub struct MockStats {
     /// Requests dropped while the mock was still waiting out their first-byte delay: the
     /// client closed the connection before any answer (a cancelled non-streaming call).
     pub requests_cancelled_by_client: u64,
+    /// Connections accepted (HTTPS: counted once the TLS handshake completed). With HTTP/2 one
+    /// connection carries many concurrent requests.
+    pub connections: u64,
 }
 
 pub(crate) struct Shared {
@@ -138,6 +141,7 @@ pub(crate) struct Shared {
     pub(crate) streams_cancelled: AtomicU64,
     pub(crate) chunks_sent: AtomicU64,
     pub(crate) requests_cancelled: AtomicU64,
+    pub(crate) connections: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -175,6 +179,7 @@ impl Shared {
             streams_cancelled_by_client: self.streams_cancelled.load(Ordering::Relaxed),
             chunks_sent: self.chunks_sent.load(Ordering::Relaxed),
             requests_cancelled_by_client: self.requests_cancelled.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 
@@ -189,6 +194,7 @@ impl Shared {
             &self.streams_cancelled,
             &self.chunks_sent,
             &self.requests_cancelled,
+            &self.connections,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -250,6 +256,7 @@ impl MockServer {
         };
         let origin = format!("{scheme}://{addr}");
         let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let connections = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             flavor,
             accepted_keys: Mutex::new(vec![config.api_key.clone()]),
@@ -266,6 +273,7 @@ impl MockServer {
             streams_cancelled: AtomicU64::new(0),
             chunks_sent: AtomicU64::new(0),
             requests_cancelled: AtomicU64::new(0),
+            connections: Arc::clone(&connections),
         });
         let app = Router::new()
             .fallback(handle)
@@ -280,6 +288,7 @@ impl MockServer {
                 let listener = TlsListener {
                     tcp: listener,
                     acceptor,
+                    connections,
                 };
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app)
@@ -288,7 +297,8 @@ impl MockServer {
                 });
             }
             None => {
-                let listener = listener.tap_io(|tcp| {
+                let listener = listener.tap_io(move |tcp| {
+                    connections.fetch_add(1, Ordering::Relaxed);
                     // Best effort: a socket that refuses NODELAY still works, only slower.
                     let _ = tcp.set_nodelay(true);
                 });
@@ -446,6 +456,7 @@ pub(crate) fn script_headers(script: &Script, headers: &mut HeaderMap) {
 struct TlsListener {
     tcp: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    connections: Arc<AtomicU64>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -461,6 +472,7 @@ impl axum::serve::Listener for TlsListener {
             let _ = tcp.set_nodelay(true);
             // A client that refuses the certificate ends its handshake; wait for the next one.
             if let Ok(tls) = self.acceptor.accept(tcp).await {
+                self.connections.fetch_add(1, Ordering::Relaxed);
                 return (tls, addr);
             }
         }
