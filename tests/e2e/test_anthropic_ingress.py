@@ -627,3 +627,23 @@ def test_extended_thinking_tool_loop(native, provider, stream):
             messages=[question, tampered, result],
         )
     assert "Invalid `signature` in `thinking` block" in ei.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize("provider", NATIVE_PROVIDERS)
+def test_count_tokens_asks_the_provider(native, provider):
+    """Anthropic, Gemini and Bedrock upstreams count tokens themselves (the mock answers the scripted
+    count, which no estimate would produce); a failing count falls back to the flagged estimate."""
+    hub, natives, claude = native
+    mock = natives[provider]
+    model = mock.scenario(unique_model(), usage={"prompt_tokens": 4242, "completion_tokens": 1})
+    messages = [{"role": "user", "content": "hello world"}]
+    raw = claude.messages.with_raw_response.count_tokens(model=f"{provider}/{model}", system="S", messages=messages)
+    assert raw.parse().input_tokens == 4242
+    assert raw.headers.get("x-aigne-hub-estimated") is None
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert rec["endpoint"] == "count_tokens" and (rec["prompt_tokens"], rec["completion_tokens"]) == (0, 0)
+    broken = mock.scenario(unique_model(), error={"status": 500})
+    raw = claude.messages.with_raw_response.count_tokens(model=f"{provider}/{broken}", system="S", messages=messages)
+    assert raw.headers.get("x-aigne-hub-estimated") == "true"
+    # o200k: "S" = 1, "hello world" = 2; 3 per message + 3 for priming
+    assert raw.parse().input_tokens == 3 + (3 + 1) + (3 + 2)

@@ -42,6 +42,8 @@ struct Case {
     authenticates: bool,
     embeddings_model: Option<&'static str>,
     images_model: Option<&'static str>,
+    /// The provider counts prompt tokens itself (Anthropic, Gemini, Bedrock).
+    counts_tokens: bool,
     /// A realistic "context too long" error: (status, body).
     context_error: fn() -> (u16, Value),
 }
@@ -612,6 +614,35 @@ async fn images(case: Case) {
     assert!(r.usage.images >= 1, "{:?}", r.usage);
 }
 
+/// The provider's own prompt-token count (Anthropic `count_tokens`, Gemini `countTokens`, Bedrock
+/// `CountTokens`): the mock answers the scripted count, so only the provider's number can match;
+/// others are unsupported without a request. An upstream failure is an error (the hub then
+/// answers with its estimate).
+async fn count_tokens(case: Case) {
+    let f = Fixture::new(case).await;
+    let imp = implementation(case.kind).unwrap();
+    let mut req = request(vec![
+        Message::text(Role::System, "Be terse-sys."),
+        user("How many tokens is this?"),
+    ]);
+    req.tools = vec![weather_tool()];
+    req.max_tokens = Some(100);
+    f.mock
+        .push(Script::text("never generated").with_usage(MockUsage::new(4242, 1)));
+    let result = imp.count_tokens(f.up(case.model), &req).await;
+    if !case.counts_tokens {
+        assert_eq!(result.unwrap_err().class, ErrorClass::Unsupported);
+        assert_eq!(f.mock.hits(), 0);
+        return;
+    }
+    assert_eq!(result.unwrap(), 4242);
+    let body = f.last_body();
+    assert!(body.contains("How many tokens is this?"), "{body}");
+    assert!(body.contains("Be terse-sys."), "{body}");
+    f.mock.push(Script::error(500));
+    assert!(imp.count_tokens(f.up(case.model), &req).await.is_err());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reasoning signatures (Anthropic, Bedrock: thinking blocks; Gemini: thoughtSignature on calls)
 
@@ -868,6 +899,7 @@ const fn family(
         authenticates: true,
         embeddings_model: None,
         images_model: None,
+        counts_tokens: false,
         context_error,
     }
 }
@@ -934,6 +966,7 @@ const ANTHROPIC: Case = Case {
     reports_cache_write: true,
     reports_reasoning: false,
     overloaded_status: 529,
+    counts_tokens: true,
     ..family(
         ProviderKind::Anthropic,
         Flavor::Anthropic,
@@ -945,6 +978,7 @@ const ANTHROPIC: Case = Case {
 const GEMINI: Case = Case {
     embeddings_model: Some("gemini-embedding-001"),
     images_model: Some("gemini-2.5-flash-image"),
+    counts_tokens: true,
     ..family(
         ProviderKind::Google,
         Flavor::Gemini,
@@ -965,6 +999,7 @@ const BEDROCK: Case = Case {
     reports_reasoning: false,
     retry_hint: false,
     embeddings_model: Some("amazon.titan-embed-text-v2:0"),
+    counts_tokens: true,
     ..family(
         ProviderKind::Bedrock,
         Flavor::Bedrock,
@@ -994,6 +1029,7 @@ macro_rules! conformance {
             #[tokio::test] async fn stream_cancel() { super::stream_cancel($case).await }
             #[tokio::test] async fn embeddings() { super::embeddings($case).await }
             #[tokio::test] async fn images() { super::images($case).await }
+            #[tokio::test] async fn count_tokens() { super::count_tokens($case).await }
         }
     )*};
 }

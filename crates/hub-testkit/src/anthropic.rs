@@ -84,7 +84,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: NativeRequest<'_>) -> Resp
 async fn messages(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
     let seq = req.seq;
     let path = req.uri.path().trim_end_matches('/');
-    if !(req.method == Method::POST && path == "/v1/messages") {
+    let counting = path == "/v1/messages/count_tokens";
+    if !(req.method == Method::POST && (path == "/v1/messages" || counting)) {
         return error_response(404, Some("Not found"), seq);
     }
     if req.header("x-api-key") != Some(shared.config.api_key.as_str()) {
@@ -107,6 +108,9 @@ async fn messages(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return error_response(400, Some("messages: Field required"), seq);
     };
+    if counting {
+        return count_tokens(shared, body, model, messages, seq).await;
+    }
     if body.get("max_tokens").and_then(Value::as_u64).is_none() {
         return error_response(400, Some("max_tokens: Field required"), seq);
     }
@@ -177,6 +181,48 @@ async fn messages(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
     };
     script_headers(&reply.script, resp.headers_mut());
     resp
+}
+
+/// `POST /v1/messages/count_tokens` -> `{"input_tokens": N}`: N is the script's
+/// `usage.prompt_tokens` when scripted, else the prompt estimate. Generation-only fields are
+/// refused as the real endpoint does.
+async fn count_tokens(
+    shared: &Arc<Shared>,
+    body: &Value,
+    model: &str,
+    messages: &[Value],
+    seq: u64,
+) -> Response {
+    for field in [
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "stop_sequences",
+        "metadata",
+    ] {
+        if body.get(field).is_some() {
+            let msg = format!("{field}: Extra inputs are not permitted");
+            return error_response(400, Some(&msg), seq);
+        }
+    }
+    let script = shared.pick_script(Some(model));
+    native::first_byte_delay(shared, &script).await;
+    if let Some(err) = &script.error {
+        let mut resp = match &err.body {
+            Some(b) if !b.is_null() => json_response(err.status, b),
+            _ => error_response(err.status, None, seq),
+        };
+        script_headers(&script, resp.headers_mut());
+        return resp;
+    }
+    let chars = native::text_chars(&json!({"m": messages}))
+        + native::text_chars(&json!({"s": body.get("system")}));
+    let n = script
+        .usage
+        .as_ref()
+        .map_or_else(|| crate::server::approx_tokens(chars), |u| u.prompt_tokens);
+    json_response(200, &json!({"input_tokens": n}))
 }
 
 /// Anthropic's thinking checks over the history (see [`signatures::check_history`]).

@@ -121,6 +121,7 @@ async fn route(shared: &Arc<Shared>, req: &NativeRequest<'_>) -> Response {
         "converse" => converse(shared, req, &model, false).await,
         "converse-stream" => converse(shared, req, &model, true).await,
         "invoke" => invoke(shared, req, &model).await,
+        "count-tokens" => count_tokens(shared, req, &model).await,
         _ => error_response(404, "UnknownOperationException", ""),
     }
 }
@@ -341,6 +342,45 @@ fn validate(body: &Value) -> Result<&Vec<Value>, Box<Response>> {
         )));
     }
     Ok(messages)
+}
+
+/// `CountTokens`: `{"input":{"converse":{messages,system}}}` -> `{"inputTokens": N}` (N is the
+/// script's `usage.prompt_tokens` when scripted, else the prompt estimate). Like Bedrock, it
+/// takes bare foundation-model ids only: inference profiles are a `ValidationException`.
+async fn count_tokens(shared: &Arc<Shared>, req: &NativeRequest<'_>, model: &str) -> Response {
+    let Some(converse) = req.body.pointer("/input/converse") else {
+        return error_response(
+            400,
+            "ValidationException",
+            "1 validation error detected: Value null at 'input' failed to satisfy constraint: Member must not be null",
+        );
+    };
+    if ["us.", "eu.", "apac.", "global."]
+        .iter()
+        .any(|p| model.starts_with(p))
+    {
+        return error_response(
+            400,
+            "ValidationException",
+            "The provided model doesn't support counting tokens.",
+        );
+    }
+    let messages = match validate(converse) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let script = match scripted(shared, model).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let chars = native::text_chars(&json!({"m": messages, "s": converse.get("system")}));
+    let n = script
+        .usage
+        .as_ref()
+        .map_or_else(|| approx_tokens(chars), |u| u.prompt_tokens);
+    let mut resp = json_response(200, &json!({"inputTokens": n}));
+    script_headers(&script, resp.headers_mut());
+    resp
 }
 
 /// The thinking checks Claude on Bedrock applies (see [`signatures::check_history`]), over

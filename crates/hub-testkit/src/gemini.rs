@@ -122,8 +122,35 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: NativeRequest<'_>) -> Resp
             generate(shared, &req, model, Some(sse)).await
         }
         "embedContent" | "batchEmbedContents" => embed(shared, &req, model, method).await,
+        "countTokens" => count_tokens(shared, &req, model).await,
         _ => error_response(404, Some(&format!("Method not found: {method}"))),
     }
+}
+
+/// `models/{model}:countTokens` over `contents` or a whole `generateContentRequest` ->
+/// `{"totalTokens": N, "promptTokensDetails": [...]}`. N is the script's `usage.prompt_tokens`
+/// when scripted, else the prompt estimate.
+async fn count_tokens(shared: &Arc<Shared>, req: &NativeRequest<'_>, model: &str) -> Response {
+    let body = req.body.get("generateContentRequest").unwrap_or(&req.body);
+    let contents = match validate(body) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let script = match scripted_error(shared, model).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let chars = native::text_chars(&json!({"c": contents, "s": body.get("systemInstruction")}));
+    let n = script
+        .usage
+        .as_ref()
+        .map_or_else(|| crate::server::approx_tokens(chars), |u| u.prompt_tokens);
+    let mut resp = json_response(
+        200,
+        &json!({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}),
+    );
+    script_headers(&script, resp.headers_mut());
+    resp
 }
 
 async fn scripted_error(shared: &Shared, model: &str) -> Result<Arc<crate::Script>, Response> {

@@ -87,11 +87,19 @@ impl Anthropic {
     }
 
     async fn post(up: &Upstream<'_>, body: &Value) -> Result<reqwest::Response, ProviderError> {
+        Self::post_to(up, Self::url(up), body).await
+    }
+
+    async fn post_to(
+        up: &Upstream<'_>,
+        url: String,
+        body: &Value,
+    ) -> Result<reqwest::Response, ProviderError> {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| ProviderError::new(ErrorClass::Protocol, e.to_string()))?;
         let resp = up
             .http
-            .post(Self::url(up))
+            .post(url)
             .headers(Self::headers(up)?)
             .body(bytes)
             .send()
@@ -131,6 +139,30 @@ impl Provider for Anthropic {
         let (body, json_mode) = build_body(up.model, req, true)?;
         let resp = Self::post(&up, &body).await?;
         Ok(decode_stream(resp, up.model.to_string(), json_mode))
+    }
+
+    /// `POST /v1/messages/count_tokens` with the fields it takes -> `{"input_tokens": N}`.
+    async fn count_tokens(
+        &self,
+        up: Upstream<'_>,
+        req: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        let body = count_tokens_body(up.model, req)?;
+        let url = format!("{}/count_tokens", Self::url(&up));
+        let resp = Self::post_to(&up, url, &body).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::from_transport(&e))?;
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("input_tokens").and_then(Value::as_u64))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorClass::Protocol,
+                    "count_tokens answered without input_tokens",
+                )
+            })
     }
 }
 
@@ -670,6 +702,21 @@ fn thinking_budget(effort: &str) -> Option<u32> {
         "high" => Some(16_384),
         _ => None,
     }
+}
+
+/// The `count_tokens` body: the Messages body without the generation-only fields, which the
+/// endpoint refuses.
+pub fn count_tokens_body(model: &str, req: &ChatRequest) -> Result<Value, ProviderError> {
+    let (mut body, _) = build_body(model, req, false)?;
+    if let Some(o) = body.as_object_mut() {
+        o.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "model" | "messages" | "system" | "tools" | "tool_choice" | "thinking"
+            )
+        });
+    }
+    Ok(body)
 }
 
 /// Builds the request body. Returns it and whether JSON mode is emulated with the forced tool.

@@ -308,6 +308,34 @@ impl Provider for Bedrock {
         Ok(decode_stream(resp, up.model.to_string(), id))
     }
 
+    /// `CountTokens` (`POST /model/{modelId}/count-tokens`, `{"input":{"converse":{messages,
+    /// system}}}` -> `{"inputTokens": N}`). It takes bare foundation-model ids only (inference
+    /// profiles and models without counting are a `ValidationException`; the hub then estimates).
+    async fn count_tokens(
+        &self,
+        up: Upstream<'_>,
+        req: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        let full = build_body(req)?;
+        let mut converse = Map::new();
+        for key in ["messages", "system"] {
+            if let Some(v) = full.get(key) {
+                converse.insert(key.into(), v.clone());
+            }
+        }
+        let body = json!({"input": {"converse": Value::Object(converse)}});
+        let (bytes, _) = Self::post_json(&up, up.model, "count-tokens", &body).await?;
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("inputTokens").and_then(Value::as_u64))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorClass::Protocol,
+                    "CountTokens answered without inputTokens",
+                )
+            })
+    }
+
     async fn embeddings(
         &self,
         up: Upstream<'_>,

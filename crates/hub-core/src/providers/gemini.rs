@@ -122,6 +122,37 @@ impl Provider for Gemini {
         Ok(decode_stream(resp, up.model.to_string()))
     }
 
+    /// `models/{model}:countTokens` over the whole `generateContentRequest` (system instruction
+    /// and tools count too) -> `{"totalTokens": N}`.
+    async fn count_tokens(
+        &self,
+        up: Upstream<'_>,
+        req: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        let mut inner = build_body(req)?;
+        if let Some(o) = inner.as_object_mut() {
+            o.insert(
+                "model".into(),
+                json!(format!("models/{}", model_path(up.model))),
+            );
+        }
+        let bytes = Self::post_json(
+            &up,
+            "countTokens",
+            &json!({"generateContentRequest": inner}),
+        )
+        .await?;
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("totalTokens").and_then(Value::as_u64))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorClass::Protocol,
+                    "countTokens answered without totalTokens",
+                )
+            })
+    }
+
     async fn embeddings(
         &self,
         up: Upstream<'_>,

@@ -296,6 +296,17 @@ pub trait Provider: Send + Sync + 'static {
         Err(ProviderError::unsupported("image generation"))
     }
 
+    /// The prompt tokens of `req` as the provider itself counts them, without generating
+    /// (Anthropic `count_tokens`, Gemini `countTokens`, Bedrock `CountTokens`). Default:
+    /// unsupported, and the hub answers with its own estimate.
+    async fn count_tokens(
+        &self,
+        _up: Upstream<'_>,
+        _req: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        Err(ProviderError::unsupported("token counting"))
+    }
+
     /// A cheap real call telling whether the credential is accepted (the background re-check of a
     /// credential the provider rejected). Default: a one-token chat with `up.model`.
     async fn probe(&self, up: Upstream<'_>) -> Result<(), ProviderError> {

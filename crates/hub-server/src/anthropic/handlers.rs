@@ -120,8 +120,9 @@ pub async fn messages(
     }
 }
 
-/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`. The count is the hub's estimate
-/// (marked by the `x-aigne-hub-estimated: true` header) until a provider module can count.
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`: the provider's own count where its
+/// module can count (Anthropic, Gemini, Bedrock), else the hub's estimate, marked by the
+/// `x-aigne-hub-estimated: true` header.
 pub async fn count_tokens(
     State(st): State<AppState>,
     headers: HeaderMap,
