@@ -138,6 +138,40 @@ def test_images_url(hub, mocks, client, provider):
     assert resp.data[0].url == url
 
 
+def test_bedrock_nova_canvas_images(hub, mocks, client):
+    """Bedrock image generation (Nova Canvas via InvokeModel `TEXT_IMAGE`) through /v1/images/generations
+    and the AIGNE /api/v2/image route, metered per image."""
+    mock = mocks["bedrock"]
+    img = base64.b64encode(b"\x89PNG nova canvas bytes").decode()
+    model = mock.scenario("amazon.nova-canvas-v1:0", image_b64=img)
+    raw = client.images.with_raw_response.generate(
+        model=f"bedrock/{model}", prompt="a red cube", n=2, size="1024x1024", quality="hd",
+        response_format="b64_json",
+    )
+    resp = raw.parse()
+    assert [d.b64_json for d in resp.data] == [img, img]
+    up = mock.requests()[-1]
+    assert up["path"] == "/model/amazon.nova-canvas-v1%3A0/invoke", up["path"]
+    assert up["body"] == {
+        "taskType": "TEXT_IMAGE",
+        "textToImageParams": {"text": "a red cube"},
+        "imageGenerationConfig": {"numberOfImages": 2, "width": 1024, "height": 1024, "quality": "premium"},
+    }
+    rec = hub.require_usage(raw.headers.get("x-request-id"))
+    assert (rec["endpoint"], rec["provider"], rec["images"], rec["status"]) == ("images", "bedrock", 2, "success")
+
+    r = httpx.post(
+        f"{hub.url}/api/v2/image",
+        headers={"Authorization": f"Bearer {hub.admin_key}"},
+        json={"input": {"prompt": "a blue cube", "modelOptions": {"model": f"bedrock/{model}"}},
+              "agent": "$CHAT_MODEL", "options": {"streaming": False}},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert [i["data"] for i in r.json()["images"]] == [img]
+    assert mock.requests()[-1]["body"]["textToImageParams"]["text"] == "a blue cube"
+
+
 def test_images_unsupported_provider_is_4xx(hub, mocks, client):
     import openai
 

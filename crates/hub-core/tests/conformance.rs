@@ -999,6 +999,7 @@ const BEDROCK: Case = Case {
     reports_reasoning: false,
     retry_hint: false,
     embeddings_model: Some("amazon.titan-embed-text-v2:0"),
+    images_model: Some("amazon.nova-canvas-v1:0"),
     counts_tokens: true,
     ..family(
         ProviderKind::Bedrock,

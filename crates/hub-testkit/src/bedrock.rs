@@ -720,6 +720,44 @@ fn vector(text: &str, dims: usize) -> Value {
     )
 }
 
+/// Nova Canvas / Titan Image Generator v2 `TEXT_IMAGE` -> `{"images": [base64, ...]}`.
+fn images_response(script: &crate::Script, body: &Value) -> Response {
+    if body.get("taskType").and_then(Value::as_str) != Some("TEXT_IMAGE") {
+        return error_response(
+            400,
+            "ValidationException",
+            "Malformed input request: #/taskType: TEXT_IMAGE is the only task type served here, please reformat your input and try again.",
+        );
+    }
+    let text = body
+        .pointer("/textToImageParams/text")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if text.is_empty() {
+        return error_response(
+            400,
+            "ValidationException",
+            "Malformed input request: #/textToImageParams: required key [text] not found, please reformat your input and try again.",
+        );
+    }
+    let n = body
+        .pointer("/imageGenerationConfig/numberOfImages")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    if !(1..=5).contains(&n) {
+        return error_response(
+            400,
+            "ValidationException",
+            &format!(
+                "Malformed input request: #/imageGenerationConfig/numberOfImages: {n} is not in [1, 5], please reformat your input and try again."
+            ),
+        );
+    }
+    let b64 = script.image_b64.as_deref().unwrap_or(fam::TINY_PNG_B64);
+    let images: Vec<&str> = (0..n).map(|_| b64).collect();
+    json_response(200, &json!({"images": images}))
+}
+
 async fn invoke(shared: &Arc<Shared>, req: &NativeRequest<'_>, model: &str) -> Response {
     let body = &req.body;
     let script = match scripted(shared, model).await {
@@ -736,6 +774,12 @@ async fn invoke(shared: &Arc<Shared>, req: &NativeRequest<'_>, model: &str) -> R
             })
             .unwrap_or(8)
     };
+    if model.starts_with("amazon.nova-canvas") || model.starts_with("amazon.titan-image-generator")
+    {
+        let mut resp = images_response(&script, body);
+        script_headers(&script, resp.headers_mut());
+        return resp;
+    }
     let (v, tokens) = if model.starts_with("amazon.titan-embed") {
         let Some(text) = body.get("inputText").and_then(Value::as_str) else {
             return error_response(

@@ -36,8 +36,8 @@ use super::{EventStream, Provider, Upstream};
 use crate::error::{ErrorClass, ProviderError, parse_retry_after};
 use crate::types::{
     AssistantOutput, ChatRequest, ChatResponse, ContentPart, Embedding, EmbeddingsRequest,
-    EmbeddingsResponse, FinishReason, ImageSource, Message, ReasoningBlock, Role, StreamEvent,
-    ToolCall, ToolChoice, Usage,
+    EmbeddingsResponse, FinishReason, GeneratedImage, ImageSource, ImagesRequest, ImagesResponse,
+    Message, ReasoningBlock, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
 
 /// The Bedrock provider module.
@@ -334,6 +334,18 @@ impl Provider for Bedrock {
                     "CountTokens answered without inputTokens",
                 )
             })
+    }
+
+    /// Amazon Nova Canvas / Titan Image Generator v2 through InvokeModel (`TEXT_IMAGE`); the
+    /// images come back as base64 (`b64_json`), Bedrock has no URLs.
+    async fn images(
+        &self,
+        up: Upstream<'_>,
+        req: &ImagesRequest,
+    ) -> Result<ImagesResponse, ProviderError> {
+        let body = image_body(up.model, req)?;
+        let (bytes, _) = Self::post_json(&up, up.model, "invoke", &body).await?;
+        parse_image_response(&bytes, up.model)
     }
 
     async fn embeddings(
@@ -1003,6 +1015,112 @@ fn messages_to_wire(
     Ok((system, messages))
 }
 
+/// Whether InvokeModel of `model` generates images with the `TEXT_IMAGE` body.
+fn is_image_model(model: &str) -> bool {
+    let bare = model.rsplit('/').next().unwrap_or(model);
+    bare.starts_with("amazon.nova-canvas") || bare.starts_with("amazon.titan-image-generator")
+}
+
+/// The InvokeModel body of Nova Canvas / Titan Image Generator v2: `taskType: TEXT_IMAGE`,
+/// `textToImageParams` (`text`, optional `negativeText` from `extra.negative_prompt`),
+/// `imageGenerationConfig` (`numberOfImages` 1-5, `width`/`height` from `size`, `quality`
+/// `premium` for `hd`/`high`/`premium` else `standard`, optional `seed` / `cfgScale` from `extra`).
+pub fn image_body(model: &str, req: &ImagesRequest) -> Result<Value, ProviderError> {
+    let bad = |m: String| ProviderError::new(ErrorClass::InvalidRequest, m);
+    if !is_image_model(model) {
+        return Err(bad(format!(
+            "`{model}` does not generate images on this hub; Bedrock image generation takes              amazon.nova-canvas-v1:0 or amazon.titan-image-generator-v2:0"
+        )));
+    }
+    if req.prompt.trim().is_empty() {
+        return Err(bad("prompt must not be empty".into()));
+    }
+    let n = req.n.unwrap_or(1);
+    if !(1..=5).contains(&n) {
+        return Err(bad(format!(
+            "n must be between 1 and 5 for Bedrock image models, not {n}"
+        )));
+    }
+    let (width, height) = match req.size.as_deref() {
+        None | Some("auto") => (1024u32, 1024u32),
+        Some(s) => s
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .ok_or_else(|| {
+                bad(format!(
+                    "size must be WIDTHxHEIGHT (e.g. 1024x1024), not `{s}`"
+                ))
+            })?,
+    };
+    let quality = match req.quality.as_deref() {
+        Some("hd" | "high" | "premium") => "premium",
+        _ => "standard",
+    };
+    let mut params = Map::new();
+    params.insert("text".into(), json!(req.prompt));
+    if let Some(neg) = req.extra.get("negative_prompt").and_then(Value::as_str) {
+        params.insert("negativeText".into(), json!(neg));
+    }
+    let mut config = Map::new();
+    config.insert("numberOfImages".into(), json!(n));
+    config.insert("width".into(), json!(width));
+    config.insert("height".into(), json!(height));
+    config.insert("quality".into(), json!(quality));
+    if let Some(seed) = req.extra.get("seed").and_then(Value::as_u64) {
+        config.insert("seed".into(), json!(seed));
+    }
+    if let Some(cfg) = req.extra.get("cfg_scale").and_then(Value::as_f64) {
+        config.insert("cfgScale".into(), json!(cfg));
+    }
+    Ok(
+        json!({"taskType": "TEXT_IMAGE", "textToImageParams": params,
+        "imageGenerationConfig": config}),
+    )
+}
+
+/// `{"images": [base64, ...], "error": "..."}` -> images; an `error` with no image is a refusal
+/// (content filter).
+pub fn parse_image_response(bytes: &[u8], model: &str) -> Result<ImagesResponse, ProviderError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ProviderError::new(
+            ErrorClass::Protocol,
+            format!("malformed image response: {e}"),
+        )
+    })?;
+    let data: Vec<GeneratedImage> = v
+        .get("images")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|b64| GeneratedImage {
+            b64_json: Some(b64.to_string()),
+            url: None,
+            revised_prompt: None,
+        })
+        .collect();
+    if data.is_empty() {
+        let reason = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the model returned no image");
+        return Err(ProviderError::new(
+            ErrorClass::ContentFilter,
+            reason.to_string(),
+        ));
+    }
+    Ok(ImagesResponse {
+        created: super::openai::unix_now(),
+        model: model.to_string(),
+        usage: Usage {
+            images: data.len() as u64,
+            ..Usage::default()
+        },
+        data,
+        cost: None,
+    })
+}
+
 /// Builds a Converse request body.
 pub fn build_body(req: &ChatRequest) -> Result<Value, ProviderError> {
     let budget = req.reasoning_effort.as_deref().and_then(|e| match e {
@@ -1075,6 +1193,92 @@ mod tests {
     use super::*;
     use aws_smithy_eventstream::frame::read_message_from;
     use base64::Engine as _;
+
+    #[test]
+    fn nova_canvas_bodies_responses_and_prices() {
+        let req = ImagesRequest {
+            model: "bedrock/amazon.nova-canvas-v1:0".into(),
+            prompt: "a red cube".into(),
+            n: Some(2),
+            size: Some("1280x720".into()),
+            quality: Some("hd".into()),
+            extra: [
+                ("negative_prompt".to_string(), json!("blur")),
+                ("seed".to_string(), json!(7)),
+            ]
+            .into_iter()
+            .collect(),
+            ..ImagesRequest::default()
+        };
+        let b = image_body("amazon.nova-canvas-v1:0", &req).ok();
+        assert_eq!(
+            b,
+            Some(json!({"taskType": "TEXT_IMAGE",
+                "textToImageParams": {"text": "a red cube", "negativeText": "blur"},
+                "imageGenerationConfig": {"numberOfImages": 2, "width": 1280, "height": 720,
+                    "quality": "premium", "seed": 7}}))
+        );
+        let class = |model: &str, r: &ImagesRequest| image_body(model, r).err().map(|e| e.class);
+        assert_eq!(class("amazon.titan-image-generator-v2:0", &req), None);
+        assert_eq!(
+            class("amazon.nova-lite-v1:0", &req),
+            Some(ErrorClass::InvalidRequest)
+        );
+        let too_many = ImagesRequest {
+            n: Some(6),
+            ..req.clone()
+        };
+        assert_eq!(
+            class("amazon.nova-canvas-v1:0", &too_many),
+            Some(ErrorClass::InvalidRequest)
+        );
+        let bad_size = ImagesRequest {
+            size: Some("big".into()),
+            ..req.clone()
+        };
+        assert_eq!(
+            class("amazon.nova-canvas-v1:0", &bad_size),
+            Some(ErrorClass::InvalidRequest)
+        );
+
+        let r = parse_image_response(br#"{"images":["aGk=","aGk="],"error":null}"#, "m").ok();
+        assert_eq!(r.map(|r| (r.data.len(), r.usage.images)), Some((2, 2)));
+        let e = parse_image_response(
+            br#"{"images":[],"error":"This request has been blocked by our content filters."}"#,
+            "m",
+        );
+        assert_eq!(e.err().map(|e| e.class), Some(ErrorClass::ContentFilter));
+
+        // Metered per image at the list price (Nova Canvas: $0.04 standard, $0.06 premium <= 1024;
+        // $0.06 / $0.08 at 2048).
+        let book = crate::pricing::PriceBook::new(crate::pricing::builtin_prices(
+            &crate::pricing::PricingSettings::default(),
+        ));
+        let unit = |model: &str, q: Option<&str>, s: Option<&str>| {
+            book.get(
+                super::super::ProviderKind::Bedrock,
+                model,
+                crate::types::ModelType::Image,
+            )
+            .and_then(|p| p.unit.as_ref().map(|u| u.image_rate(q, s)))
+            .map(|d| d.to_string())
+        };
+        let nova = "amazon.nova-canvas-v1:0";
+        assert_eq!(unit(nova, None, Some("1024x1024")).as_deref(), Some("0.04"));
+        assert_eq!(
+            unit(nova, Some("hd"), Some("1024x1024")).as_deref(),
+            Some("0.06")
+        );
+        assert_eq!(
+            unit(nova, Some("hd"), Some("2048x2048")).as_deref(),
+            Some("0.08")
+        );
+        let titan = "amazon.titan-image-generator-v2:0";
+        assert_eq!(
+            unit(titan, Some("standard"), Some("512x512")).as_deref(),
+            Some("0.008")
+        );
+    }
 
     #[test]
     fn bare_claude_names_map_to_bedrock_ids_with_profiles() {
