@@ -77,8 +77,9 @@ impl Hub {
             else {
                 continue;
             };
+            let http = self.client(inst.kind);
             let up = Upstream {
-                http: self.client(inst.kind),
+                http: &http,
                 base_url: &inst.base_url,
                 credential: &cred.secret,
                 model: upstream_model,
