@@ -14,7 +14,9 @@ use crate::error::{ErrorKind, HubError};
 use crate::hub::{now_ms, seal_credential};
 use crate::policy::KeyPolicy;
 use crate::providers::{CredentialSecret, ProviderKind, Secret};
-use crate::store::iam::{AuditEntry, AuditQuery, CredentialPatch, TeamRow, UserPatch};
+use crate::store::iam::{
+    Applied, AuditEntry, AuditQuery, Change, CredentialPatch, TeamRow, UserPatch,
+};
 use crate::store::{
     ApiKeyRow, CredentialRow, ProviderRow, Store, StoreError, UsageRecord, UserRow,
 };
@@ -128,27 +130,36 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn audit(
-    store: &dyn Store,
+/// The audit entry of a change (images built by the caller from types that carry no secret).
+pub(crate) fn entry(
     actor: &Actor,
     action: &str,
     target: &str,
     team_id: Option<&str>,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> Result<(), HubError> {
+) -> AuditEntry {
+    AuditEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        at_ms: now_ms(),
+        actor_user_id: actor.user_id.clone(),
+        actor_key_id: actor.key_id.clone(),
+        action: action.to_string(),
+        target: target.to_string(),
+        team_id: team_id.map(str::to_string),
+        before,
+        after,
+    }
+}
+
+/// Commits a change and its audit entry in one transaction: both or neither.
+pub(crate) async fn commit(
+    store: &dyn Store,
+    change: Change,
+    entry: AuditEntry,
+) -> Result<Applied, HubError> {
     store
-        .insert_audit(&AuditEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            at_ms: now_ms(),
-            actor_user_id: actor.user_id.clone(),
-            actor_key_id: actor.key_id.clone(),
-            action: action.to_string(),
-            target: target.to_string(),
-            team_id: team_id.map(str::to_string),
-            before,
-            after,
-        })
+        .commit_audited(change, Some(Box::new(move |_| entry)))
         .await
         .map_err(store_err)
 }
@@ -171,17 +182,15 @@ pub async fn create_team(
         name: check_name("name", name)?,
         created_at_ms: now_ms(),
     };
-    store.insert_team(&row).await.map_err(store_err)?;
-    audit(
-        store,
+    let e = entry(
         actor,
         "team.create",
         &row.id,
         Some(&row.id),
         None,
         json(&row),
-    )
-    .await?;
+    );
+    commit(store, Change::InsertTeam(row.clone()), e).await?;
     Ok(row)
 }
 
@@ -266,17 +275,15 @@ pub async fn create_user(
         team_id,
         created_at_ms: now_ms(),
     };
-    store.insert_user(&row).await.map_err(store_err)?;
-    audit(
-        store,
+    let e = entry(
         actor,
         "user.create",
         &row.id,
         row.team_id.as_deref(),
         None,
         json(&row),
-    )
-    .await?;
+    );
+    commit(store, Change::InsertUser(row.clone()), e).await?;
     Ok(row)
 }
 
@@ -350,29 +357,30 @@ pub async fn update_user(
         role: upd.role,
         team_id,
     };
-    store.update_user(id, &patch).await.map_err(store_err)?;
-    let after = visible_user_unscoped(store, id).await?;
-    audit(
-        store,
+    let mut after = before.clone();
+    if let Some(n) = &patch.name {
+        after.name = n.clone();
+    }
+    if let Some(r) = patch.role {
+        after.role = r;
+    }
+    if let Some(t) = &patch.team_id {
+        after.team_id = t.clone();
+    }
+    let e = entry(
         actor,
         "user.update",
         id,
         after.team_id.as_deref().or(before.team_id.as_deref()),
         json(&before),
         json(&after),
-    )
-    .await?;
+    );
+    let change = Change::UpdateUser {
+        id: id.to_string(),
+        patch,
+    };
+    commit(store, change, e).await?;
     Ok(after)
-}
-
-async fn visible_user_unscoped(store: &dyn Store, id: &str) -> Result<UserRow, HubError> {
-    store
-        .list_users()
-        .await
-        .map_err(store_err)?
-        .into_iter()
-        .find(|u| u.id == id)
-        .ok_or_else(|| not_found(format!("no user `{id}`")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,21 +559,18 @@ pub async fn create_key(
         expires_at_ms,
         revoked_at_ms: None,
     };
-    store
-        .create_api_key(&row, &policy)
-        .await
-        .map_err(store_err)?;
-    let view = with_budget_status(store, key_view(&row, policy, now_ms()), now_ms()).await?;
-    audit(
-        store,
+    // The key does not exist yet: its budget status is that of an unspent period.
+    let view =
+        with_budget_status(store, key_view(&row, policy.clone(), now_ms()), now_ms()).await?;
+    let e = entry(
         actor,
         "key.create",
         &row.id,
         row.team_id.as_deref(),
         None,
         json(&view),
-    )
-    .await?;
+    );
+    commit(store, Change::CreateApiKey { row, policy }, e).await?;
     Ok(CreatedKey { key, view })
 }
 
@@ -652,21 +657,25 @@ pub async fn revoke_key(store: &dyn Store, actor: &Actor, id: &str) -> Result<Ke
         )
         .with_code("conflict"));
     }
-    store
-        .revoke_api_key(id, now_ms())
-        .await
-        .map_err(store_err)?;
-    let after = visible_key(store, actor, id).await?;
-    audit(
-        store,
+    let at = now_ms();
+    let after = KeyView {
+        revoked_at_ms: Some(at),
+        status: "revoked".to_string(),
+        ..before.clone()
+    };
+    let e = entry(
         actor,
         "key.revoke",
         id,
         after.team_id.as_deref(),
         json(&before),
         json(&after),
-    )
-    .await?;
+    );
+    let change = Change::RevokeApiKey {
+        id: id.to_string(),
+        at_ms: at,
+    };
+    commit(store, change, e).await?;
     Ok(after)
 }
 
@@ -681,18 +690,29 @@ pub async fn set_key_policy(
         .validate()
         .map_err(|m| HubError::invalid_param("policy", m))?;
     let before = visible_key(store, actor, id).await?;
-    store.set_key_policy(id, policy).await.map_err(store_err)?;
-    let after = visible_key(store, actor, id).await?;
-    audit(
+    let after = with_budget_status(
         store,
+        KeyView {
+            policy: policy.clone(),
+            budget_status: None,
+            ..before.clone()
+        },
+        now_ms(),
+    )
+    .await?;
+    let e = entry(
         actor,
         "key.policy",
         id,
         after.team_id.as_deref(),
         json(&before),
         json(&after),
-    )
-    .await?;
+    );
+    let change = Change::SetKeyPolicy {
+        key_id: id.to_string(),
+        policy: policy.clone(),
+    };
+    commit(store, change, e).await?;
     Ok(after)
 }
 
@@ -754,22 +774,20 @@ pub async fn upsert_provider(
         enabled: s.enabled,
         created_at_ms: before.as_ref().map_or_else(now_ms, |b| b.created_at_ms),
     };
-    store.upsert_provider(&row).await.map_err(store_err)?;
     let action = if before.is_some() {
         "provider.update"
     } else {
         "provider.create"
     };
-    audit(
-        store,
+    let e = entry(
         actor,
         action,
         kind.name(),
         None,
         before.as_ref().and_then(json),
         json(&row),
-    )
-    .await?;
+    );
+    commit(store, Change::UpsertProvider(row.clone()), e).await?;
     Ok(row)
 }
 
@@ -820,17 +838,16 @@ pub async fn delete_provider(
         .map_err(store_err)?
         .into_iter()
         .find(|p| p.kind == kind);
-    store.delete_provider(kind).await.map_err(store_err)?;
-    audit(
-        store,
+    let e = entry(
         actor,
         "provider.delete",
         kind.name(),
         None,
         before.as_ref().and_then(json),
         None,
-    )
-    .await
+    );
+    commit(store, Change::DeleteProvider(kind), e).await?;
+    Ok(())
 }
 
 /// A new credential. The value is sealed before it reaches the store and never returned.
@@ -934,17 +951,8 @@ pub async fn add_credential(
         enabled: new.enabled,
         created_at_ms: now_ms(),
     };
-    store.insert_credential(&row).await.map_err(store_err)?;
-    audit(
-        store,
-        actor,
-        "credential.create",
-        &id,
-        None,
-        None,
-        json(&row),
-    )
-    .await?;
+    let e = entry(actor, "credential.create", &id, None, None, json(&row));
+    commit(store, Change::InsertCredential(row.clone()), e).await?;
     Ok(row)
 }
 
@@ -980,38 +988,43 @@ pub async fn update_credential(
             None => None,
         },
     };
-    store
-        .update_credential(id, &patch)
-        .await
-        .map_err(store_err)?;
-    let after = credential(store, id).await?;
-    audit(
-        store,
+    let mut after = before.clone();
+    if let Some(n) = &patch.name {
+        after.name = n.clone();
+    }
+    if let Some(w) = patch.weight {
+        after.weight = w;
+    }
+    if let Some(en) = patch.enabled {
+        after.enabled = en;
+    }
+    if let Some((ct, masked)) = &patch.sealed {
+        after.ciphertext = ct.clone();
+        after.masked = masked.clone();
+    }
+    // `CredentialRow` serialises without its ciphertext: the images hold the masked value only.
+    let e = entry(
         actor,
         "credential.update",
         id,
         None,
         json(&before),
         json(&after),
-    )
-    .await?;
+    );
+    let change = Change::UpdateCredential {
+        id: id.to_string(),
+        patch,
+    };
+    commit(store, change, e).await?;
     Ok(after)
 }
 
 pub async fn delete_credential(store: &dyn Store, actor: &Actor, id: &str) -> Result<(), HubError> {
     require_all(actor)?;
     let before = credential(store, id).await?;
-    store.delete_credential(id).await.map_err(store_err)?;
-    audit(
-        store,
-        actor,
-        "credential.delete",
-        id,
-        None,
-        json(&before),
-        None,
-    )
-    .await
+    let e = entry(actor, "credential.delete", id, None, json(&before), None);
+    commit(store, Change::DeleteCredential(id.to_string()), e).await?;
+    Ok(())
 }
 
 pub async fn list_credentials(
@@ -1072,7 +1085,9 @@ pub async fn record(
     target: &str,
     after: Option<serde_json::Value>,
 ) -> Result<(), HubError> {
-    audit(store, actor, action, target, None, None, after).await
+    let e = entry(actor, action, target, None, None, after);
+    commit(store, Change::Nothing, e).await?;
+    Ok(())
 }
 
 /// Tests a credential against its provider (owner / global admin), and audits the test.
@@ -1084,15 +1099,7 @@ pub async fn test_credential(
 ) -> Result<crate::hub::CredentialTest, HubError> {
     require_all(actor)?;
     let outcome = hub.test_credential(id, model).await?;
-    audit(
-        hub.store().as_ref(),
-        actor,
-        "credential.test",
-        id,
-        None,
-        None,
-        json(&outcome),
-    )
-    .await?;
+    let e = entry(actor, "credential.test", id, None, None, json(&outcome));
+    commit(hub.store().as_ref(), Change::Nothing, e).await?;
     Ok(outcome)
 }

@@ -10,6 +10,7 @@ pub mod hub; // the engine: authenticate, route, dispatch with fallback, meter, 
 pub mod iam; // scopes and admin operations (teams, users, keys, providers, credentials), audited
 pub mod keyring; // master-key files (current, next, retired) and rotation without downtime
 pub mod ledger; // credit ledger (reserve / capture / release), price book and reports behind a trait
+pub mod ledger_admin; // prices, credits, billing settings, usage reports: scoped, validated, audited
 pub mod metrics; // Prometheus counters and histograms (atomics)
 pub mod policy; // per-key policy: allowed models and surfaces, RPM/TPM limits
 pub mod pricing; // decimal rates, cost formula, built-in list prices, fixed-point money

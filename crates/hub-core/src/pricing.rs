@@ -209,6 +209,10 @@ pub struct Price {
     pub source: String,
     #[serde(default)]
     pub created_at_ms: i64,
+    /// A disabled version: from it on the model has no price (history is kept; setting a price
+    /// again appends an enabled version).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl Price {
@@ -298,6 +302,7 @@ pub fn prices_from_json(text: &str, settings: &PricingSettings) -> Result<Vec<Pr
                 margin_pct: Some(settings.margin_pct),
                 source: "builtin".to_string(),
                 created_at_ms: 0,
+                disabled: false,
             });
         }
     }
@@ -320,6 +325,8 @@ impl PriceBook {
                 current.insert(k, Arc::new(p));
             }
         }
+        // A disabled current version means no price.
+        current.retain(|_, p| !p.disabled);
         PriceBook { current }
     }
 

@@ -136,8 +136,8 @@ pub(crate) async fn run(
                 limit: a.limit.unwrap_or(50),
                 action: a.action,
                 actor_user_id: a.actor_user_id,
-                team_id: None,
                 since_ms: a.since_ms,
+                ..AuditQuery::default()
             };
             out(&iam::list_audit(store, actor, q).await?)
         }

@@ -163,6 +163,18 @@ pub enum AuditCommand {
         /// Only this action (`key.revoke`, ...).
         #[arg(long)]
         action: Option<String>,
+        /// Only this actor (user id; `cli` for the command line).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries about this object (user, key, credential, provider, price, account).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only entries at or after this time (epoch milliseconds).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// Only entries before this time (epoch milliseconds).
+        #[arg(long)]
+        until_ms: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -318,12 +330,20 @@ pub async fn run(opts: &HubOptions, cmd: IamCommand, out: &mut dyn Out) -> Resul
         IamCommand::Audit(AuditCommand::List {
             limit,
             action,
+            actor: by,
+            target,
+            since_ms,
+            until_ms,
             json,
         }) => {
             let q = AuditQuery {
                 limit,
                 action,
-                ..AuditQuery::default()
+                actor_user_id: by,
+                target,
+                since_ms,
+                until_ms,
+                team_id: None,
             };
             let entries = iam::list_audit(store, &actor, q).await.map_err(e)?;
             if json {

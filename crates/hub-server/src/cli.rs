@@ -9,9 +9,10 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use hub_core::Hub;
 use hub_core::config::{HubOptions, MasterKeySource, providers_from_env};
-use hub_core::hub::{now_ms, open_store_and_vault, seal_credential};
-use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
-use hub_core::store::{CredentialRow, ProviderRow, Store};
+use hub_core::hub::open_store_and_vault;
+use hub_core::iam::{self, Actor};
+use hub_core::providers::{ProviderKind, Secret};
+use hub_core::store::Store;
 use hub_core::switches::BenchSwitches;
 use hub_core::vault::Vault;
 
@@ -313,6 +314,9 @@ async fn run_admin(
     out: &mut dyn Out,
 ) -> Result<(), String> {
     let e = |e: hub_core::store::StoreError| e.to_string();
+    // Changes go through `hub_core::iam` as the owner, audited like the API's.
+    let h = |e: hub_core::HubError| e.message;
+    let cli = Actor::cli();
     match cmd {
         AdminCommand::Provider(ProviderCommand::Add {
             name,
@@ -321,21 +325,14 @@ async fn run_admin(
             disabled,
         }) => {
             let kind = parse_provider(&name)?;
-            if let Some(u) = &base_url
-                && !(u.starts_with("http://") || u.starts_with("https://"))
-            {
-                return Err(format!("--base-url must be an http(s) URL, got `{u}`"));
-            }
-            store
-                .upsert_provider(&ProviderRow {
-                    kind,
-                    base_url,
-                    region,
-                    enabled: !disabled,
-                    created_at_ms: now_ms(),
-                })
+            let settings = iam::ProviderSettingsIn {
+                base_url,
+                region,
+                enabled: !disabled,
+            };
+            iam::upsert_provider(store.as_ref(), &cli, kind, &settings)
                 .await
-                .map_err(e)?;
+                .map_err(h)?;
             out.line(&format!("provider {kind} saved"));
         }
         AdminCommand::Provider(ProviderCommand::List { json }) => {
@@ -401,7 +398,9 @@ async fn run_admin(
         }
         AdminCommand::Provider(ProviderCommand::Remove { name }) => {
             let kind = parse_provider(&name)?;
-            store.delete_provider(kind).await.map_err(e)?;
+            iam::delete_provider(store.as_ref(), &cli, kind)
+                .await
+                .map_err(h)?;
             out.line(&format!("provider {kind} removed"));
         }
         AdminCommand::Credential(CredentialCommand::Add {
@@ -411,40 +410,21 @@ async fn run_admin(
             name,
             weight,
         }) => {
-            let kind = parse_provider(&provider)?;
-            let value = read_value(value)?;
-            if value.is_empty() {
-                return Err("the credential value is empty".to_string());
-            }
-            if weight == 0 {
-                return Err("--weight must be at least 1".to_string());
-            }
-            let id = format!("cred_{}", uuid::Uuid::new_v4().simple());
-            let secret = CredentialSecret {
-                api_key: Some(Secret::new(value)),
-                secret_key: secret.map(Secret::new),
-                session_token: None,
+            let new = iam::NewCredential {
+                provider,
+                value: read_value(value)?,
+                secret,
+                name,
+                weight,
+                enabled: true,
             };
-            let masked = secret
-                .api_key
-                .as_ref()
-                .map(Secret::masked)
-                .unwrap_or_default();
-            let ciphertext = seal_credential(vault, &id, &secret).map_err(|e| e.to_string())?;
-            store
-                .insert_credential(&CredentialRow {
-                    id: id.clone(),
-                    provider: kind,
-                    name: name.unwrap_or_else(|| format!("{kind} key")),
-                    ciphertext,
-                    masked: masked.clone(),
-                    weight,
-                    enabled: true,
-                    created_at_ms: now_ms(),
-                })
+            let row = iam::add_credential(store.as_ref(), vault, &cli, &new)
                 .await
-                .map_err(e)?;
-            out.line(&format!("credential {id} added to {kind} ({masked})"));
+                .map_err(h)?;
+            out.line(&format!(
+                "credential {} added to {} ({})",
+                row.id, row.provider, row.masked
+            ));
         }
         AdminCommand::Credential(CredentialCommand::List { json }) => {
             let rows = store.list_credentials().await.map_err(e)?;
@@ -460,7 +440,9 @@ async fn run_admin(
             }
         }
         AdminCommand::Credential(CredentialCommand::Remove { id }) => {
-            store.delete_credential(&id).await.map_err(e)?;
+            iam::delete_credential(store.as_ref(), &cli, &id)
+                .await
+                .map_err(h)?;
             out.line(&format!("credential {id} removed"));
         }
         AdminCommand::Iam(cmd) => {

@@ -7,20 +7,19 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use hub_core::hub::{BillingDefaults, billing_keys, load_billing_config, now_ms};
+use hub_core::hub::{BillingConfig, BillingDefaults, load_billing_config, now_ms};
+use hub_core::iam::Actor;
 use hub_core::ledger::report::{
     Dim, EXPORT_HEADER, Period, ReportZone, csv_line, export_line, totals,
 };
 use hub_core::ledger::{
-    GrantKind, GrantOutcome, GrantReq, LedgerStore, ReportQuery, UsageFilter, quota_of,
-    team_account, user_account,
+    GrantKind, LedgerStore, ReportQuery, UsageFilter, quota_of, team_account, user_account,
 };
-use hub_core::pricing::{
-    BillingMode, Price, PriceBook, Rates, from_units, parse_amount, reprice, round, to_units,
+use hub_core::ledger_admin::{
+    self, BillingPatch, CreditIn, DecimalIn, PriceIn, RatesIn, RepriceIn,
 };
-use hub_core::providers::ProviderKind;
+use hub_core::pricing::{from_units, parse_amount};
 use hub_core::store::{Store, StoreError};
-use hub_core::types::ModelType;
 use rust_decimal::Decimal;
 
 use crate::cli::{DataArgs, Out};
@@ -88,7 +87,8 @@ pub enum CreditsCommand {
         amount: String,
         #[arg(long)]
         idempotency_key: Option<String>,
-        #[arg(long)]
+        /// Why (required).
+        #[arg(long = "reason", alias = "note")]
         note: Option<String>,
     },
     /// Prints the available balance as a decimal (`--json`: available, reserved, quota).
@@ -204,11 +204,21 @@ pub enum PriceCommand {
         #[arg(long)]
         unit_cost: bool,
     },
-    /// Re-derives every rate that has a provider cost with a new margin (bulk re-price).
+    /// Re-derives every rate that has a provider cost with a new margin (bulk re-price); without
+    /// `--provider` the margin setting changes too.
     Reprice {
         /// Margin in percent.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         margin: String,
+        /// Only this provider's prices.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Disables a price: appends a disabled version (the model then has no price; history stays).
+    Disable {
+        /// The current version of the price (`price list`).
+        #[arg(long)]
+        version: i64,
     },
 }
 
@@ -436,20 +446,6 @@ pub async fn ledger(args: LedgerArgs, out: &mut dyn Out) -> Result<(), Failure> 
     }
 }
 
-async fn known_user(store: &dyn Store, who: &Who) -> Result<(), String> {
-    if let Some(u) = &who.user
-        && !store
-            .list_users()
-            .await
-            .map_err(e)?
-            .iter()
-            .any(|r| &r.id == u)
-    {
-        return Err(format!("no user `{u}` on this hub"));
-    }
-    Ok(())
-}
-
 /// `aigne-hub admin credits ...`
 pub async fn credits(
     store: Arc<dyn Store>,
@@ -469,26 +465,8 @@ pub async fn credits(
             idempotency_key,
             note,
         } => {
-            known_user(store.as_ref(), &who).await?;
-            let d = parse_amount(&amount)?;
-            if d <= Decimal::ZERO {
-                return Err("--amount of a grant must be positive (use `credits adjust` to take credits away)".into());
-            }
-            let units = to_units(d).ok_or("amount out of range")?;
-            let req = GrantReq {
-                account: who.account(),
-                kind: GrantKind::Grant,
-                amount: units,
-                idem_key: format!(
-                    "grant:{}",
-                    idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-                ),
-                expires_at_ms: expires_days.map(|d| now + i64::from(d) * 86_400_000),
-                note,
-                now_ms: now,
-                starter: who.user.as_ref().and_then(|_| cfg.starter(now)),
-            };
-            report_grant(store.as_ref(), &req, out).await
+            let input = credit_in(&who, &amount, idempotency_key, note, expires_days)?;
+            report_credit(store.as_ref(), &cfg, GrantKind::Grant, &input, out).await
         }
         CreditsCommand::Adjust {
             who,
@@ -496,26 +474,8 @@ pub async fn credits(
             idempotency_key,
             note,
         } => {
-            known_user(store.as_ref(), &who).await?;
-            let d = parse_amount(&amount)?;
-            let units = to_units(d).ok_or("amount out of range")?;
-            if units == 0 {
-                return Err("--amount must not be zero".into());
-            }
-            let req = GrantReq {
-                account: who.account(),
-                kind: GrantKind::Adjust,
-                amount: units,
-                idem_key: format!(
-                    "adjust:{}",
-                    idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-                ),
-                expires_at_ms: None,
-                note,
-                now_ms: now,
-                starter: who.user.as_ref().and_then(|_| cfg.starter(now)),
-            };
-            report_grant(store.as_ref(), &req, out).await
+            let input = credit_in(&who, &amount, idempotency_key, note, None)?;
+            report_credit(store.as_ref(), &cfg, GrantKind::Adjust, &input, out).await
         }
         CreditsCommand::Balance { who, json } => {
             let account = who.account();
@@ -564,33 +524,46 @@ pub async fn credits(
     }
 }
 
-async fn report_grant(store: &dyn Store, req: &GrantReq, out: &mut dyn Out) -> Result<(), String> {
-    match store.grant(req).await.map_err(e)? {
-        GrantOutcome::Applied => {
-            let bal = store.balance(&req.account).await.map_err(e)?;
-            out.line(&format!(
-                "{} {} to {}; available now {}",
-                req.kind.as_str(),
-                from_units(req.amount),
-                req.account,
-                from_units(bal.map_or(0, |b| b.available))
-            ));
-            Ok(())
-        }
-        GrantOutcome::Replayed => {
-            out.line(&format!(
-                "{} already applied (key {}); nothing changed",
-                req.kind.as_str(),
-                req.idem_key
-            ));
-            Ok(())
-        }
-        GrantOutcome::Insufficient { available } => Err(format!(
-            "{} has only {} available; an adjustment cannot take it below zero",
-            req.account,
-            from_units(available)
-        )),
+fn credit_in(
+    who: &Who,
+    amount: &str,
+    idempotency_key: Option<String>,
+    reason: Option<String>,
+    expires_days: Option<u32>,
+) -> Result<CreditIn, String> {
+    Ok(CreditIn {
+        user: who.user.clone(),
+        team: who.team.clone(),
+        amount: DecimalIn(parse_amount(amount)?),
+        idempotency_key,
+        reason,
+        expires_days,
+    })
+}
+
+/// A grant or adjustment as the owner (`Actor::cli`), audited like the API's.
+async fn report_credit(
+    store: &dyn Store,
+    cfg: &BillingConfig,
+    kind: GrantKind,
+    input: &CreditIn,
+    out: &mut dyn Out,
+) -> Result<(), String> {
+    let r = ledger_admin::credit(store, &Actor::cli(), cfg, kind, input)
+        .await
+        .map_err(|e| e.message)?;
+    if r.replayed {
+        out.line(&format!(
+            "{} already applied (key {}); nothing changed",
+            r.kind, r.idempotency_key
+        ));
+    } else {
+        out.line(&format!(
+            "{} {} to {}; available now {}",
+            r.kind, r.amount, r.account, r.available
+        ));
     }
+    Ok(())
 }
 
 /// `aigne-hub admin billing ...`
@@ -637,52 +610,38 @@ pub async fn billing(
             max_output_tokens,
             report_timezones,
         } => {
-            let mut sets: Vec<(&str, String)> = Vec::new();
-            if let Some(m) = mode {
-                let m = BillingMode::parse(&m)
-                    .ok_or_else(|| format!("--mode must be internal or credits, got `{m}`"))?;
-                sets.push((billing_keys::MODE, m.as_str().to_string()));
-            }
-            if let Some(v) = margin {
-                Decimal::from_str(v.trim())
-                    .map_err(|_| format!("--margin `{v}` is not a number"))?;
-                sets.push((billing_keys::MARGIN_PCT, v.trim().to_string()));
-            }
-            if let Some(v) = base_credit_price {
-                let d = Decimal::from_str(v.trim())
-                    .map_err(|_| format!("--base-credit-price `{v}` is not a number"))?;
-                if d <= Decimal::ZERO {
-                    return Err("--base-credit-price must be positive".into());
-                }
-                sets.push((billing_keys::BASE_CREDIT_PRICE, v.trim().to_string()));
-            }
-            if let Some(v) = starter_credits {
-                parse_amount(&v)?;
-                sets.push((billing_keys::STARTER_CREDITS, v.trim().to_string()));
-            }
-            if let Some(v) = starter_expiry_days {
-                sets.push((billing_keys::STARTER_EXPIRY_DAYS, v.to_string()));
-            }
-            if let Some(v) = payment_link {
-                sets.push((billing_keys::PAYMENT_LINK, v));
-            }
-            if let Some(v) = credit_prefix {
-                sets.push((billing_keys::CREDIT_PREFIX, v));
-            }
-            if let Some(v) = max_output_tokens {
-                sets.push((billing_keys::MAX_OUTPUT_TOKENS, v.to_string()));
-            }
-            if let Some(v) = report_timezones {
-                let zones = hub_core::hub::parse_report_zones(&v)
-                    .map_err(|e| format!("--report-timezones: {e}"))?;
-                let list = zones.iter().map(|z| z.key()).collect::<Vec<_>>().join(",");
-                sets.push((billing_keys::REPORT_TIMEZONES, list));
-            }
-            if sets.is_empty() {
+            let dec = |name: &str, v: Option<String>| -> Result<Option<DecimalIn>, String> {
+                v.map(|v| {
+                    Decimal::from_str(v.trim())
+                        .map(DecimalIn)
+                        .map_err(|_| format!("--{name} `{v}` is not a number"))
+                })
+                .transpose()
+            };
+            let patch = BillingPatch {
+                mode,
+                margin_pct: dec("margin", margin)?,
+                base_credit_price: dec("base-credit-price", base_credit_price)?,
+                starter_credits: dec("starter-credits", starter_credits)?,
+                starter_expiry_days,
+                payment_link,
+                credit_prefix,
+                max_output_tokens,
+                report_timezones,
+            };
+            if patch
+                .settings()
+                .is_err_and(|e| e.message == "nothing to change")
+            {
                 return Err("nothing to set; see `aigne-hub admin billing set --help`".into());
             }
+            let cfg = load_billing_config(store.as_ref(), &defaults)
+                .await
+                .map_err(e)?;
+            let sets = ledger_admin::update_billing(store.as_ref(), &Actor::cli(), &cfg, &patch)
+                .await
+                .map_err(|e| e.message)?;
             for (k, v) in &sets {
-                store.set_setting(k, v).await.map_err(e)?;
                 out.line(&format!("{k} = {v}"));
             }
             Ok(())
@@ -692,17 +651,6 @@ pub async fn billing(
 
 fn per_million(d: Decimal) -> String {
     (d * Decimal::from(1_000_000)).normalize().to_string()
-}
-
-fn parse_type(s: &str) -> Result<ModelType, String> {
-    match s {
-        "chat" => Ok(ModelType::Chat),
-        "embedding" => Ok(ModelType::Embedding),
-        "image" => Ok(ModelType::Image),
-        _ => Err(format!(
-            "--type must be chat, embedding or image, got `{s}`"
-        )),
-    }
 }
 
 /// `aigne-hub admin price ...`
@@ -764,80 +712,78 @@ pub async fn price(
             image,
             unit_cost,
         } => {
-            let kind = ProviderKind::from_name(&provider)
-                .ok_or_else(|| format!("unknown provider `{provider}`"))?;
-            let ty = parse_type(&model_type)?;
-            let num = |name: &str, v: &str| -> Result<Decimal, String> {
-                let d = Decimal::from_str(v.trim())
-                    .map_err(|_| format!("--{name} `{v}` is not a number"))?;
-                if d < Decimal::ZERO {
-                    return Err(format!("--{name} must not be negative"));
-                }
-                Ok(d)
+            let num = |name: &str, v: &str| -> Result<DecimalIn, String> {
+                Decimal::from_str(v.trim())
+                    .map(DecimalIn)
+                    .map_err(|_| format!("--{name} `{v}` is not a number"))
             };
-            let m = Decimal::from(1_000_000);
-            let given = Rates {
-                input: round(num("input", &input)? / m),
-                output: round(num("output", &output)? / m),
+            let given = RatesIn {
+                input: Some(num("input", &input)?),
+                output: Some(num("output", &output)?),
                 cache_read: cache_read
                     .as_deref()
-                    .map(|v| num("cache-read", v).map(|d| round(d / m)))
+                    .map(|v| num("cache-read", v))
                     .transpose()?,
                 cache_write: cache_write
                     .as_deref()
-                    .map(|v| num("cache-write", v).map(|d| round(d / m)))
+                    .map(|v| num("cache-write", v))
                     .transpose()?,
                 image: image.as_deref().map(|v| num("image", v)).transpose()?,
-                image_by: Default::default(),
             };
-            let (unit, rates, margin) = if unit_cost {
-                let rates = Rates::derive(
-                    &given,
-                    cfg.pricing.margin_pct,
-                    cfg.pricing.base_credit_price,
-                );
-                (Some(given), rates, Some(cfg.pricing.margin_pct))
+            let (unit_cost, rates) = if unit_cost {
+                (Some(given), None)
             } else {
-                let existing = cfg
-                    .prices
-                    .get(kind, &model, ty)
-                    .and_then(|p| p.unit.clone());
-                (existing, given, None)
+                (None, Some(given))
             };
-            let p = Price {
-                version: 0,
-                provider: kind,
-                model: model.clone(),
-                model_type: ty,
-                unit,
-                margin_pct: margin,
-                rates,
-                source: "admin".into(),
-                created_at_ms: now_ms(),
-            };
-            let ids = store.insert_prices(&[p]).await.map_err(e)?;
+            let p = ledger_admin::set_price(
+                store.as_ref(),
+                &Actor::cli(),
+                &cfg,
+                &PriceIn {
+                    provider,
+                    model,
+                    model_type: Some(model_type),
+                    unit_cost,
+                    rates,
+                    margin_pct: None,
+                },
+            )
+            .await
+            .map_err(|e| e.message)?;
             out.line(&format!(
-                "price of {kind}/{model} ({}) set: version {}",
-                ty.as_str(),
-                ids.first().copied().unwrap_or(0)
+                "price of {}/{} ({}) set: version {}",
+                p.provider, p.model, p.model_type, p.version
             ));
             Ok(())
         }
-        PriceCommand::Reprice { margin } => {
+        PriceCommand::Disable { version } => {
+            let p = ledger_admin::disable_price(store.as_ref(), &Actor::cli(), version)
+                .await
+                .map_err(|e| e.message)?;
+            out.line(&format!(
+                "price of {}/{} ({}) disabled: version {}",
+                p.provider, p.model, p.model_type, p.version
+            ));
+            Ok(())
+        }
+        PriceCommand::Reprice { margin, provider } => {
             let m = Decimal::from_str(margin.trim())
                 .map_err(|_| format!("--margin `{margin}` is not a number"))?;
-            let book = PriceBook::new(store.list_prices(false).await.map_err(e)?);
-            let changed = reprice(&book, m, cfg.pricing.base_credit_price, now_ms());
-            if !changed.is_empty() {
-                store.insert_prices(&changed).await.map_err(e)?;
-            }
-            store
-                .set_setting(billing_keys::MARGIN_PCT, &m.to_string())
-                .await
-                .map_err(e)?;
+            let r = ledger_admin::reprice(
+                store.as_ref(),
+                &Actor::cli(),
+                &cfg,
+                &RepriceIn {
+                    margin_pct: DecimalIn(m),
+                    provider,
+                },
+            )
+            .await
+            .map_err(|e| e.message)?;
             out.line(&format!(
-                "re-priced {} model(s) with margin {m}%",
-                changed.len()
+                "re-priced {} model(s) with margin {}%",
+                r.repriced.len(),
+                r.margin_pct
             ));
             Ok(())
         }
@@ -970,6 +916,7 @@ pub async fn export(store: Arc<dyn Store>, a: ExportArgs, out: &mut dyn Out) -> 
         team_id: a.team,
         app: a.app,
         limit: a.limit,
+        after: None,
     };
     let records = store.usage_records(&f).await.map_err(e)?;
     let mut buf = csv_line(EXPORT_HEADER);

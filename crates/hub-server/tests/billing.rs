@@ -87,6 +87,7 @@ async fn harness_with(
         },
         source: "admin".into(),
         created_at_ms: 1,
+        disabled: false,
     };
     if let Err(e) = hub.store().insert_prices(&[price]).await {
         unreachable!("price: {e}");

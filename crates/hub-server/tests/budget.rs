@@ -70,6 +70,7 @@ impl Server {
             rates,
             source: "admin".into(),
             created_at_ms: 1,
+            disabled: false,
         };
         let priced = hub
             .store()

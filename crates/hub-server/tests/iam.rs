@@ -509,6 +509,17 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
             Who::TeamAdminA => w.member_a.0.clone(),
             _ => w.member_a2.0.clone(),
         };
+        // A price whose current version the row below may disable.
+        let price = hub_core::ledger_admin::set_price(
+            env.store(),
+            &Actor::cli(),
+            &env.hub.billing(),
+            &serde_json::from_value(json!({
+                "provider": "openai", "model": format!("matrix-{who:?}"), "rates": {"input": "1", "output": "2"}
+            }))?,
+        )
+        .await?
+        .version;
         let rows: Vec<(Method, String, Option<Value>, &str)> = vec![
             (
                 Method::POST,
@@ -597,6 +608,96 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
                 "me_read",
             ),
             (Method::GET, "/api/me/usage".into(), None, "me_read"),
+            // prices, credits, billing, reports (issue 6's billing half)
+            (Method::GET, "/api/admin/prices".into(), None, "admin_read"),
+            (
+                Method::POST,
+                "/api/admin/prices".into(),
+                Some(
+                    json!({"provider": "openai", "model": "m-new", "unit_cost": {"input": "0.5", "output": "1.5"}}),
+                ),
+                "global_create",
+            ),
+            (
+                Method::DELETE,
+                format!("/api/admin/prices/{price}"),
+                None,
+                "global_write",
+            ),
+            (
+                Method::POST,
+                "/api/admin/prices/reprice".into(),
+                Some(json!({"margin_pct": "3", "provider": "deepseek"})),
+                "global_write",
+            ),
+            (
+                Method::POST,
+                "/api/admin/credits/grant".into(),
+                Some(json!({"user": w.member_a2.0, "amount": "1"})),
+                "global_write",
+            ),
+            (
+                Method::POST,
+                "/api/admin/credits/adjust".into(),
+                Some(json!({"user": w.member_a2.0, "amount": "-0.25", "reason": "matrix"})),
+                "global_write",
+            ),
+            (
+                Method::GET,
+                format!("/api/admin/credits/balance?user={}", w.member_a.0),
+                None,
+                "admin_read",
+            ),
+            (
+                Method::GET,
+                format!("/api/admin/credits/entries?team={}", w.team_a),
+                None,
+                "admin_read",
+            ),
+            (Method::GET, "/api/admin/billing".into(), None, "admin_read"),
+            (
+                Method::PATCH,
+                "/api/admin/billing".into(),
+                Some(json!({"credit_prefix": "$"})),
+                "global_write",
+            ),
+            (
+                Method::GET,
+                "/api/admin/usage/report?by=user,team,provider&period=day&tz=%2B08:00".into(),
+                None,
+                "admin_read",
+            ),
+            (
+                Method::GET,
+                "/api/admin/usage/report?by=user&format=csv".into(),
+                None,
+                "admin_read",
+            ),
+            (
+                Method::GET,
+                "/api/admin/usage/records?limit=2".into(),
+                None,
+                "admin_read",
+            ),
+            (
+                Method::GET,
+                "/api/admin/usage/export".into(),
+                None,
+                "admin_read",
+            ),
+            (
+                Method::GET,
+                format!("/api/admin/audit?target={}", w.team_a),
+                None,
+                "admin_read",
+            ),
+            (Method::GET, "/api/me/quota".into(), None, "me_read"),
+            (
+                Method::GET,
+                "/api/me/usage/report?by=user,team&period=month".into(),
+                None,
+                "me_read",
+            ),
         ];
         for (method, path, body, class) in rows {
             let r = env.call(method.clone(), &path, k, body).await?;
@@ -631,7 +732,7 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
             checked += 1;
         }
     }
-    assert_eq!(checked, EVERYONE.len() * 20);
+    assert_eq!(checked, EVERYONE.len() * 37);
 
     // Cross-tenant writes are refused as if the object did not exist.
     let ta = w.key(Who::TeamAdminA);
@@ -662,6 +763,82 @@ async fn authorisation_matrix_and_tenant_isolation() -> TestResult {
         )
         .await?;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // Another tenant's balance, entries and usage do not exist for a team admin.
+    for path in [
+        format!("/api/admin/credits/balance?team={}", w.team_b),
+        format!("/api/admin/credits/balance?user={}", w.member_b.0),
+        format!("/api/admin/credits/entries?user={}", w.member_b.0),
+    ] {
+        let r = env.call(Method::GET, &path, ta.as_deref(), None).await?;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+    }
+    for path in [
+        format!("/api/admin/usage/report?team={}", w.team_b),
+        format!("/api/admin/usage/records?team={}", w.team_b),
+        format!("/api/admin/usage/export?team={}", w.team_b),
+    ] {
+        let r = env.call(Method::GET, &path, ta.as_deref(), None).await?;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.body);
+    }
+    let r = env
+        .call(
+            Method::GET,
+            &format!("/api/me/usage/report?user={}", w.member_b.0),
+            w.key(Who::MemberA).as_deref(),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // A team admin's report and export hold their team's users only.
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/usage/report?by=user",
+            ta.as_deref(),
+            None,
+        )
+        .await?;
+    let users: BTreeSet<String> = r.body["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| u["group"]["user"].as_str().unwrap_or("-").to_string())
+        .collect();
+    assert!(
+        users.contains(&w.member_a.0) && users.contains(&w.member_a2.0),
+        "{users:?}"
+    );
+    assert!(!users.contains(&w.member_b.0), "{users:?}");
+    let r = env
+        .call(Method::GET, "/api/admin/usage/export", ta.as_deref(), None)
+        .await?;
+    let csv = r.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        csv.contains(&w.member_a.0) && !csv.contains(&w.member_b.0),
+        "{csv}"
+    );
+    // A member's report is their own.
+    let r = env
+        .call(
+            Method::GET,
+            "/api/me/usage/report?by=user",
+            w.key(Who::MemberA).as_deref(),
+            None,
+        )
+        .await?;
+    let rows = r.body["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{}", r.body);
+    assert_eq!(rows[0]["group"]["user"], json!(w.member_a.0));
+    // A team admin cannot grant credits (money is created by the owner / global admins only).
+    let r = env
+        .call(
+            Method::POST,
+            "/api/admin/credits/grant",
+            ta.as_deref(),
+            Some(json!({"team": w.team_a, "amount": "5"})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     // A team admin cannot make admins, nor users in another team.
     let r = env
         .call(
@@ -778,6 +955,19 @@ async fn every_api_route_is_in_the_openapi_document() -> TestResult {
         ("/api/me/usage", &["get"]),
         ("/api/admin/health", &["get"]),
         ("/metrics", &["get"]),
+        ("/api/admin/prices", &["get", "post"]),
+        ("/api/admin/prices/{version}", &["delete"]),
+        ("/api/admin/prices/reprice", &["post"]),
+        ("/api/admin/credits/grant", &["post"]),
+        ("/api/admin/credits/adjust", &["post"]),
+        ("/api/admin/credits/balance", &["get"]),
+        ("/api/admin/credits/entries", &["get"]),
+        ("/api/admin/billing", &["get", "patch"]),
+        ("/api/admin/usage/report", &["get"]),
+        ("/api/admin/usage/records", &["get"]),
+        ("/api/admin/usage/export", &["get"]),
+        ("/api/me/quota", &["get"]),
+        ("/api/me/usage/report", &["get"]),
     ];
     for (path, methods) in want {
         for m in *methods {
@@ -971,6 +1161,368 @@ async fn bad_admin_input_is_a_400_in_the_hub_format() -> TestResult {
 
 // ---------------------------------------------------------------------------------------------
 // per-key policy
+
+#[tokio::test]
+async fn bad_billing_input_is_a_400_never_a_500() -> TestResult {
+    let env = Env::new().await?;
+    let o = Some(OWNER_KEY);
+    let cases: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/api/admin/prices", Some(json!({}))),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "nope", "model": "x", "rates": {}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": " ", "rates": {}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "rates": {"input": "-1"}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "rates": {"input": "abc"}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "rates": {"input": true}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "type": "video", "rates": {}})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "rates": {}, "margin_pct": "5"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices",
+            Some(json!({"provider": "openai", "model": "x", "unit_cost": {"input": "1e400"}})),
+        ),
+        (Method::DELETE, "/api/admin/prices/abc", None),
+        (
+            Method::POST,
+            "/api/admin/prices/reprice",
+            Some(json!({"margin_pct": "-100"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices/reprice",
+            Some(json!({"margin_pct": "x"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/prices/reprice",
+            Some(json!({"margin_pct": "5", "provider": "nope"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "team": "t", "amount": "1"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"amount": "1"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "amount": "0"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "amount": "-1"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "amount": "1.00000000001"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "amount": "99999999999999999999"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(json!({"user": "owner", "amount": "1", "idempotency_key": ""})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/adjust",
+            Some(json!({"user": "owner", "amount": "-1"})),
+        ),
+        (
+            Method::POST,
+            "/api/admin/credits/adjust",
+            Some(json!({"user": "owner", "amount": "1", "reason": "r", "expires_days": 3})),
+        ),
+        (Method::GET, "/api/admin/credits/balance", None),
+        (
+            Method::GET,
+            "/api/admin/credits/balance?user=a&team=b",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/admin/credits/entries?user=owner&limit=abc",
+            None,
+        ),
+        (Method::PATCH, "/api/admin/billing", Some(json!({}))),
+        (
+            Method::PATCH,
+            "/api/admin/billing",
+            Some(json!({"mode": "free"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/billing",
+            Some(json!({"base_credit_price": "0"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/billing",
+            Some(json!({"payment_link": "ftp://x"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/billing",
+            Some(json!({"unknown": 1})),
+        ),
+        (Method::GET, "/api/admin/usage/report?by=color", None),
+        (Method::GET, "/api/admin/usage/report?period=week", None),
+        (Method::GET, "/api/admin/usage/report?tz=Mars", None),
+        (Method::GET, "/api/admin/usage/report?since=yesterday", None),
+        (
+            Method::GET,
+            "/api/admin/usage/report?since=2026-02-01&until=2026-01-01",
+            None,
+        ),
+        (Method::GET, "/api/admin/usage/report?format=xml", None),
+        (Method::GET, "/api/admin/usage/report?nope=1", None),
+        (Method::GET, "/api/admin/usage/records?limit=0", None),
+        (Method::GET, "/api/admin/usage/records?limit=5000", None),
+        (Method::GET, "/api/admin/usage/records?cursor=garbage", None),
+        (Method::GET, "/api/admin/usage/export?limit=5", None),
+        (Method::GET, "/api/admin/audit?until_ms=abc", None),
+        (Method::GET, "/api/me/usage/report?period=x", None),
+    ];
+    for (method, path, body) in cases {
+        let r = env.call(method.clone(), path, o, body.clone()).await?;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body:?}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"].is_string(),
+            "{method} {path}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["type"].is_string(),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // Well-formed but impossible: not found / conflict, still in the hub's format.
+    let r = env
+        .call(Method::DELETE, "/api/admin/prices/999999", o, None)
+        .await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/credits/balance?user=nobody",
+            o,
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = env
+        .call(
+            Method::POST,
+            "/api/admin/credits/adjust",
+            o,
+            Some(json!({"user": "owner", "amount": "-1000000", "reason": "too much"})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.body["error"]["message"].is_string());
+    // None of the refused requests left an audit entry.
+    let r = env
+        .call(Method::GET, "/api/admin/audit?limit=1000", o, None)
+        .await?;
+    let actions: BTreeSet<String> = r
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        actions,
+        BTreeSet::from([
+            "provider.create".to_string(),
+            "credential.create".to_string()
+        ]),
+        "{}",
+        r.body
+    );
+    Ok(())
+}
+
+/// A usage record as the usage writer stores it (via JSON: every field named once).
+fn usage_record(
+    i: usize,
+    app: &str,
+    model: &str,
+) -> Result<hub_core::store::UsageRecord, serde_json::Error> {
+    serde_json::from_value(json!({
+        "id": format!("req_{i:06}"),
+        "created_at_ms": 1_767_225_600_000_i64 + (i as i64 / 3) * 1000,
+        "client_request_id": null,
+        "principal": "key_x",
+        "user_id": "owner",
+        "team_id": null,
+        "app": app,
+        "ingress": "openai",
+        "endpoint": "chat",
+        "requested_model": model,
+        "provider": "openai",
+        "credential": null,
+        "upstream_model": model,
+        "stream": false,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "images": 0,
+        "estimated": false,
+        "latency_ms": 3,
+        "ttfb_ms": null,
+        "status": "success",
+        "http_status": 200,
+        "error_class": null,
+        "error_message": null,
+        "provider_cost": null,
+        "attempts": 1
+    }))
+}
+
+#[tokio::test]
+async fn usage_csv_is_escaped_streamed_and_records_page_without_gaps() -> TestResult {
+    let env = Env::new().await?;
+    let evil_app = "=HYPERLINK(\"http://x\",\"y\")";
+    let evil_model = "a,b \"q\"\nline";
+    let n = 4_500; // more than two export pages
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(usage_record(
+            i,
+            if i == 7 { evil_app } else { "app" },
+            if i == 8 { evil_model } else { "gpt-4o-mini" },
+        )?);
+        if batch.len() == 1000 {
+            env.store().insert_usage(&batch).await?;
+            batch.clear();
+        }
+    }
+    env.store().insert_usage(&batch).await?;
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/usage/export?since=2026-01-01&until=2026-01-02",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::OK);
+    let csv = r.body.as_str().unwrap_or_default().to_string();
+    assert!(csv.starts_with("timestamp_ms,request_id,"), "{:.200}", csv);
+    // Formula cells are neutralised; quotes doubled; commas and newlines quoted.
+    assert!(
+        csv.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""),
+        "formula cell not escaped"
+    );
+    assert!(
+        csv.contains("\"a,b \"\"q\"\"\nline\""),
+        "quoted cell not escaped"
+    );
+    // Every record exactly once, in order, across the export's pages.
+    let ids: Vec<&str> = csv
+        .split("\r\n")
+        .filter_map(|l| l.split(',').nth(1))
+        .filter(|id| id.starts_with("req_"))
+        .collect();
+    assert_eq!(ids.len(), n);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "order or duplicates");
+    // Records page by cursor with no gap or repeat.
+    let mut seen = Vec::new();
+    let mut path =
+        "/api/admin/usage/records?since=2026-01-01&until=2026-01-02&limit=1000".to_string();
+    loop {
+        let r = env.call(Method::GET, &path, Some(OWNER_KEY), None).await?;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        for rec in r.body["records"].as_array().into_iter().flatten() {
+            seen.push(rec["id"].as_str().unwrap_or_default().to_string());
+        }
+        match r.body["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!(
+                    "/api/admin/usage/records?since=2026-01-01&until=2026-01-02&limit=1000&cursor={c}"
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), n);
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), n);
+    // The report over the same day: totals match, CSV has the TOTAL row.
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/usage/report?by=app&since=2026-01-01&until=2026-01-02",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.body["totals"]["calls"], json!(n), "{}", r.body);
+    assert_eq!(r.body["totals"]["prompt_tokens"], json!(n * 10));
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/usage/report?by=app&since=2026-01-01&until=2026-01-02&format=csv",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    let csv = r.body.as_str().unwrap_or_default().to_string();
+    assert!(csv.starts_with("app,calls,"), "{csv}");
+    assert!(csv.contains(&format!("TOTAL,{n},")), "{csv}");
+    assert!(csv.contains("\"'=HYPERLINK("), "{csv}");
+    Ok(())
+}
 
 #[tokio::test]
 async fn rpm_limit_is_exact_and_says_when_to_retry() -> TestResult {
@@ -1295,10 +1847,39 @@ async fn provider_keys_never_leak() -> TestResult {
         let r = env.chat(OWNER_KEY, "openai/gpt-4o-mini").await?;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    env.call(Method::GET, "/api/admin/audit", Some(OWNER_KEY), None)
+    // Every read route of the admin API, captured with the rest.
+    for path in [
+        "/api/admin/audit",
+        "/api/admin/audit?action=credential.update",
+        "/api/admin/usage",
+        "/api/admin/usage/records",
+        "/api/admin/usage/export",
+        "/api/admin/usage/report?by=user,provider,model&period=hour",
+        "/api/admin/usage/report?by=provider&format=csv",
+        "/api/admin/prices",
+        "/api/admin/billing",
+        "/api/admin/providers",
+        "/api/admin/users",
+        "/api/admin/keys",
+        "/api/admin/teams",
+        "/api/admin/health",
+        "/api/me/keys",
+        "/api/me/usage",
+        "/api/me/usage/report?by=provider",
+        "/api/me/quota",
+    ] {
+        let r = env.call(Method::GET, path, Some(OWNER_KEY), None).await?;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    let r = env
+        .call(
+            Method::POST,
+            "/api/admin/credits/grant",
+            Some(OWNER_KEY),
+            Some(json!({"user": "owner", "amount": "2", "reason": "leak test"})),
+        )
         .await?;
-    env.call(Method::GET, "/api/admin/usage", Some(OWNER_KEY), None)
-        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = env
         .call(
             Method::DELETE,
@@ -1452,6 +2033,10 @@ async fn cli_creates_users_and_keys_that_a_running_hub_accepts() -> TestResult {
         IamCommand::Audit(hub_server::admin_cli::AuditCommand::List {
             limit: 50,
             action: None,
+            actor: None,
+            target: None,
+            since_ms: None,
+            until_ms: None,
             json: false,
         }),
         &mut out,
@@ -1464,6 +2049,121 @@ async fn cli_creates_users_and_keys_that_a_running_hub_accepts() -> TestResult {
             "{action} not in the audit log:\n{audit}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn cli_billing_changes_are_audited_and_seen_by_the_api() -> TestResult {
+    use hub_server::ledger_cli::{self, CreditsCommand, PriceCommand, Who};
+    let env = Env::new().await?;
+    let store = env.hub.store().clone();
+    let mut out = Lines(Vec::new());
+    ledger_cli::price(
+        store.clone(),
+        PriceCommand::Set {
+            provider: "openai".into(),
+            model: "cli-model".into(),
+            model_type: "chat".into(),
+            input: "2".into(),
+            output: "4".into(),
+            cache_read: None,
+            cache_write: None,
+            image: None,
+            unit_cost: true,
+        },
+        &mut out,
+    )
+    .await?;
+    let version: i64 = out
+        .0
+        .last()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(version > 0, "{:?}", out.0);
+    ledger_cli::price(
+        store.clone(),
+        PriceCommand::Reprice {
+            margin: "10".into(),
+            provider: Some("openai".into()),
+        },
+        &mut out,
+    )
+    .await?;
+    // The re-price made a newer version: the one printed is stale now.
+    let stale = ledger_cli::price(store.clone(), PriceCommand::Disable { version }, &mut out).await;
+    assert!(stale.is_err_and(|e| e.contains("not current")));
+    let who = Who {
+        user: Some("owner".into()),
+        team: None,
+    };
+    ledger_cli::credits(
+        store.clone(),
+        CreditsCommand::Grant {
+            who: who.clone(),
+            amount: "3".into(),
+            expires_days: None,
+            idempotency_key: Some("cli-1".into()),
+            note: None,
+        },
+        &mut out,
+    )
+    .await?;
+    let no_reason = ledger_cli::credits(
+        store.clone(),
+        CreditsCommand::Adjust {
+            who: who.clone(),
+            amount: "-1".into(),
+            idempotency_key: None,
+            note: None,
+        },
+        &mut out,
+    )
+    .await;
+    assert!(no_reason.is_err_and(|e| e.contains("reason")));
+    // The API sees the CLI's changes, with the CLI as the actor.
+    env.hub.reload_if_changed().await?;
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/prices?provider=openai&model=cli-model",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.body[0]["margin_pct"], json!("10"), "{}", r.body);
+    assert_eq!(r.body[0]["rates"]["input"], json!("2.2"), "{}", r.body);
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/audit?actor=cli",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    let actions: Vec<&str> = r
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["credits.grant", "price.reprice", "price.set"],
+        "{}",
+        r.body
+    );
+    let r = env
+        .call(
+            Method::GET,
+            "/api/admin/credits/balance?user=owner",
+            Some(OWNER_KEY),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["available"].as_str().is_some());
     Ok(())
 }
 

@@ -258,13 +258,20 @@ pub async fn seed_builtin_prices(
     store: &dyn Store,
     pricing: &PricingSettings,
 ) -> Result<usize, StoreError> {
-    let current = PriceBook::new(store.list_prices(false).await?);
+    // The current version of every price, disabled ones included: a price an admin disabled
+    // is theirs, and the seed must not bring it back.
+    let current: std::collections::HashMap<_, Price> = store
+        .list_prices(false)
+        .await?
+        .into_iter()
+        .map(|p| (p.key(), p))
+        .collect();
     let now = now_ms();
     let fresh: Vec<Price> = builtin_prices(pricing)
         .into_iter()
-        .filter(|b| match current.get(b.provider, &b.model, b.model_type) {
+        .filter(|b| match current.get(&b.key()) {
             None => true,
-            Some(p) => p.source == "builtin" && !p.same_terms(b),
+            Some(p) => p.source == "builtin" && !p.disabled && !p.same_terms(b),
         })
         .map(|mut p| {
             p.created_at_ms = now;

@@ -201,6 +201,21 @@ pub trait LedgerStore: Send + Sync {
     async fn balance(&self, account: &str) -> Result<Option<AccountBalance>, StoreError>;
     /// Entries of one account, oldest first.
     async fn entries(&self, account: &str) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// At most `limit` entries of one account with an id above `after_id`, oldest first.
+    async fn entries_page(
+        &self,
+        account: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(self
+            .entries(account)
+            .await?
+            .into_iter()
+            .filter(|e| e.id > after_id)
+            .take(limit as usize)
+            .collect())
+    }
     /// Checks every invariant; `window_ms`: how old an open reservation may be.
     async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError>;
     /// Reconciles (flagged `reconciled`) every open reservation held by an instance other than

@@ -394,6 +394,10 @@ pub struct UsageFilter {
     pub team_id: Option<String>,
     pub app: Option<String>,
     pub limit: Option<u32>,
+    /// Keyset paging: only records after this `(created_at_ms, id)`, in the export order
+    /// (`created_at_ms`, then `id`).
+    #[serde(default)]
+    pub after: Option<(i64, String)>,
 }
 
 /// A caller's quota (the original's `/usage/quota`).

@@ -66,7 +66,88 @@ pub struct AuditQuery {
     pub actor_user_id: Option<String>,
     pub team_id: Option<String>,
     pub since_ms: Option<i64>,
+    /// Only entries about this object (`target`).
+    pub target: Option<String>,
+    /// Only entries before this time (exclusive).
+    pub until_ms: Option<i64>,
 }
+
+/// A change an admin makes, committed by `IamStore::commit_audited` in one transaction with its
+/// audit entry: either both are stored or neither.
+#[derive(Debug, Clone)]
+pub enum Change {
+    InsertTeam(TeamRow),
+    InsertUser(super::UserRow),
+    UpdateUser {
+        id: String,
+        patch: UserPatch,
+    },
+    /// A key and its policy.
+    CreateApiKey {
+        row: ApiKeyRow,
+        policy: KeyPolicy,
+    },
+    /// `NotFound` unless the key exists and is not revoked.
+    RevokeApiKey {
+        id: String,
+        at_ms: i64,
+    },
+    SetKeyPolicy {
+        key_id: String,
+        policy: KeyPolicy,
+    },
+    UpsertProvider(super::ProviderRow),
+    /// The provider and its credentials.
+    DeleteProvider(crate::providers::ProviderKind),
+    InsertCredential(super::CredentialRow),
+    UpdateCredential {
+        id: String,
+        patch: CredentialPatch,
+    },
+    DeleteCredential(String),
+    SetSetting {
+        key: String,
+        value: String,
+    },
+    /// New price versions (history is never rewritten).
+    InsertPrices(Vec<crate::pricing::Price>),
+    /// A credit grant or adjustment (idempotent by key).
+    Grant(crate::ledger::GrantReq),
+    /// No stored change: only the audit entry (a credential test, a master-key rotation).
+    Nothing,
+    /// Several changes, all or none.
+    Many(Vec<Change>),
+}
+
+/// What a committed change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// Version ids of inserted prices.
+    Prices(Vec<i64>),
+    Grant {
+        outcome: crate::ledger::GrantOutcome,
+        /// Available balance of the account before and after (units).
+        available_before: i64,
+        available_after: i64,
+    },
+    Many(Vec<Applied>),
+}
+
+impl Applied {
+    /// Whether anything changed (a replayed or refused grant changes nothing, and is neither
+    /// committed nor audited).
+    pub fn changed(&self) -> bool {
+        match self {
+            Applied::Done | Applied::Prices(_) => true,
+            Applied::Grant { outcome, .. } => *outcome == crate::ledger::GrantOutcome::Applied,
+            Applied::Many(v) => v.iter().all(Applied::changed),
+        }
+    }
+}
+
+/// Builds the audit entry of a change from what it did; called inside the transaction.
+pub type AuditFn = Box<dyn FnOnce(&Applied) -> AuditEntry + Send>;
 
 #[async_trait]
 pub trait IamStore: Send + Sync {
@@ -99,5 +180,13 @@ pub trait IamStore: Send + Sync {
     ) -> Result<Vec<super::UsageRecord>, StoreError>;
 
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Applies a change and, in the same transaction, its audit entry (when `audit` is given).
+    /// A change that fails leaves neither; a change that changes nothing (a replayed grant) is
+    /// rolled back and not audited.
+    async fn commit_audited(
+        &self,
+        change: Change,
+        audit: Option<AuditFn>,
+    ) -> Result<Applied, StoreError>;
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::iam::{Change, IamStore};
 use super::{
     ApiKeyRow, CallStatus, CredentialRow, ProviderRow, Store, StoreError, UsageRecord, UserRow,
 };
 use crate::auth::Role;
 use crate::providers::ProviderKind;
 
+mod change; // admin changes as statements in one transaction (with their audit entry)
 mod iam; // IamStore: teams, key policies, credential updates, audit log
 
 mod ledger; // LedgerStore for SQLite: reservations, settlement, grants, verify, prices, reports
@@ -512,34 +514,21 @@ impl Store for SqliteStore {
     }
 
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_string());
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::SetSetting {
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn upsert_provider(&self, row: &ProviderRow) -> Result<(), StoreError> {
-        let row = row.clone();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO providers (kind, base_url, region, enabled, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(kind) DO UPDATE SET base_url = excluded.base_url, region = excluded.region, enabled = excluded.enabled",
-                params![row.kind.name(), row.base_url, row.region, row.enabled as i64, row.created_at_ms],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::UpsertProvider(row.clone()), None)
+            .await
+            .map(drop)
     }
 
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
@@ -564,45 +553,15 @@ impl Store for SqliteStore {
     }
 
     async fn delete_provider(&self, kind: ProviderKind) -> Result<(), StoreError> {
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let n = tx
-                .execute("DELETE FROM providers WHERE kind = ?1", [kind.name()])
-                .map_err(db_err)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("provider {kind}")));
-            }
-            tx.execute("DELETE FROM credentials WHERE provider = ?1", [kind.name()])
-                .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::DeleteProvider(kind), None)
+            .await
+            .map(drop)
     }
 
     async fn insert_credential(&self, row: &CredentialRow) -> Result<(), StoreError> {
-        let row = row.clone();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO credentials (id, provider, name, ciphertext, masked, weight, enabled, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    row.id,
-                    row.provider.name(),
-                    row.name,
-                    row.ciphertext,
-                    row.masked,
-                    row.weight as i64,
-                    row.enabled as i64,
-                    row.created_at_ms
-                ],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::InsertCredential(row.clone()), None)
+            .await
+            .map(drop)
     }
 
     async fn list_credentials(&self) -> Result<Vec<CredentialRow>, StoreError> {
@@ -632,19 +591,9 @@ impl Store for SqliteStore {
     }
 
     async fn delete_credential(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let n = tx
-                .execute("DELETE FROM credentials WHERE id = ?1", [&id])
-                .map_err(db_err)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("credential {id}")));
-            }
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::DeleteCredential(id.to_string()), None)
+            .await
+            .map(drop)
     }
 
     async fn replace_ciphertexts(&self, updates: &[(String, String)]) -> Result<(), StoreError> {
@@ -665,18 +614,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_user(&self, row: &UserRow) -> Result<(), StoreError> {
-        let row = row.clone();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO users (id, name, role, team_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id, row.name, row.role.as_str(), row.team_id, row.created_at_ms],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::InsertUser(row.clone()), None)
+            .await
+            .map(drop)
     }
 
     async fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
@@ -759,22 +699,15 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let n = tx
-                .execute(
-                    "UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
-                    params![id, at_ms],
-                )
-                .map_err(db_err)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("active api key {id}")));
-            }
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::RevokeApiKey {
+                id: id.to_string(),
+                at_ms,
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
@@ -913,7 +846,8 @@ mod tests {
                 .map_err(db_err)?;
             Ok(rows.join("; "))
         };
-        let newest = plan("SELECT id FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT 50")?;
+        let newest =
+            plan("SELECT id FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT 50")?;
         assert!(newest.contains("usage_created"), "{newest}");
         let by_user = plan(
             "SELECT id FROM usage_records WHERE created_at_ms >= 1 AND created_at_ms < 2 AND user_id = 'u' ORDER BY created_at_ms, rowid",

@@ -203,8 +203,12 @@ pub struct AuditParams {
     pub action: Option<String>,
     /// Only this actor (user id).
     pub actor: Option<String>,
+    /// Only entries about this object (a user, key, credential, provider, price or account id).
+    pub target: Option<String>,
     /// Only entries at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
+    /// Only entries before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
 }
 
 /// The audit log of admin mutations, newest first (a team admin sees their team's).
@@ -221,6 +225,8 @@ pub async fn list_audit(
         actor_user_id: q.actor,
         team_id: None,
         since_ms: q.since_ms,
+        target: q.target,
+        until_ms: q.until_ms,
     };
     Ok(Json(
         iam::list_audit(st.hub.store().as_ref(), &c.actor, query).await?,

@@ -3,6 +3,7 @@
 //! here is in the document by construction.
 
 pub mod auth; // Caller / AdminCaller extractors, hub-format errors, JSON body and query extractors
+pub mod billing; // prices, credits, billing settings, usage reports / records / CSV; /api/me quota
 pub mod config; // providers, credentials, audit log
 pub mod iam; // teams, users, keys, usage; /api/me
 
@@ -18,7 +19,7 @@ use crate::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "AIGNE Hub admin API", description = "Administration of AIGNE Hub: providers, credentials, teams, users, API keys, usage and the audit log. Authenticate with `Authorization: Bearer <API key>`; errors are `{\"error\":{\"message\",\"type\"}}`."),
+    info(title = "AIGNE Hub admin API", description = "Administration of AIGNE Hub: providers, credentials, teams, users, API keys, prices, credits, billing settings, usage reports and the audit log. Authenticate with `Authorization: Bearer <API key>`; errors are `{\"error\":{\"message\",\"type\"}}`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -64,6 +65,19 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(config::list_audit))
         .routes(routes!(crate::observability::health))
         .routes(routes!(crate::observability::metrics))
+        .routes(routes!(billing::list_prices, billing::set_price))
+        .routes(routes!(billing::disable_price))
+        .routes(routes!(billing::reprice))
+        .routes(routes!(billing::grant_credits))
+        .routes(routes!(billing::adjust_credits))
+        .routes(routes!(billing::credit_balance))
+        .routes(routes!(billing::credit_entries))
+        .routes(routes!(billing::get_billing, billing::update_billing))
+        .routes(routes!(billing::usage_report))
+        .routes(routes!(billing::usage_records))
+        .routes(routes!(billing::usage_export))
+        .routes(routes!(billing::my_quota))
+        .routes(routes!(billing::my_usage_report))
 }
 
 /// The OpenAPI document of every `/api` route registered here.

@@ -1,11 +1,13 @@
 //! `IamStore` for SQLite: teams, user changes, key policies, credential updates, audit log.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{SqliteStore, bump_config, db_err, usage_from_row};
 use crate::policy::KeyPolicy;
-use crate::store::iam::{AuditEntry, AuditQuery, CredentialPatch, IamStore, TeamRow, UserPatch};
+use crate::store::iam::{
+    Applied, AuditEntry, AuditFn, AuditQuery, Change, CredentialPatch, IamStore, TeamRow, UserPatch,
+};
 use crate::store::{ApiKeyRow, StoreError, UsageRecord};
 
 fn json_err(e: serde_json::Error) -> StoreError {
@@ -15,18 +17,9 @@ fn json_err(e: serde_json::Error) -> StoreError {
 #[async_trait]
 impl IamStore for SqliteStore {
     async fn insert_team(&self, row: &TeamRow) -> Result<(), StoreError> {
-        let row = row.clone();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO teams (id, name, created_at_ms) VALUES (?1, ?2, ?3)",
-                params![row.id, row.name, row.created_at_ms],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.commit_audited(Change::InsertTeam(row.clone()), None)
+            .await
+            .map(drop)
     }
 
     async fn list_teams(&self) -> Result<Vec<TeamRow>, StoreError> {
@@ -49,73 +42,27 @@ impl IamStore for SqliteStore {
     }
 
     async fn update_user(&self, id: &str, patch: &UserPatch) -> Result<(), StoreError> {
-        let (id, patch) = (id.to_string(), patch.clone());
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM users WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound(format!("user {id}")));
-            }
-            if let Some(name) = &patch.name {
-                tx.execute(
-                    "UPDATE users SET name = ?2 WHERE id = ?1",
-                    params![id, name],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some(role) = patch.role {
-                tx.execute(
-                    "UPDATE users SET role = ?2 WHERE id = ?1",
-                    params![id, role.as_str()],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some(team) = &patch.team_id {
-                tx.execute(
-                    "UPDATE users SET team_id = ?2 WHERE id = ?1",
-                    params![id, team],
-                )
-                .map_err(db_err)?;
-            }
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::UpdateUser {
+                id: id.to_string(),
+                patch: patch.clone(),
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn create_api_key(&self, row: &ApiKeyRow, policy: &KeyPolicy) -> Result<(), StoreError> {
-        let row = row.clone();
-        let policy = serde_json::to_string(policy).map_err(json_err)?;
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    row.id,
-                    row.user_id,
-                    row.digest_hex,
-                    row.prefix,
-                    row.name,
-                    row.team_id,
-                    row.created_at_ms,
-                    row.expires_at_ms,
-                    row.revoked_at_ms
-                ],
-            )
-            .map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO api_key_policies (key_id, policy) VALUES (?1, ?2)",
-                params![row.id, policy],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::CreateApiKey {
+                row: row.clone(),
+                policy: policy.clone(),
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn list_key_policies(&self) -> Result<Vec<(String, KeyPolicy)>, StoreError> {
@@ -136,29 +83,15 @@ impl IamStore for SqliteStore {
     }
 
     async fn set_key_policy(&self, key_id: &str, policy: &KeyPolicy) -> Result<(), StoreError> {
-        let key_id = key_id.to_string();
-        let policy = serde_json::to_string(policy).map_err(json_err)?;
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM api_keys WHERE id = ?1", [&key_id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(db_err)?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound(format!("api key {key_id}")));
-            }
-            tx.execute(
-                "INSERT INTO api_key_policies (key_id, policy) VALUES (?1, ?2)
-                 ON CONFLICT(key_id) DO UPDATE SET policy = excluded.policy",
-                params![key_id, policy],
-            )
-            .map_err(db_err)?;
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::SetKeyPolicy {
+                key_id: key_id.to_string(),
+                policy: policy.clone(),
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn key_spend(&self, key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError> {
@@ -175,50 +108,15 @@ impl IamStore for SqliteStore {
     }
 
     async fn update_credential(&self, id: &str, patch: &CredentialPatch) -> Result<(), StoreError> {
-        let (id, patch) = (id.to_string(), patch.clone());
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM credentials WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(db_err)?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound(format!("credential {id}")));
-            }
-            if let Some(name) = &patch.name {
-                tx.execute(
-                    "UPDATE credentials SET name = ?2 WHERE id = ?1",
-                    params![id, name],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some(w) = patch.weight {
-                tx.execute(
-                    "UPDATE credentials SET weight = ?2 WHERE id = ?1",
-                    params![id, w as i64],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some(en) = patch.enabled {
-                tx.execute(
-                    "UPDATE credentials SET enabled = ?2 WHERE id = ?1",
-                    params![id, en as i64],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some((ct, masked)) = &patch.sealed {
-                tx.execute(
-                    "UPDATE credentials SET ciphertext = ?2, masked = ?3 WHERE id = ?1",
-                    params![id, ct, masked],
-                )
-                .map_err(db_err)?;
-            }
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)
-        })
+        self.commit_audited(
+            Change::UpdateCredential {
+                id: id.to_string(),
+                patch: patch.clone(),
+            },
+            None,
+        )
         .await
+        .map(drop)
     }
 
     async fn rewrap_ciphertexts(
@@ -270,16 +168,33 @@ impl IamStore for SqliteStore {
 
     async fn insert_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         let e = e.clone();
-        let before = e.before.as_ref().map(|v| v.to_string());
-        let after = e.after.as_ref().map(|v| v.to_string());
         self.write(move |c| {
-            c.execute(
-                "INSERT INTO audit_log (id, at_ms, actor_user_id, actor_key_id, action, target, team_id, before_json, after_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![e.id, e.at_ms, e.actor_user_id, e.actor_key_id, e.action, e.target, e.team_id, before, after],
-            )
-            .map_err(db_err)?;
-            Ok(())
+            let tx = c.transaction().map_err(db_err)?;
+            super::change::insert_audit(&tx, &e)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn commit_audited(
+        &self,
+        change: Change,
+        audit: Option<AuditFn>,
+    ) -> Result<Applied, StoreError> {
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let applied = super::change::apply(&tx, &change)?;
+            if !applied.changed() {
+                // Dropping the transaction rolls it back.
+                return Ok(applied);
+            }
+            if let Some(audit) = audit {
+                super::change::insert_audit(&tx, &audit(&applied))?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(applied)
         })
         .await
     }
@@ -305,12 +220,21 @@ impl IamStore for SqliteStore {
                          FROM audit_log
                          WHERE (?1 IS NULL OR action = ?1) AND (?2 IS NULL OR actor_user_id = ?2)
                            AND (?3 IS NULL OR team_id = ?3) AND (?4 IS NULL OR at_ms >= ?4)
+                           AND (?6 IS NULL OR target = ?6) AND (?7 IS NULL OR at_ms < ?7)
                          ORDER BY at_ms DESC, rowid DESC LIMIT ?5",
                     )
                     .map_err(db_err)?;
                 let rows = st
                     .query_map(
-                        params![q.action, q.actor_user_id, q.team_id, q.since_ms, q.limit.max(1)],
+                        params![
+                            q.action,
+                            q.actor_user_id,
+                            q.team_id,
+                            q.since_ms,
+                            q.limit.max(1),
+                            q.target,
+                            q.until_ms
+                        ],
                         |r| {
                             Ok((
                                 r.get(0)?,

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{SqliteStore, USAGE_COLUMNS, bump_config, db_err, kind_of, usage_from_row};
-
+use super::{SqliteStore, USAGE_COLUMNS, db_err, kind_of, usage_from_row};
 use crate::ledger::report::{BUCKET_MS, DAY_MS, Period, ReportZone, offset_sql};
 use crate::ledger::{
     AccountBalance, GrantKind, GrantOutcome, GrantReq, LedgerEntry, LedgerStore, ReconcileReport,
@@ -18,6 +17,7 @@ use crate::ledger::{
     ZoneRebuild, expiry,
 };
 use crate::pricing::Price;
+use crate::store::iam::{Applied, Change, IamStore};
 use crate::store::{StoreError, UsageRecord};
 use crate::types::ModelType;
 
@@ -628,6 +628,7 @@ fn price_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Price> {
         rates: t.rates,
         source,
         created_at_ms,
+        disabled: t.disabled,
     })
 }
 
@@ -639,6 +640,74 @@ struct Terms {
     #[serde(default)]
     margin_pct: Option<rust_decimal::Decimal>,
     rates: crate::pricing::Rates,
+    /// A disabled version: the model has no price from it on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
+}
+
+/// Appends price versions inside a transaction; returns their version ids.
+pub(super) fn insert_prices_tx(
+    tx: &rusqlite::Transaction<'_>,
+    prices: &[Price],
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(prices.len());
+    for p in prices {
+        let terms = serde_json::to_string(&Terms {
+            unit: p.unit.clone(),
+            margin_pct: p.margin_pct,
+            rates: p.rates.clone(),
+            disabled: p.disabled,
+        })
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO prices (provider, model, model_type, terms, source, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![p.provider.name(), p.model, p.model_type.as_str(), terms, p.source, p.created_at_ms],
+        )
+        .map_err(db_err)?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+/// A grant or adjustment inside a transaction. `Insufficient` and `Replayed` change nothing the
+/// caller keeps: `commit_audited` rolls such a transaction back.
+pub(super) fn grant_tx(
+    tx: &rusqlite::Transaction<'_>,
+    req: &GrantReq,
+) -> Result<Applied, StoreError> {
+    ensure_account(tx, &req.account, req.starter.as_ref(), req.now_ms)?;
+    let available = available_of(tx, &req.account)?;
+    let done = |outcome, after| Applied::Grant {
+        outcome,
+        available_before: available,
+        available_after: after,
+    };
+    if req.amount < 0 && available + req.amount < 0 {
+        return Ok(done(GrantOutcome::Insufficient { available }, available));
+    }
+    if req.kind == GrantKind::Grant && req.amount <= 0 {
+        return Err(StoreError::Conflict("a grant must be positive".into()));
+    }
+    let inserted = insert_entry(
+        tx,
+        &NewEntry {
+            account: &req.account,
+            kind: req.kind.as_str(),
+            available_delta: req.amount,
+            reserved_delta: 0,
+            charged: 0,
+            request_id: None,
+            idem_key: &req.idem_key,
+            expires_at_ms: req.expires_at_ms,
+            note: req.note.as_deref(),
+            now_ms: req.now_ms,
+        },
+    )?;
+    if !inserted {
+        return Ok(done(GrantOutcome::Replayed, available));
+    }
+    move_money(tx, &req.account, req.amount, 0)?;
+    Ok(done(GrantOutcome::Applied, available + req.amount))
 }
 
 fn filter_sql(
@@ -735,43 +804,13 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError> {
-        let req = req.clone();
-        self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            ensure_account(&tx, &req.account, req.starter.as_ref(), req.now_ms)?;
-            let available = available_of(&tx, &req.account)?;
-            if req.amount < 0 && available + req.amount < 0 {
-                return Ok(GrantOutcome::Insufficient { available });
-            }
-            if req.kind == GrantKind::Grant && req.amount <= 0 {
-                return Err(StoreError::Conflict("a grant must be positive".into()));
-            }
-            let inserted = insert_entry(
-                &tx,
-                &NewEntry {
-                    account: &req.account,
-                    kind: req.kind.as_str(),
-                    available_delta: req.amount,
-                    reserved_delta: 0,
-                    charged: 0,
-                    request_id: None,
-                    idem_key: &req.idem_key,
-                    expires_at_ms: req.expires_at_ms,
-                    note: req.note.as_deref(),
-                    now_ms: req.now_ms,
-                },
-            )?;
-            if !inserted {
-                tx.commit().map_err(db_err)?;
-                return Ok(GrantOutcome::Replayed);
-            }
-            move_money(&tx, &req.account, req.amount, 0)?;
-            tx.commit().map_err(db_err)?;
-            Ok(GrantOutcome::Applied)
-        })
-        .await
+        match self
+            .commit_audited(Change::Grant(req.clone()), None)
+            .await?
+        {
+            Applied::Grant { outcome, .. } => Ok(outcome),
+            other => Err(StoreError::Db(format!("a grant applied as {other:?}"))),
+        }
     }
 
     async fn balance(&self, account: &str) -> Result<Option<AccountBalance>, StoreError> {
@@ -797,6 +836,27 @@ impl LedgerStore for SqliteStore {
     async fn entries(&self, account: &str) -> Result<Vec<LedgerEntry>, StoreError> {
         let account = account.to_string();
         self.read(move |c| entries_of(c, &account)).await
+    }
+
+    async fn entries_page(
+        &self,
+        account: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let account = account.to_string();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![account, after_id, limit], entry_from_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
     }
 
     async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError> {
@@ -1002,29 +1062,13 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn insert_prices(&self, prices: &[Price]) -> Result<Vec<i64>, StoreError> {
-        let prices = prices.to_vec();
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let mut ids = Vec::with_capacity(prices.len());
-            for p in &prices {
-                let terms = serde_json::to_string(&Terms {
-                    unit: p.unit.clone(),
-                    margin_pct: p.margin_pct,
-                    rates: p.rates.clone(),
-                })
-                .map_err(|e| StoreError::Db(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO prices (provider, model, model_type, terms, source, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![p.provider.name(), p.model, p.model_type.as_str(), terms, p.source, p.created_at_ms],
-                )
-                .map_err(db_err)?;
-                ids.push(tx.last_insert_rowid());
-            }
-            bump_config(&tx)?;
-            tx.commit().map_err(db_err)?;
-            Ok(ids)
-        })
-        .await
+        match self
+            .commit_audited(Change::InsertPrices(prices.to_vec()), None)
+            .await?
+        {
+            Applied::Prices(ids) => Ok(ids),
+            other => Err(StoreError::Db(format!("prices applied as {other:?}"))),
+        }
     }
 
     async fn list_prices(&self, history: bool) -> Result<Vec<Price>, StoreError> {
@@ -1187,9 +1231,26 @@ impl LedgerStore for SqliteStore {
         self.read(move |c| {
             let (where_sql, params) =
                 filter_sql(f.since_ms, f.until_ms, &f.user_id, &f.team_id, &f.app, "created_at_ms");
+            let (where_sql, params) = match &f.after {
+                Some((ms, id)) => {
+                    let mut params = params;
+                    params.push(rusqlite::types::Value::Integer(*ms));
+                    params.push(rusqlite::types::Value::Text(id.clone()));
+                    let n = params.len();
+                    (
+                        format!(
+                            "{where_sql} AND (created_at_ms > ?{} OR (created_at_ms = ?{} AND id > ?{n}))",
+                            n - 1,
+                            n - 1
+                        ),
+                        params,
+                    )
+                }
+                None => (where_sql, params),
+            };
             let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
             let sql = format!(
-                "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {where_sql} ORDER BY created_at_ms, rowid{limit}"
+                "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {where_sql} ORDER BY created_at_ms, id{limit}"
             );
             let mut st = c.prepare(&sql).map_err(db_err)?;
             let rows = st
