@@ -812,17 +812,19 @@ pub async fn set_provider_timeouts(
         .and_then(|v| serde_json::from_str::<TimeoutSettings>(&v).ok());
     let text = serde_json::to_string(t)
         .map_err(|e| HubError::internal(format!("timeouts could not be encoded: {e}")))?;
-    store.set_setting(&key, &text).await.map_err(store_err)?;
-    audit(
-        store,
+    let e = entry(
         actor,
         "provider.timeouts",
         kind.name(),
         None,
         before.as_ref().and_then(json),
         json(t),
-    )
-    .await?;
+    );
+    let change = Change::SetSetting {
+        key: key.clone(),
+        value: text,
+    };
+    commit(store, change, e).await?;
     Ok(*t)
 }
 

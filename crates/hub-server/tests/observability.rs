@@ -590,9 +590,7 @@ async fn provider_timeouts_changed_through_the_api_and_cli_apply_to_a_running_se
         .list_audit(&hub_core::store::iam::AuditQuery {
             limit: 10,
             action: Some("provider.timeouts".into()),
-            actor_user_id: None,
-            team_id: None,
-            since_ms: None,
+            ..hub_core::store::iam::AuditQuery::default()
         })
         .await
         .unwrap()
