@@ -10,9 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hub_core::HubError;
 use hub_core::iam::Actor;
-use hub_core::ledger::report::{
-    Dim, EXPORT_HEADER, Period, csv_line, export_line, parse_tz_offset,
-};
+use hub_core::ledger::report::{Dim, EXPORT_HEADER, Period, ReportZone, csv_line, export_line};
 use hub_core::ledger::{GrantKind, Quota, ReportQuery, UsageFilter};
 use hub_core::ledger_admin::{
     self as la, AccountRef, BalanceView, BillingPatch, BillingView, CreditIn, CreditOut,
@@ -261,12 +259,13 @@ fn invalid(param: &str, msg: impl Into<String>) -> AdminError {
     AdminError(HubError::invalid_param(param, msg))
 }
 
-fn tz_of(tz: Option<&str>) -> Result<i32, AdminError> {
-    parse_tz_offset(tz.unwrap_or("UTC")).map_err(|m| invalid("tz", m))
+/// A time zone: an IANA name (`Asia/Shanghai`) or a UTC offset (`+08:00`, `UTC`).
+fn tz_of(tz: Option<&str>) -> Result<ReportZone, AdminError> {
+    ReportZone::parse(tz.unwrap_or("UTC")).map_err(|m| invalid("tz", m))
 }
 
-fn time_of(param: &str, v: Option<&str>, tz: i32) -> Result<Option<i64>, AdminError> {
-    v.map(|s| crate::ledger_cli::parse_time(s, tz).map_err(|m| invalid(param, m)))
+fn time_of(param: &str, v: Option<&str>, zone: &ReportZone) -> Result<Option<i64>, AdminError> {
+    v.map(|s| crate::ledger_cli::parse_time_in(s, zone).map_err(|m| invalid(param, m)))
         .transpose()
 }
 
@@ -302,8 +301,8 @@ fn report_query(q: &ReportParams) -> Result<ReportQuery, AdminError> {
             })
         })
         .transpose()?;
-    let since_ms = time_of("since", q.since.as_deref(), tz)?;
-    let until_ms = time_of("until", q.until.as_deref(), tz)?;
+    let since_ms = time_of("since", q.since.as_deref(), &tz)?;
+    let until_ms = time_of("until", q.until.as_deref(), &tz)?;
     if let (Some(s), Some(u)) = (since_ms, until_ms)
         && u <= s
     {
@@ -312,7 +311,11 @@ fn report_query(q: &ReportParams) -> Result<ReportQuery, AdminError> {
     Ok(ReportQuery {
         group_by,
         period,
-        tz_offset_minutes: tz,
+        tz_offset_minutes: match tz {
+            ReportZone::Fixed(m) => m,
+            ReportZone::Named(..) => 0,
+        },
+        zone: Some(tz.clone()),
         since_ms,
         until_ms,
         user_id: q.user.clone(),
@@ -451,8 +454,8 @@ fn record_filter(q: &RecordParams) -> Result<UsageFilter, AdminError> {
         })
         .transpose()?;
     Ok(UsageFilter {
-        since_ms: time_of("since", q.since.as_deref(), tz)?,
-        until_ms: time_of("until", q.until.as_deref(), tz)?,
+        since_ms: time_of("since", q.since.as_deref(), &tz)?,
+        until_ms: time_of("until", q.until.as_deref(), &tz)?,
         user_id: q.user.clone(),
         team_id: q.team.clone(),
         app: q.app.clone(),
