@@ -648,22 +648,7 @@ impl Store for SqliteStore {
         let row = row.clone();
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    row.id,
-                    row.user_id,
-                    row.digest_hex,
-                    row.prefix,
-                    row.name,
-                    row.team_id,
-                    row.created_at_ms,
-                    row.expires_at_ms,
-                    row.revoked_at_ms
-                ],
-            )
-            .map_err(db_err)?;
+            insert_api_key_row(&tx, &row)?;
             bump_config(&tx)?;
             tx.commit().map_err(db_err)
         })
@@ -738,6 +723,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// Inserts one `api_keys` row (the key's policy, if any, is the caller's to write).
+pub(super) fn insert_api_key_row(tx: &rusqlite::Transaction<'_>, row: &ApiKeyRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            row.id,
+            row.user_id,
+            row.digest_hex,
+            row.prefix,
+            row.name,
+            row.team_id,
+            row.created_at_ms,
+            row.expires_at_ms,
+            row.revoked_at_ms
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// Maps a `users` row (id, name, role, team_id, created_at_ms).

@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{bump_config, db_err};
+use super::{bump_config, db_err, insert_api_key_row};
 use crate::store::StoreError;
 use crate::store::iam::{Applied, AuditEntry, Change};
 
@@ -69,22 +69,7 @@ pub(super) fn apply(tx: &Transaction<'_>, change: &Change) -> Result<Applied, St
         }
         Change::CreateApiKey { row, policy } => {
             let policy = serde_json::to_string(policy).map_err(json_err)?;
-            tx.execute(
-                "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    row.id,
-                    row.user_id,
-                    row.digest_hex,
-                    row.prefix,
-                    row.name,
-                    row.team_id,
-                    row.created_at_ms,
-                    row.expires_at_ms,
-                    row.revoked_at_ms
-                ],
-            )
-            .map_err(db_err)?;
+            insert_api_key_row(tx, row)?;
             tx.execute(
                 "INSERT INTO api_key_policies (key_id, policy) VALUES (?1, ?2)",
                 params![row.id, policy],
