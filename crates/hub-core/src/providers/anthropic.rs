@@ -95,23 +95,8 @@ impl Anthropic {
         url: String,
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| ProviderError::new(ErrorClass::Protocol, e.to_string()))?;
-        let resp = up
-            .http
-            .post(url)
-            .headers(Self::headers(up)?)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.unwrap_or_default();
-        Err(classify_error(status, &headers, &body))
+        let request = up.http.post(url).headers(Self::headers(up)?);
+        super::send_post(request, super::json_bytes(body)?, classify_error).await
     }
 }
 
@@ -154,15 +139,7 @@ impl Provider for Anthropic {
             .bytes()
             .await
             .map_err(|e| ProviderError::from_transport(&e))?;
-        serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("input_tokens").and_then(Value::as_u64))
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorClass::Protocol,
-                    "count_tokens answered without input_tokens",
-                )
-            })
+        super::count_in(&bytes, "input_tokens", "count_tokens")
     }
 }
 

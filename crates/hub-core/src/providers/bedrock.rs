@@ -240,24 +240,9 @@ impl Bedrock {
         );
         let url = reqwest::Url::parse(&url)
             .map_err(|e| ProviderError::new(ErrorClass::Connect, format!("bad base URL: {e}")))?;
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| ProviderError::new(ErrorClass::Protocol, e.to_string()))?;
+        let bytes = super::json_bytes(body)?;
         let headers = auth_headers(up, &url, &bytes, accept)?;
-        let resp = up
-            .http
-            .post(url)
-            .headers(headers)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.unwrap_or_default();
-        Err(classify_error(status, &headers, &body))
+        super::send_post(up.http.post(url).headers(headers), bytes, classify_error).await
     }
 
     async fn post_json(
@@ -325,15 +310,7 @@ impl Provider for Bedrock {
         }
         let body = json!({"input": {"converse": Value::Object(converse)}});
         let (bytes, _) = Self::post_json(&up, up.model, "count-tokens", &body).await?;
-        serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("inputTokens").and_then(Value::as_u64))
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorClass::Protocol,
-                    "CountTokens answered without inputTokens",
-                )
-            })
+        super::count_in(&bytes, "inputTokens", "CountTokens")
     }
 
     /// Amazon Nova Canvas / Titan Image Generator v2 through InvokeModel (`TEXT_IMAGE`); the

@@ -68,23 +68,8 @@ impl Gemini {
             up.base_url.trim_end_matches('/'),
             model_path(up.model)
         );
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| ProviderError::new(ErrorClass::Protocol, e.to_string()))?;
-        let resp = up
-            .http
-            .post(url)
-            .headers(Self::headers(up)?)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.unwrap_or_default();
-        Err(classify_error(status, &headers, &body))
+        let request = up.http.post(url).headers(Self::headers(up)?);
+        super::send_post(request, super::json_bytes(body)?, classify_error).await
     }
 
     async fn post_json(
@@ -142,15 +127,7 @@ impl Provider for Gemini {
             &json!({"generateContentRequest": inner}),
         )
         .await?;
-        serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("totalTokens").and_then(Value::as_u64))
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorClass::Protocol,
-                    "countTokens answered without totalTokens",
-                )
-            })
+        super::count_in(&bytes, "totalTokens", "countTokens")
     }
 
     async fn embeddings(

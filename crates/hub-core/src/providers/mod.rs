@@ -196,6 +196,47 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Sends a provider's POST (`body` already serialised). A 2xx answer is returned for the caller to
+/// read or stream; any other status becomes the provider's own error through `classify`
+/// (status, headers, body), so every module maps failures the same way.
+pub(crate) async fn send_post(
+    request: reqwest::RequestBuilder,
+    body: Vec<u8>,
+    classify: impl FnOnce(u16, &reqwest::header::HeaderMap, &[u8]) -> ProviderError,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_transport(&e))?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap_or_default();
+    Err(classify(status, &headers, &body))
+}
+
+/// The JSON body's serialisation, as every provider sends it.
+pub(crate) fn json_bytes(body: &Value) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec(body)
+        .map_err(|e| ProviderError::new(crate::error::ErrorClass::Protocol, e.to_string()))
+}
+
+/// A token count read from a count endpoint's answer (`field` at the top level).
+pub(crate) fn count_in(bytes: &[u8], field: &str, endpoint: &str) -> Result<u64, ProviderError> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get(field).and_then(Value::as_u64))
+        .ok_or_else(|| {
+            ProviderError::new(
+                crate::error::ErrorClass::Protocol,
+                format!("{endpoint} answered without {field}"),
+            )
+        })
+}
+
 /// Masks a secret as first 4 + stars + last 4 (short secrets are fully starred).
 pub fn mask(value: &str) -> String {
     let chars: Vec<char> = value.chars().collect();

@@ -141,23 +141,14 @@ impl OpenAiFamily {
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
         let url = format!("{}{}", up.base_url, path);
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| ProviderError::new(ErrorClass::Protocol, e.to_string()))?;
-        let resp = up
-            .http
-            .post(url)
-            .headers(self.headers(up)?)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.unwrap_or_default();
-        Err(classify_error(self.variant, status, &headers, &body))
+        let request = up.http.post(url).headers(self.headers(up)?);
+        let variant = self.variant;
+        super::send_post(
+            request,
+            super::json_bytes(body)?,
+            |status, headers, body| classify_error(variant, status, headers, body),
+        )
+        .await
     }
 }
 

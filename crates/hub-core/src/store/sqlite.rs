@@ -726,7 +726,10 @@ impl Store for SqliteStore {
 }
 
 /// Inserts one `api_keys` row (the key's policy, if any, is the caller's to write).
-pub(super) fn insert_api_key_row(tx: &rusqlite::Transaction<'_>, row: &ApiKeyRow) -> Result<(), StoreError> {
+pub(super) fn insert_api_key_row(
+    tx: &rusqlite::Transaction<'_>,
+    row: &ApiKeyRow,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO api_keys (id, user_id, digest_hex, prefix, name, team_id, created_at_ms, expires_at_ms, revoked_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
