@@ -361,3 +361,56 @@ proptest! {
         prop_assert!(res.is_ok(), "{:?}", res.err().map(|e| e.to_string()));
     }
 }
+
+/// Reservations and settlements of many concurrent calls go through the store's one writer
+/// thread, interleaved in shared transactions: every call is held once and settled once, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interleaved_reservations_and_settlements_stay_exact() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("busy");
+    store.grant(&grant(&acct, 100_000, "g")).await?;
+    let mut tasks = Vec::new();
+    for i in 0..300i64 {
+        let s = store.clone();
+        let acct = acct.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("call{i}");
+            let out = s.reserve(&[reserve(&id, &acct, 100)]).await?;
+            assert_eq!(out, vec![ReserveOutcome::Reserved]);
+            tokio::task::yield_now().await;
+            s.insert_usage(&[record(&id, &acct, 100, i % 90)]).await?;
+            Ok::<_, hub_core::store::StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let charged: i64 = (0..300i64).map(|i| i % 90).sum();
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (100_000 - charged, 0));
+    let entries = store.entries(&acct).await?;
+    assert_eq!(entries.iter().filter(|e| e.kind == "reserve").count(), 300);
+    assert_eq!(entries.iter().filter(|e| e.kind == "capture").count(), 300);
+    assert_consistent(&store).await
+}
+
+/// A batch that fails inside the writer's shared transaction is answered with its own error; a
+/// batch queued beside it still commits.
+#[tokio::test]
+async fn a_failing_batch_does_not_fail_its_neighbours() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    // An entry already holding `capture:poison` makes the settlement of record `poison` fail.
+    store.grant(&grant(&acct, 1, "capture:poison")).await?;
+    for round in 0..20 {
+        let poison = [record("poison", &acct, 0, 5)];
+        let good = [reserve(&format!("good{round}"), &acct, 10)];
+        let (bad, ok) = tokio::join!(store.insert_usage(&poison), store.reserve(&good));
+        assert!(bad.is_err(), "the poisoned batch must fail");
+        assert_eq!(ok?, vec![ReserveOutcome::Reserved]);
+    }
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (1_001 - 200, 200));
+    Ok(())
+}

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Role;
 use crate::providers::ProviderKind;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]

@@ -254,6 +254,51 @@ CREATE TABLE report_zones (
 );
 ALTER TABLE reservations ADD COLUMN delivered TEXT;
 "#,
+    // 7: cheaper per-call ledger writes (issue 9; same columns, same rows). `reservations` is
+    // keyed by its request id alone (WITHOUT ROWID: one b-tree instead of a table plus its key's
+    // index), and the open-reservation index holds open ones only, so settling a reservation
+    // removes an index entry instead of moving it. `ledger_entries` drops AUTOINCREMENT: entries
+    // are never deleted, so the largest id + 1 is already never reused, and every insert no
+    // longer updates `sqlite_sequence`.
+    r#"
+CREATE TABLE reservations_v7 (
+    request_id    TEXT PRIMARY KEY,
+    account       TEXT NOT NULL,
+    amount        INTEGER NOT NULL CHECK (amount >= 0),
+    instance      TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    settled_at_ms INTEGER,
+    delivered     TEXT
+) WITHOUT ROWID;
+INSERT INTO reservations_v7 (request_id, account, amount, instance, status, created_at_ms, settled_at_ms, delivered)
+  SELECT request_id, account, amount, instance, status, created_at_ms, settled_at_ms, delivered FROM reservations;
+DROP TABLE reservations;
+ALTER TABLE reservations_v7 RENAME TO reservations;
+CREATE INDEX reservations_open ON reservations (created_at_ms) WHERE status = 'open';
+CREATE TABLE ledger_entries_v7 (
+    id              INTEGER PRIMARY KEY,
+    account         TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    available_delta INTEGER NOT NULL,
+    reserved_delta  INTEGER NOT NULL,
+    charged         INTEGER NOT NULL DEFAULT 0,
+    request_id      TEXT,
+    idem_key        TEXT NOT NULL UNIQUE,
+    expires_at_ms   INTEGER,
+    note            TEXT,
+    created_at_ms   INTEGER NOT NULL
+);
+INSERT INTO ledger_entries_v7 (id, account, kind, available_delta, reserved_delta, charged, request_id, idem_key,
+    expires_at_ms, note, created_at_ms)
+  SELECT id, account, kind, available_delta, reserved_delta, charged, request_id, idem_key, expires_at_ms, note,
+    created_at_ms FROM ledger_entries;
+DROP TABLE ledger_entries;
+ALTER TABLE ledger_entries_v7 RENAME TO ledger_entries;
+CREATE INDEX ledger_entries_account ON ledger_entries (account, id);
+CREATE INDEX ledger_entries_request ON ledger_entries (request_id);
+CREATE INDEX ledger_entries_expiry ON ledger_entries (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+"#,
 ];
 
 /// The SQLite store.
@@ -264,6 +309,189 @@ pub struct SqliteStore {
     /// Non-UTC report zones whose day roll-ups this store keeps (`set_report_zones`); read by
     /// the usage writer's transaction and by reports.
     report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
+    /// The hot-path writes (usage records, reservations), group-committed together by one thread.
+    hot: tokio::sync::mpsc::UnboundedSender<HotOp>,
+    /// Stops the checkpoint thread when the last handle is dropped.
+    _checkpointer: Arc<Checkpointer>,
+}
+
+/// A batch of hot-path writes, from the usage writer or the reservation writer.
+enum HotOp {
+    Usage {
+        records: Vec<UsageRecord>,
+        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+    Reserve {
+        reqs: Vec<crate::ledger::ReserveReq>,
+        done: tokio::sync::oneshot::Sender<Result<Vec<crate::ledger::ReserveOutcome>, StoreError>>,
+    },
+}
+
+/// The thread that writes the per-call rows. Every call writes twice (its reservation before
+/// dispatch, its usage record with the capture after), and on one core the two group-commit
+/// writers' batches used to take turns, each a transaction of its own with a handful of calls and
+/// a blocking-pool hop. This thread takes whatever both writers have queued, runs it in ONE
+/// transaction and commits once: fewer, larger commits, and the pages they share (the
+/// accounts row, index edges, roll-up rows) are written to the WAL once per commit.
+fn run_hot_writer(
+    conn: Arc<Mutex<Connection>>,
+    zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<HotOp>,
+) {
+    let mut ops: Vec<HotOp> = Vec::with_capacity(64);
+    while let Some(first) = rx.blocking_recv() {
+        ops.push(first);
+        // Woken by the first batch, let whoever else is runnable on this core go first: when
+        // the hub shares one core with this thread, the request tasks queue more work meanwhile
+        // and the commit carries it (measured: ~10 % more requests/s at concurrency 64 on one
+        // core). With nothing else runnable, or a core of its own, this returns at once.
+        std::thread::yield_now();
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let mut guard = conn.lock();
+        // Read under the writer lock: `set_report_zones` changes it under the same lock.
+        let zones = zones.read().clone();
+        // A batch that fails is answered with its own error and the round runs again without
+        // it (the failed transaction changed nothing), so one bad batch never fails another.
+        loop {
+            match run_round(&mut guard, &ops, &zones) {
+                Round::Committed(results) => {
+                    for (op, r) in ops.drain(..).zip(results) {
+                        answer(op, Ok(r));
+                    }
+                    break;
+                }
+                Round::Failed(i, e) => {
+                    answer(ops.remove(i), Err(e));
+                    if ops.is_empty() {
+                        break;
+                    }
+                }
+                Round::CommitFailed(e) => {
+                    for op in ops.drain(..) {
+                        answer(op, Err(e.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        drop(guard);
+    }
+}
+
+enum Round {
+    Committed(Vec<HotDone>),
+    /// Batch `i` failed; nothing was committed.
+    Failed(usize, StoreError),
+    CommitFailed(StoreError),
+}
+
+fn run_round(
+    conn: &mut Connection,
+    ops: &[HotOp],
+    zones: &[crate::ledger::report::ReportZone],
+) -> Round {
+    // IMMEDIATE: reservations and settlements read balances they then write (another process
+    // may write the file).
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return Round::CommitFailed(db_err(e)),
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let r = match op {
+            HotOp::Usage { records, .. } => {
+                insert_usage_in_tx(&tx, records, zones).map(|()| HotDone::Usage)
+            }
+            HotOp::Reserve { reqs, .. } => ledger::reserve_in_tx(&tx, reqs).map(HotDone::Reserve),
+        };
+        match r {
+            Ok(d) => results.push(d),
+            Err(e) => return Round::Failed(i, e), // dropping `tx` rolls it back
+        }
+    }
+    match tx.commit() {
+        Ok(()) => Round::Committed(results),
+        Err(e) => Round::CommitFailed(db_err(e)),
+    }
+}
+
+fn answer(op: HotOp, r: Result<HotDone, StoreError>) {
+    match op {
+        HotOp::Usage { done, .. } => {
+            let _ = done.send(r.map(drop));
+        }
+        HotOp::Reserve { done, .. } => {
+            let _ = done.send(r.and_then(|d| match d {
+                HotDone::Reserve(out) => Ok(out),
+                HotDone::Usage => Err(StoreError::Db("hot write answered wrongly".into())),
+            }));
+        }
+    }
+}
+
+enum HotDone {
+    Usage,
+    Reserve(Vec<crate::ledger::ReserveOutcome>),
+}
+
+/// How often the checkpoint thread copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The writer's own automatic checkpoint, a fallback only (pages of WAL, ~80 MB): if the
+/// checkpoint thread cannot keep up, a commit checkpoints inline rather than letting the WAL grow
+/// without bound.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+
+/// Checkpoints the WAL on its own thread and connection. SQLite's automatic checkpoint runs
+/// inside the commit that crosses its threshold (1,000 pages): that commit copies every page and
+/// syncs the WAL and the database file, and the request waiting for it pays milliseconds. Here
+/// the copy and the syncs happen beside the writer (a PASSIVE checkpoint never blocks it), and a
+/// page written by many commits in a window is copied once.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = open_conn(path)?;
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let checkpoint = |mode: &str| {
+                    if let Err(e) =
+                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                };
+                loop {
+                    match rx.recv_timeout(CHECKPOINT_EVERY) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
+                        _ => {
+                            checkpoint("PASSIVE");
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -299,11 +527,27 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let mut writer = open_conn(path)?;
         migrate(&mut writer)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(db_err)?;
         let reader = open_conn(path)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>> =
+            Arc::default();
+        let (hot, hot_rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let (conn, zones) = (writer.clone(), report_zones.clone());
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || run_hot_writer(conn, zones, hot_rx))
+                .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
+        }
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             reader: Arc::new(Mutex::new(reader)),
-            report_zones: Arc::default(),
+            report_zones,
+            hot,
+            _checkpointer: Arc::new(Checkpointer::start(path)?),
         })
     }
 
@@ -316,6 +560,19 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || f(&mut conn.lock()))
             .await
             .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
+    }
+
+    /// Queues reservations for the writer thread and waits for their outcomes (committed).
+    pub(super) async fn reserve_hot(
+        &self,
+        reqs: Vec<crate::ledger::ReserveReq>,
+    ) -> Result<Vec<crate::ledger::ReserveOutcome>, StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.hot
+            .send(HotOp::Reserve { reqs, done })
+            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -696,19 +953,15 @@ impl Store for SqliteStore {
     }
 
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let records = records.to_vec();
-        let report_zones = self.report_zones.clone();
-        self.write(move |c| {
-            // Read under the writer lock: `set_report_zones` changes it under the same lock.
-            let zones = report_zones.read().clone();
-            // IMMEDIATE: the settlement reads balances it then writes (another process may write).
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            insert_usage_in_tx(&tx, &records, &zones)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.hot
+            .send(HotOp::Usage {
+                records: records.to_vec(),
+                done,
+            })
+            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?
     }
 
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
@@ -915,6 +1168,41 @@ mod tests {
         );
         assert_eq!(bo.and_then(|u| u.team_id), Some("t".into()));
         assert!(store.get_user("nobody").await?.is_none());
+        Ok(())
+    }
+
+    /// The WAL is checkpointed by the store's own thread while the store is open, not by the
+    /// commit that crosses SQLite's 1,000-page threshold (the writer's threshold is a far
+    /// fallback).
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let path = dir.path().join("hub.db");
+        let store = SqliteStore::open(&path)?;
+        let fallback: i64 = store
+            .writer
+            .lock()
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .map_err(db_err)?;
+        assert_eq!(fallback, i64::from(WRITER_AUTOCHECKPOINT_PAGES));
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        for b in 0..20 {
+            let batch: Vec<UsageRecord> = (0..100).map(|i| record(&format!("r{b}-{i}"))).collect();
+            store.insert_usage(&batch).await?;
+        }
+        // ~2,000 records are far below the writer's fallback threshold: only the checkpoint
+        // thread can have copied them into the database file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while size() < before + 256 * 1024 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "database file still {} bytes (was {before}): nothing checkpointed",
+                size()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(store.list_usage(5000).await?.len(), 2000);
         Ok(())
     }
 

@@ -366,6 +366,14 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
     Ok(n as u64)
 }
 
+/// Holds each reservation of a batch (one conditional UPDATE each), in the caller's transaction.
+pub(super) fn reserve_in_tx(
+    tx: &Transaction<'_>,
+    batch: &[ReserveReq],
+) -> Result<Vec<ReserveOutcome>, StoreError> {
+    batch.iter().map(|q| reserve_one(tx, q)).collect()
+}
+
 fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
     ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
     let exists = tx
@@ -788,19 +796,7 @@ impl SqliteStore {
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError> {
-        let batch = batch.to_vec();
-        self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for q in &batch {
-                out.push(reserve_one(&tx, q)?);
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(out)
-        })
-        .await
+        self.reserve_hot(batch.to_vec()).await
     }
 
     async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError> {
