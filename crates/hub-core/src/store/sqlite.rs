@@ -436,8 +436,13 @@ enum HotDone {
     Reserve(Vec<crate::ledger::ReserveOutcome>),
 }
 
-/// How often the checkpoint thread copies committed WAL frames into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the checkpoint thread copies committed WAL frames into the database file, unless
+/// `HUB_SQLITE_CHECKPOINT_MS` says otherwise. Short on purpose: the checkpoint's fsync of the
+/// WAL flushes everything written since the last one, and a commit landing meanwhile waits for
+/// it, so the interval sets the tail. Measured at concurrency 1 (BENCHMARKS.md): added p99 8.4 ms
+/// at 20 ms, 45 ms at 200 ms, 222 ms at 1 s (SQLite's own every-1,000-pages checkpoint inside the
+/// commit: 19 ms); throughput at concurrency 64 within noise of each other.
+const CHECKPOINT_EVERY_MS: u64 = 20;
 /// The writer's own automatic checkpoint, a fallback only (pages of WAL, ~80 MB): if the
 /// checkpoint thread cannot keep up, a commit checkpoints inline rather than letting the WAL grow
 /// without bound.
@@ -446,8 +451,8 @@ const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 /// Checkpoints the WAL on its own thread and connection. SQLite's automatic checkpoint runs
 /// inside the commit that crosses its threshold (1,000 pages): that commit copies every page and
 /// syncs the WAL and the database file, and the request waiting for it pays milliseconds. Here
-/// the copy and the syncs happen beside the writer (a PASSIVE checkpoint never blocks it), and a
-/// page written by many commits in a window is copied once.
+/// the copy and the syncs happen beside the writer (a PASSIVE checkpoint takes no write lock),
+/// and a page written by many commits in a window is copied once.
 struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -457,6 +462,13 @@ impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let conn = open_conn(path)?;
         let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let every = std::time::Duration::from_millis(
+            std::env::var("HUB_SQLITE_CHECKPOINT_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .unwrap_or(CHECKPOINT_EVERY_MS),
+        );
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
@@ -468,7 +480,7 @@ impl Checkpointer {
                     }
                 };
                 loop {
-                    match rx.recv_timeout(CHECKPOINT_EVERY) {
+                    match rx.recv_timeout(every) {
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
                         _ => {
                             checkpoint("PASSIVE");
