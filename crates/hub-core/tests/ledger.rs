@@ -414,3 +414,28 @@ async fn a_failing_batch_does_not_fail_its_neighbours() -> R {
     assert_eq!((b.available, b.reserved), (1_001 - 200, 200));
     Ok(())
 }
+
+/// A refused reservation leaves nothing behind: the same request id can hold once funds arrive.
+#[tokio::test]
+async fn a_refused_reservation_can_be_retried_under_the_same_id() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 5, "g1")).await?;
+    assert_eq!(
+        store.reserve(&[reserve("r", &acct, 10)]).await?,
+        vec![ReserveOutcome::Insufficient { available: 5 }]
+    );
+    assert_eq!(store.verify(10, 1_000_000).await?.open_reservations, 0);
+    store.grant(&grant(&acct, 5, "g2")).await?;
+    assert_eq!(
+        store.reserve(&[reserve("r", &acct, 10)]).await?,
+        vec![ReserveOutcome::Reserved]
+    );
+    assert_eq!(
+        store.reserve(&[reserve("r", &acct, 1)]).await?,
+        vec![ReserveOutcome::Duplicate]
+    );
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (0, 10));
+    assert_consistent(&store).await
+}

@@ -151,10 +151,16 @@ pub(super) fn settle_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), 
     if reserved == 0 && cost == 0 {
         return Ok(()); // nothing held, nothing owed: the record is its own zero-cost marker
     }
-    ensure_account(tx, account, None, now_ms)?;
-    let available = available_of(tx, account)?;
-    // Never overdraw: what exceeds reservation + available is written off (and flagged).
-    let charged = cost.min(reserved.saturating_add(available));
+    // Never overdraw: what exceeds reservation + available is written off (and flagged). A cost
+    // within the hold (the usual case) is charged from it as it is; only a cost above it needs
+    // the balance, and the account, which a call without a hold may not have yet.
+    let charged = if cost <= reserved {
+        cost
+    } else {
+        ensure_account(tx, account, None, now_ms)?;
+        let available = available_of(tx, account)?;
+        cost.min(reserved.saturating_add(available))
+    };
     let shortfall = cost - charged;
     let key = format!("capture:{}", r.id);
     let inserted = insert_entry(
@@ -376,12 +382,23 @@ pub(super) fn reserve_in_tx(
 
 fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
     ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
-    let exists = tx
-        .prepare_cached("SELECT 1 FROM reservations WHERE request_id = ?1")
+    // The reservation row first: its key refuses a second hold under the same request id, so no
+    // separate lookup is needed.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'open', ?5) ON CONFLICT (request_id) DO NOTHING",
+        )
         .map_err(db_err)?
-        .exists([&q.request_id])
+        .execute(params![
+            q.request_id,
+            q.account,
+            q.amount,
+            q.instance,
+            q.now_ms
+        ])
         .map_err(db_err)?;
-    if exists {
+    if inserted == 0 {
         return Ok(ReserveOutcome::Duplicate);
     }
     // The one conditional update that keeps available >= 0 under any concurrency.
@@ -394,23 +411,15 @@ fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, S
         .execute(params![q.account, q.amount])
         .map_err(db_err)?;
     if n == 0 {
+        // Refused: the row just inserted goes again, so the request id is free to retry.
+        tx.prepare_cached("DELETE FROM reservations WHERE request_id = ?1")
+            .map_err(db_err)?
+            .execute([&q.request_id])
+            .map_err(db_err)?;
         return Ok(ReserveOutcome::Insufficient {
             available: available_of(tx, &q.account)?,
         });
     }
-    tx.prepare_cached(
-        "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        q.request_id,
-        q.account,
-        q.amount,
-        q.instance,
-        q.now_ms
-    ])
-    .map_err(db_err)?;
     let key = format!("reserve:{}", q.request_id);
     insert_entry(
         tx,
