@@ -439,3 +439,43 @@ async fn a_refused_reservation_can_be_retried_under_the_same_id() -> R {
     assert_eq!((b.available, b.reserved), (0, 10));
     assert_consistent(&store).await
 }
+
+/// `verify` finds a record's capture by its idempotency key (`capture:<request id>`; no index on
+/// the entries' request id is kept for it): a billed record whose capture is gone is reported.
+#[tokio::test]
+async fn verify_reports_a_billed_record_without_its_capture() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hub.db");
+    let store = SqliteStore::open(&path)?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 100, "g")).await?;
+    store
+        .reserve(&[reserve("a", &acct, 50), reserve("b", &acct, 20)])
+        .await?;
+    store
+        .insert_usage(&[record("a", &acct, 50, 10), record("b", &acct, 20, 5)])
+        .await?;
+    assert_consistent(&store).await?;
+    let c = rusqlite::Connection::open(&path)?;
+    assert_eq!(
+        c.execute(
+            "DELETE FROM ledger_entries WHERE idem_key = 'capture:a'",
+            []
+        )?,
+        1
+    );
+    let rep = store.verify(10, 1_000_000).await?;
+    assert!(
+        rep.violations
+            .iter()
+            .any(|v| v == "usage record a has no capture"),
+        "{:?}",
+        rep.violations
+    );
+    assert!(
+        !rep.violations.iter().any(|v| v.contains("record b")),
+        "{:?}",
+        rep.violations
+    );
+    Ok(())
+}

@@ -299,6 +299,12 @@ CREATE INDEX ledger_entries_account ON ledger_entries (account, id);
 CREATE INDEX ledger_entries_request ON ledger_entries (request_id);
 CREATE INDEX ledger_entries_expiry ON ledger_entries (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 "#,
+    // 8: no query looks ledger entries up by `request_id`: a call's entries are found by their
+    // idempotency keys (`capture:<request id>`, ...), which the UNIQUE index already orders; this
+    // index cost every reservation and every settlement one more b-tree insert and WAL page.
+    r#"
+DROP INDEX IF EXISTS ledger_entries_request;
+"#,
 ];
 
 /// The SQLite store.
@@ -394,17 +400,19 @@ fn run_round(
 ) -> Round {
     // IMMEDIATE: reservations and settlements read balances they then write (another process
     // may write the file).
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+    let tx = match HotTx::begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return Round::CommitFailed(db_err(e)),
+        Err(e) => return Round::CommitFailed(e),
     };
     let mut results = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let r = match op {
             HotOp::Usage { records, .. } => {
-                insert_usage_in_tx(&tx, records, zones).map(|()| HotDone::Usage)
+                insert_usage_in_tx(tx.conn, records, zones).map(|()| HotDone::Usage)
             }
-            HotOp::Reserve { reqs, .. } => ledger::reserve_in_tx(&tx, reqs).map(HotDone::Reserve),
+            HotOp::Reserve { reqs, .. } => {
+                ledger::reserve_in_tx(tx.conn, reqs).map(HotDone::Reserve)
+            }
         };
         match r {
             Ok(d) => results.push(d),
@@ -413,8 +421,50 @@ fn run_round(
     }
     match tx.commit() {
         Ok(()) => Round::Committed(results),
-        Err(e) => Round::CommitFailed(db_err(e)),
+        Err(e) => Round::CommitFailed(e),
     }
+}
+
+/// The hot writer's transaction: `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK` run as cached
+/// prepared statements. rusqlite's `Transaction` runs them through `execute_batch`, which parses
+/// the SQL text again for every transaction (~15k instructions per call at concurrency 1, where
+/// every call has two transactions of its own). Dropped without `commit`, it rolls back.
+struct HotTx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> HotTx<'c> {
+    fn begin(conn: &'c Connection) -> Result<HotTx<'c>, StoreError> {
+        run_cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(HotTx { conn, open: true })
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        run_cached(self.conn, "COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for HotTx<'_> {
+    fn drop(&mut self) {
+        // A failed COMMIT (SQLITE_BUSY, I/O) can leave the transaction open: end it, so the
+        // next round begins on a clean connection.
+        if self.open
+            && !self.conn.is_autocommit()
+            && let Err(e) = run_cached(self.conn, "ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a hot-path transaction failed");
+        }
+    }
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.raw_execute())
+        .map(drop)
+        .map_err(db_err)
 }
 
 fn answer(op: HotOp, r: Result<HotDone, StoreError>) {
@@ -579,9 +629,17 @@ impl SqliteStore {
         &self,
         reqs: Vec<crate::ledger::ReserveReq>,
     ) -> Result<Vec<crate::ledger::ReserveOutcome>, StoreError> {
+        self.hot_write(|done| HotOp::Reserve { reqs, done }).await
+    }
+
+    /// Queues a write for the writer thread and waits for its answer (after the commit).
+    async fn hot_write<T>(
+        &self,
+        op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> HotOp,
+    ) -> Result<T, StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.hot
-            .send(HotOp::Reserve { reqs, done })
+            .send(op(done))
             .map_err(|_| StoreError::Db("the writer thread stopped".into()))?;
         wait.await
             .map_err(|_| StoreError::Db("the writer thread stopped".into()))?
@@ -617,7 +675,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// Inserts records (a replayed id is skipped), settles each in the same transaction, and adds
 /// them to the roll-ups (summed per batch).
 pub(super) fn insert_usage_in_tx(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     records: &[UsageRecord],
     zones: &[crate::ledger::report::ReportZone],
 ) -> Result<(), StoreError> {
@@ -965,15 +1023,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.hot
-            .send(HotOp::Usage {
-                records: records.to_vec(),
-                done,
-            })
-            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?
+        let records = records.to_vec();
+        self.hot_write(|done| HotOp::Usage { records, done }).await
     }
 
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
@@ -1135,6 +1186,47 @@ mod tests {
             "SELECT COALESCE(SUM(cost_units), 0) FROM usage_records WHERE principal = 'k' AND created_at_ms >= 1 AND created_at_ms < 2",
         )?;
         assert!(by_key.contains("usage_principal_created"), "{by_key}");
+        Ok(())
+    }
+
+    /// Every reservation and settlement inserts a ledger entry into each of its b-trees, so the
+    /// same rule holds for `ledger_entries`: entries by account (`ledger_entries_account`), due
+    /// expiries (`ledger_entries_expiry`), and a call's entries by their idempotency keys (the
+    /// UNIQUE index), which is how `verify` finds a record's capture.
+    #[tokio::test]
+    async fn ledger_entry_indexes_are_the_ones_queries_use() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let c = store.reader.lock();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger_entries' ORDER BY name")
+            .map_err(db_err)?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        assert_eq!(
+            names,
+            [
+                "ledger_entries_account",
+                "ledger_entries_expiry",
+                "sqlite_autoindex_ledger_entries_1"
+            ]
+        );
+        let mut st = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT u.id FROM usage_records u
+                 WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || u.id)",
+            )
+            .map_err(db_err)?;
+        let plan = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?
+            .join("; ");
+        assert!(plan.contains("sqlite_autoindex_ledger_entries_1"), "{plan}");
         Ok(())
     }
 

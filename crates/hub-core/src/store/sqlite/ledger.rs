@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{SqliteStore, USAGE_COLUMNS, db_err, kind_of, usage_from_row};
 use crate::ledger::report::{BUCKET_MS, DAY_MS, Period, ReportZone, offset_sql};
@@ -35,7 +35,7 @@ struct NewEntry<'a> {
 }
 
 /// Inserts an entry unless its idempotency key exists. Returns whether it was inserted.
-fn insert_entry(tx: &Transaction<'_>, e: &NewEntry<'_>) -> Result<bool, StoreError> {
+fn insert_entry(tx: &Connection, e: &NewEntry<'_>) -> Result<bool, StoreError> {
     let n = tx
         .prepare_cached(
             "INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key,
@@ -62,7 +62,7 @@ fn insert_entry(tx: &Transaction<'_>, e: &NewEntry<'_>) -> Result<bool, StoreErr
 /// Creates the account if missing; a new user account gets its starter credits (once: the
 /// entry's key is `starter:<user>`).
 fn ensure_account(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     account: &str,
     starter: Option<&Starter>,
     now_ms: i64,
@@ -105,7 +105,7 @@ fn ensure_account(
 
 /// Applies deltas to an account (the CHECK constraints refuse anything below zero).
 fn move_money(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     account: &str,
     available_delta: i64,
     reserved_delta: i64,
@@ -119,7 +119,7 @@ fn move_money(
     Ok(())
 }
 
-fn available_of(tx: &Transaction<'_>, account: &str) -> Result<i64, StoreError> {
+fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
     Ok(tx
         .prepare_cached("SELECT available FROM ledger_accounts WHERE id = ?1")
         .map_err(db_err)?
@@ -131,22 +131,31 @@ fn available_of(tx: &Transaction<'_>, account: &str) -> Result<i64, StoreError> 
 
 /// Settles a just-inserted usage record (same transaction): claims its open reservation,
 /// charges the cost, returns the rest; exactly one `capture` entry per settled call.
-pub(super) fn settle_in_tx(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
+pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), StoreError> {
     let Some(account) = r.billing.account.as_deref() else {
         return Ok(());
     };
     let now_ms = crate::hub::now_ms();
-    // Claim the reservation: only one settlement can flip it from open.
-    let reserved: i64 = tx
-        .prepare_cached(
-            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
-             WHERE request_id = ?1 AND status = 'open' RETURNING amount",
+    // Claim the reservation: only one settlement can flip it from open. A read, then the update
+    // by key: the write transaction holds SQLite's one write lock from the read on (and a
+    // deferred one could not write after another writer's commit), so nothing settles it in
+    // between. Cheaper than one `UPDATE ... RETURNING`, which SQLite runs through an ephemeral
+    // table (measured: BENCHMARKS.md, "Instruction counts").
+    let held: Option<i64> = tx
+        .prepare_cached("SELECT amount FROM reservations WHERE request_id = ?1 AND status = 'open'")
+        .map_err(db_err)?
+        .query_row([&r.id], |row| row.get(0))
+        .optional()
+        .map_err(db_err)?;
+    if held.is_some() {
+        tx.prepare_cached(
+            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2 WHERE request_id = ?1",
         )
         .map_err(db_err)?
-        .query_row(params![r.id, now_ms], |row| row.get(0))
-        .optional()
-        .map_err(db_err)?
-        .unwrap_or(0);
+        .execute(params![r.id, now_ms])
+        .map_err(db_err)?;
+    }
+    let reserved = held.unwrap_or(0);
     let cost = r.billing.cost_units.max(0);
     if reserved == 0 && cost == 0 {
         return Ok(()); // nothing held, nothing owed: the record is its own zero-cost marker
@@ -283,11 +292,7 @@ impl RollupBatch {
     }
 
     /// Writes the summed rows (same transaction as the records).
-    pub(super) fn write(
-        self,
-        tx: &Transaction<'_>,
-        zones: &[ReportZone],
-    ) -> Result<(), StoreError> {
+    pub(super) fn write(self, tx: &Connection, zones: &[ReportZone]) -> Result<(), StoreError> {
         for (k, s) in self.rows {
             let (sql, zone): (String, Option<String>) = match k.grain {
                 Grain::Quarter | Grain::UtcDay => {
@@ -374,13 +379,13 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
 
 /// Holds each reservation of a batch (one conditional UPDATE each), in the caller's transaction.
 pub(super) fn reserve_in_tx(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     batch: &[ReserveReq],
 ) -> Result<Vec<ReserveOutcome>, StoreError> {
     batch.iter().map(|q| reserve_one(tx, q)).collect()
 }
 
-fn reserve_one(tx: &Transaction<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
+fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
     ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
     // The reservation row first: its key refuses a second hold under the same request id, so no
     // separate lookup is needed.
@@ -571,8 +576,13 @@ fn verify_in(
     q(
         "SELECT u.id FROM usage_records u
          WHERE u.account IS NOT NULL AND (u.reserved_units > 0 OR u.cost_units > 0)
-           AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.kind = 'capture' AND e.request_id = u.id)",
-        &|r| Ok(format!("usage record {} has no capture", r.get::<_, String>(0)?)),
+           AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || u.id)",
+        &|r| {
+            Ok(format!(
+                "usage record {} has no capture",
+                r.get::<_, String>(0)?
+            ))
+        },
     )?;
     q(
         "SELECT request_id, COUNT(*) FROM ledger_entries WHERE kind = 'capture' GROUP BY request_id HAVING COUNT(*) > 1",
