@@ -105,13 +105,19 @@ fn body(model: &str) -> Vec<u8> {
 }
 
 fn chat_body(model: &str, stream: bool) -> Vec<u8> {
-    json!({
+    let mut body = json!({
         "model": model,
         "stream": stream,
         "messages": [{"role": "user", "content": "Say hello."}],
-    })
-    .to_string()
-    .into_bytes()
+    });
+    if stream {
+        // The hub always asks its upstream for the usage chunk (it meters every stream); asking
+        // for it here too makes the mock send the same events to both targets, so a stream's
+        // total time through the hub and directly compare like for like (without it the hub's
+        // upstream stream is one paced event longer than the direct one).
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body.to_string().into_bytes()
 }
 
 /// One non-streaming request, read to the end.
