@@ -1132,6 +1132,29 @@ mod tests {
         Ok(())
     }
 
+    fn index_names(c: &Connection, table: &str) -> Result<Vec<String>, StoreError> {
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 ORDER BY name")
+            .map_err(db_err)?;
+        st.query_map([table], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)
+    }
+
+    /// The planner's steps for `sql`, joined with "; ".
+    fn query_plan(c: &Connection, sql: &str) -> Result<String, StoreError> {
+        let mut st = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(rows.join("; "))
+    }
+
     /// Every usage write pays one b-tree insert (and a WAL page at commit) per index on
     /// usage_records, so each index must have a reader: newest-first lists (`usage_created`),
     /// per-user and per-app exports (`usage_user_created`, `usage_app_created`), a key's budget
@@ -1142,16 +1165,8 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let store = SqliteStore::open(&dir.path().join("hub.db"))?;
         let c = store.reader.lock();
-        let mut st = c
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records' ORDER BY name")
-            .map_err(db_err)?;
-        let names = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err)?;
         assert_eq!(
-            names,
+            index_names(&c, "usage_records")?,
             [
                 "sqlite_autoindex_usage_records_1",
                 "usage_app_created",
@@ -1160,17 +1175,7 @@ mod tests {
                 "usage_user_created"
             ]
         );
-        let plan = |sql: &str| -> Result<String, StoreError> {
-            let mut st = c
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .map_err(db_err)?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(3))
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            Ok(rows.join("; "))
-        };
+        let plan = |sql: &str| query_plan(&c, sql);
         let newest =
             plan("SELECT id FROM usage_records ORDER BY created_at_ms DESC, rowid DESC LIMIT 50")?;
         assert!(newest.contains("usage_created"), "{newest}");
@@ -1198,34 +1203,19 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let store = SqliteStore::open(&dir.path().join("hub.db"))?;
         let c = store.reader.lock();
-        let mut st = c
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger_entries' ORDER BY name")
-            .map_err(db_err)?;
-        let names = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err)?;
         assert_eq!(
-            names,
+            index_names(&c, "ledger_entries")?,
             [
                 "ledger_entries_account",
                 "ledger_entries_expiry",
                 "sqlite_autoindex_ledger_entries_1"
             ]
         );
-        let mut st = c
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT u.id FROM usage_records u
-                 WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || u.id)",
-            )
-            .map_err(db_err)?;
-        let plan = st
-            .query_map([], |r| r.get::<_, String>(3))
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err)?
-            .join("; ");
+        let plan = query_plan(
+            &c,
+            "SELECT u.id FROM usage_records u
+             WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || u.id)",
+        )?;
         assert!(plan.contains("sqlite_autoindex_ledger_entries_1"), "{plan}");
         Ok(())
     }
