@@ -522,20 +522,18 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                let checkpoint = |mode: &str| {
-                    if let Err(e) =
-                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                // Every interval, and once more when the store closes (the sender dropped).
+                loop {
+                    let closing = !matches!(
+                        rx.recv_timeout(every),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::warn!(error = %e, "WAL checkpoint failed");
                     }
-                };
-                loop {
-                    match rx.recv_timeout(every) {
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
-                        _ => {
-                            checkpoint("PASSIVE");
-                            break;
-                        }
+                    if closing {
+                        break;
                     }
                 }
             })
@@ -624,15 +622,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
     }
 
-    /// Queues reservations for the writer thread and waits for their outcomes (committed).
-    pub(super) async fn reserve_hot(
-        &self,
-        reqs: Vec<crate::ledger::ReserveReq>,
-    ) -> Result<Vec<crate::ledger::ReserveOutcome>, StoreError> {
-        self.hot_write(|done| HotOp::Reserve { reqs, done }).await
-    }
-
-    /// Queues a write for the writer thread and waits for its answer (after the commit).
+    /// Queues a write (usage records, reservations) for the writer thread and waits for its
+    /// answer, which comes after the commit.
     async fn hot_write<T>(
         &self,
         op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> HotOp,

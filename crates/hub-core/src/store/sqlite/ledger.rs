@@ -815,7 +815,9 @@ impl SqliteStore {
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError> {
-        self.reserve_hot(batch.to_vec()).await
+        let reqs = batch.to_vec();
+        self.hot_write(|done| super::HotOp::Reserve { reqs, done })
+            .await
     }
 
     async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError> {
