@@ -145,6 +145,29 @@ async fn reserve_capture_release_and_refuse() -> R {
     assert_consistent(&store).await
 }
 
+/// A settlement claims its hold by the amount its record says was reserved; when the record and
+/// the hold disagree, the hold's own amount is what goes back, never the record's.
+#[tokio::test]
+async fn settlement_releases_the_held_amount_even_when_the_record_says_otherwise() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 100, "g1")).await?;
+    store
+        .reserve(&[reserve("a", &acct, 40), reserve("b", &acct, 30)])
+        .await?;
+    // "a" as its call reserved it; "b" claiming 5 although 30 are held.
+    store
+        .insert_usage(&[record("a", &acct, 40, 10), record("b", &acct, 5, 3)])
+        .await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (100 - 10 - 3, 0));
+    // A record whose hold is gone (never made, or released by reconcile) finds nothing to claim.
+    store.insert_usage(&[record("c", &acct, 20, 4)]).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (100 - 10 - 3 - 4, 0));
+    assert_consistent(&store).await
+}
+
 #[tokio::test]
 async fn a_cost_above_the_hold_never_overdraws() -> R {
     let (_d, store) = open()?;

@@ -129,18 +129,28 @@ fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
-/// Settles a just-inserted usage record (same transaction): claims its open reservation,
-/// charges the cost, returns the rest; exactly one `capture` entry per settled call.
-pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), StoreError> {
-    let Some(account) = r.billing.account.as_deref() else {
-        return Ok(());
-    };
-    let now_ms = crate::hub::now_ms();
-    // Claim the reservation: only one settlement can flip it from open. A read, then the update
-    // by key: the write transaction holds SQLite's one write lock from the read on (and a
-    // deferred one could not write after another writer's commit), so nothing settles it in
-    // between. Cheaper than one `UPDATE ... RETURNING`, which SQLite runs through an ephemeral
-    // table (measured: BENCHMARKS.md, "Instruction counts").
+/// Claims a call's reservation for its settlement: only one settlement can flip it from open.
+/// Returns the amount it held (0 when there is none open: never held, or released by reconcile).
+///
+/// The record carries the amount its call reserved, so the usual claim is one conditional update
+/// by key, with that amount in the condition. Only when it touches nothing (no open hold, or one
+/// of another amount, which would be a bug to survive rather than trust) does the claim read the
+/// row: a read, then the update by key. The write transaction holds SQLite's one write lock from
+/// its first statement, so nothing settles the row in between. (`UPDATE ... RETURNING` would be
+/// one statement, but SQLite runs it through an ephemeral table: BENCHMARKS.md, "Instruction
+/// counts".)
+fn claim_reservation(tx: &Connection, r: &UsageRecord, now_ms: i64) -> Result<i64, StoreError> {
+    let claimed = tx
+        .prepare_cached(
+            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
+             WHERE request_id = ?1 AND status = 'open' AND amount = ?3",
+        )
+        .map_err(db_err)?
+        .execute(params![r.id, now_ms, r.billing.reserved_units])
+        .map_err(db_err)?;
+    if claimed == 1 {
+        return Ok(r.billing.reserved_units);
+    }
     let held: Option<i64> = tx
         .prepare_cached("SELECT amount FROM reservations WHERE request_id = ?1 AND status = 'open'")
         .map_err(db_err)?
@@ -155,7 +165,17 @@ pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), Store
         .execute(params![r.id, now_ms])
         .map_err(db_err)?;
     }
-    let reserved = held.unwrap_or(0);
+    Ok(held.unwrap_or(0))
+}
+
+/// Settles a just-inserted usage record (same transaction): claims its open reservation,
+/// charges the cost, returns the rest; exactly one `capture` entry per settled call.
+pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), StoreError> {
+    let Some(account) = r.billing.account.as_deref() else {
+        return Ok(());
+    };
+    let now_ms = crate::hub::now_ms();
+    let reserved = claim_reservation(tx, r, now_ms)?;
     let cost = r.billing.cost_units.max(0);
     if reserved == 0 && cost == 0 {
         return Ok(()); // nothing held, nothing owed: the record is its own zero-cost marker
@@ -386,7 +406,6 @@ pub(super) fn reserve_in_tx(
 }
 
 fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
-    ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
     // The reservation row first: its key refuses a second hold under the same request id, so no
     // separate lookup is needed.
     let inserted = tx
@@ -407,14 +426,22 @@ fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreE
         return Ok(ReserveOutcome::Duplicate);
     }
     // The one conditional update that keeps available >= 0 under any concurrency.
-    let n = tx
-        .prepare_cached(
+    let hold = || -> Result<usize, StoreError> {
+        tx.prepare_cached(
             "UPDATE ledger_accounts SET available = available - ?2, reserved = reserved + ?2
              WHERE id = ?1 AND available >= ?2",
         )
         .map_err(db_err)?
         .execute(params![q.account, q.amount])
-        .map_err(db_err)?;
+        .map_err(db_err)
+    };
+    let mut n = hold()?;
+    if n == 0 {
+        // Not enough, or no account yet: a user's first call creates it, with its starter
+        // credits, and tries again. (Creating it up front would be a statement on every call.)
+        ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
+        n = hold()?;
+    }
     if n == 0 {
         // Refused: the row just inserted goes again, so the request id is free to retry.
         tx.prepare_cached("DELETE FROM reservations WHERE request_id = ?1")
