@@ -4,8 +4,8 @@
 //!
 //! The write counters are process-wide, so every test holds `SERIAL` (one at a time).
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags, params};
 
@@ -48,12 +48,33 @@ fn count(c: &Connection) -> R<i64> {
     Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
 }
 
+/// A test's start: the others waited out (the counters are process-wide), a fresh directory, and
+/// a connection through the VFS to a new database there with the schema.
+fn fresh(
+    name: &str,
+) -> R<(
+    MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    PathBuf,
+    Connection,
+)> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(name);
+    let c = open(&path)?;
+    schema(&c)?;
+    Ok((serial, dir, path, c))
+}
+
+fn assert_intact(c: &Connection) -> R {
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |x| x.get(0))?;
+    assert_eq!(ok, "ok");
+    Ok(())
+}
+
 #[test]
 fn a_commit_of_many_pages_is_two_writes() -> R {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir()?;
-    let c = open(&dir.path().join("a.db"))?;
-    schema(&c)?;
+    let (_serial, _dir, _path, c) = fresh("a.db")?;
     insert(&c, 0, 2000)?; // grow the b-trees first
     let before = hub_sqlite_vfs::stats();
     insert(&c, 2000, 12)?;
@@ -87,11 +108,7 @@ fn a_commit_of_many_pages_is_two_writes() -> R {
 
 #[test]
 fn other_connections_see_each_commit_at_once_and_integrity_holds() -> R {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("b.db");
-    let w = open(&path)?;
-    schema(&w)?;
+    let (_serial, _dir, path, w) = fresh("b.db")?;
     let r = open(&path)?;
     let plain = Connection::open(&path)?; // SQLite's own VFS
     for round in 0..50 {
@@ -108,19 +125,13 @@ fn other_connections_see_each_commit_at_once_and_integrity_holds() -> R {
             plain.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         }
     }
-    let ok: String = r.query_row("PRAGMA integrity_check", [], |x| x.get(0))?;
-    assert_eq!(ok, "ok");
-    Ok(())
+    assert_intact(&r)
 }
 
 #[test]
 fn a_transaction_larger_than_the_page_cache_spills_rewrites_and_commits_intact() -> R {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("c.db");
-    let c = open(&path)?;
+    let (_serial, _dir, path, c) = fresh("c.db")?;
     c.execute_batch("PRAGMA cache_size=10;")?; // force spills mid-transaction
-    schema(&c)?;
     let tx = c.unchecked_transaction()?;
     {
         let mut st = tx.prepare("INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)")?;
@@ -142,20 +153,14 @@ fn a_transaction_larger_than_the_page_cache_spills_rewrites_and_commits_intact()
         r.get(0)
     })?;
     assert_eq!(zeroed, 1000);
-    let ok: String = plain.query_row("PRAGMA integrity_check", [], |x| x.get(0))?;
-    assert_eq!(ok, "ok");
-    Ok(())
+    assert_intact(&plain)
 }
 
 #[test]
 fn committed_frames_are_in_the_wal_file_without_close_or_checkpoint() -> R {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("d.db");
-    let c = open(&path)?;
-    schema(&c)?;
+    let (_serial, dir, _path, c) = fresh("d.db")?;
     insert(&c, 0, 500)?;
-    // A copy of the three files while the writer is still open, as a crash would leave them:
+    // A copy of the database and its WAL while the writer is still open, as a crash would leave them:
     // SQLite's recovery on the copy rebuilds the index from the WAL's frames and checksums.
     let copy = dir.path().join("copy.db");
     for (from, to) in [("d.db", "copy.db"), ("d.db-wal", "copy.db-wal")] {
@@ -169,12 +174,8 @@ fn committed_frames_are_in_the_wal_file_without_close_or_checkpoint() -> R {
 
 #[test]
 fn synchronous_full_still_commits_and_reads_back() -> R {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("e.db");
-    let c = open(&path)?;
+    let (_serial, _dir, path, c) = fresh("e.db")?;
     c.execute_batch("PRAGMA synchronous=FULL;")?;
-    schema(&c)?;
     for i in 0..20 {
         insert(&c, i * 10, 10)?;
     }
