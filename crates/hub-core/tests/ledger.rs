@@ -168,6 +168,45 @@ async fn settlement_releases_the_held_amount_even_when_the_record_says_otherwise
     assert_consistent(&store).await
 }
 
+/// A hold of nothing, settled at no cost, is still a settled reservation with its one capture
+/// (found by the property test below: the settlement used to flip the hold to `settled` and
+/// write no capture).
+#[tokio::test]
+async fn a_zero_hold_settled_at_zero_cost_has_its_capture() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 10, "g")).await?;
+    assert_eq!(
+        store.reserve(&[reserve("z", &acct, 0)]).await?,
+        vec![ReserveOutcome::Reserved]
+    );
+    store.insert_usage(&[record("z", &acct, 0, 0)]).await?;
+    let captures = store
+        .entries(&acct)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == "capture")
+        .count();
+    assert_eq!(captures, 1);
+    assert_consistent(&store).await
+}
+
+/// A record that reserved, arriving after reconcile released its hold, settles with a capture of
+/// nothing when it costs nothing (found by the property test below: it used to have none, and
+/// `verify` reported a record that reserved credits without its capture).
+#[tokio::test]
+async fn a_record_whose_hold_was_released_still_gets_its_capture() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 731, "g")).await?;
+    store.reserve(&[reserve("late", &acct, 1)]).await?;
+    store.reconcile("me", 10, 5, 5).await?; // everything open counts as a dead instance's
+    store.insert_usage(&[record("late", &acct, 1, 0)]).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (731, 0));
+    assert_consistent(&store).await
+}
+
 #[tokio::test]
 async fn a_cost_above_the_hold_never_overdraws() -> R {
     let (_d, store) = open()?;

@@ -130,7 +130,8 @@ fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
 }
 
 /// Claims a call's reservation for its settlement: only one settlement can flip it from open.
-/// Returns the amount it held (0 when there is none open: never held, or released by reconcile).
+/// Returns the amount it held, or `None` when there is none open (never held, or released by
+/// reconcile).
 ///
 /// The record carries the amount its call reserved, so the usual claim is one conditional update
 /// by key, with that amount in the condition. Only when it touches nothing (no open hold, or one
@@ -139,7 +140,11 @@ fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
 /// its first statement, so nothing settles the row in between. (`UPDATE ... RETURNING` would be
 /// one statement, but SQLite runs it through an ephemeral table: BENCHMARKS.md, "Instruction
 /// counts".)
-fn claim_reservation(tx: &Connection, r: &UsageRecord, now_ms: i64) -> Result<i64, StoreError> {
+fn claim_reservation(
+    tx: &Connection,
+    r: &UsageRecord,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
     let claimed = tx
         .prepare_cached(
             "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
@@ -149,7 +154,7 @@ fn claim_reservation(tx: &Connection, r: &UsageRecord, now_ms: i64) -> Result<i6
         .execute(params![r.id, now_ms, r.billing.reserved_units])
         .map_err(db_err)?;
     if claimed == 1 {
-        return Ok(r.billing.reserved_units);
+        return Ok(Some(r.billing.reserved_units));
     }
     let held: Option<i64> = tx
         .prepare_cached("SELECT amount FROM reservations WHERE request_id = ?1 AND status = 'open'")
@@ -165,7 +170,7 @@ fn claim_reservation(tx: &Connection, r: &UsageRecord, now_ms: i64) -> Result<i6
         .execute(params![r.id, now_ms])
         .map_err(db_err)?;
     }
-    Ok(held.unwrap_or(0))
+    Ok(held)
 }
 
 /// Settles a just-inserted usage record (same transaction): claims its open reservation,
@@ -175,15 +180,19 @@ pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), Store
         return Ok(());
     };
     let now_ms = crate::hub::now_ms();
-    let reserved = claim_reservation(tx, r, now_ms)?;
+    let held = claim_reservation(tx, r, now_ms)?;
+    let reserved = held.unwrap_or(0);
     let cost = r.billing.cost_units.max(0);
-    if reserved == 0 && cost == 0 {
-        return Ok(()); // nothing held, nothing owed: the record is its own zero-cost marker
+    if held.is_none() && cost == 0 && r.billing.reserved_units <= 0 {
+        // Nothing held, owed or reserved: the record is its own zero-cost marker. Anything else
+        // gets its capture, even of nothing: a claimed hold (of 0, say) is settled by one, and a
+        // record that reserved keeps its capture when reconcile released the hold before it came.
+        return Ok(());
     }
     // Never overdraw: what exceeds reservation + available is written off (and flagged). A cost
-    // within the hold (the usual case) is charged from it as it is; only a cost above it needs
-    // the balance, and the account, which a call without a hold may not have yet.
-    let charged = if cost <= reserved {
+    // within the hold (the usual case) is charged from it as it is; only a cost above it, or a
+    // call without a hold, needs the balance, and the account, which it may not have yet.
+    let charged = if held.is_some() && cost <= reserved {
         cost
     } else {
         ensure_account(tx, account, None, now_ms)?;
