@@ -87,6 +87,20 @@ fn open() -> Result<(tempfile::TempDir, Arc<SqliteStore>), Box<dyn std::error::E
     Ok((dir, store))
 }
 
+/// How many of the account's ledger entries are of this kind.
+async fn entries_of_kind(
+    store: &SqliteStore,
+    acct: &str,
+    kind: &str,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    Ok(store
+        .entries(acct)
+        .await?
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count())
+}
+
 async fn assert_consistent(store: &SqliteStore) -> R {
     let rep = store.verify(10, 1_000_000).await?;
     assert!(rep.ok(), "{:#?}", rep.violations);
@@ -135,13 +149,7 @@ async fn reserve_capture_release_and_refuse() -> R {
     store.insert_usage(&[again]).await?;
     let b = store.balance(&acct).await?.ok_or("no account")?;
     assert_eq!((b.available, b.reserved), (75, 0));
-    let captures = store
-        .entries(&acct)
-        .await?
-        .into_iter()
-        .filter(|e| e.kind == "capture")
-        .count();
-    assert_eq!(captures, 1);
+    assert_eq!(entries_of_kind(&store, &acct, "capture").await?, 1);
     assert_consistent(&store).await
 }
 
@@ -181,13 +189,7 @@ async fn a_zero_hold_settled_at_zero_cost_has_its_capture() -> R {
         vec![ReserveOutcome::Reserved]
     );
     store.insert_usage(&[record("z", &acct, 0, 0)]).await?;
-    let captures = store
-        .entries(&acct)
-        .await?
-        .into_iter()
-        .filter(|e| e.kind == "capture")
-        .count();
-    assert_eq!(captures, 1);
+    assert_eq!(entries_of_kind(&store, &acct, "capture").await?, 1);
     assert_consistent(&store).await
 }
 
