@@ -493,8 +493,6 @@ unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut 
     }
 }
 
-type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
-
 unsafe extern "C" fn x_dl_sym(
     vfs: *mut ffi::sqlite3_vfs,
     handle: *mut c_void,
@@ -503,8 +501,7 @@ unsafe extern "C" fn x_dl_sym(
     // SAFETY: as x_delete.
     unsafe {
         let r = real_vfs(vfs);
-        let found: Option<DlSym> = (*r).xDlSym.and_then(|x| x(r, handle, symbol));
-        found
+        (*r).xDlSym.and_then(|x| x(r, handle, symbol))
     }
 }
 

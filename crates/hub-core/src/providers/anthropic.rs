@@ -95,7 +95,7 @@ impl Anthropic {
         url: String,
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
-        let url = super::endpoint_url(&url, "")?;
+        let url = super::endpoint_url(&url)?;
         let request = up.http.post(url).headers(Self::headers(up)?);
         super::send_post(request, super::json_bytes(body)?, classify_error).await
     }

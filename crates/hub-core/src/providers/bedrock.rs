@@ -238,7 +238,7 @@ impl Bedrock {
             up.base_url.trim_end_matches('/'),
             utf8_percent_encode(model, PATH_SEGMENT)
         );
-        let url = super::endpoint_url(&url, "")?;
+        let url = super::endpoint_url(&url)?;
         let bytes = super::json_bytes(body)?;
         let headers = auth_headers(up, &url, &bytes, accept)?;
         super::send_post(up.http.post(url).headers(headers), bytes, classify_error).await

@@ -68,7 +68,7 @@ impl Gemini {
             up.base_url.trim_end_matches('/'),
             model_path(up.model)
         );
-        let url = super::endpoint_url(&url, "")?;
+        let url = super::endpoint_url(&url)?;
         let request = up.http.post(url).headers(Self::headers(up)?);
         super::send_post(request, super::json_bytes(body)?, classify_error).await
     }

@@ -140,7 +140,7 @@ impl OpenAiFamily {
         path: &str,
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
-        let url = super::endpoint_url(up.base_url, path)?;
+        let url = super::endpoint_url(&format!("{}{}", up.base_url, path))?;
         let request = up.http.post(url).headers(self.headers(up)?);
         let variant = self.variant;
         super::send_post(

@@ -1199,10 +1199,6 @@ mod tests {
         Ok(())
     }
 
-    /// Every reservation and settlement inserts a ledger entry into each of its b-trees, so the
-    /// same rule holds for `ledger_entries`: entries by account (`ledger_entries_account`), due
-    /// expiries (`ledger_entries_expiry`), and a call's entries by their idempotency keys (the
-    /// UNIQUE index), which is how `verify` finds a record's capture.
     /// Every connection of the store (writer, reader, checkpointer) opens through the `hub-wal`
     /// VFS, whose commits are two WAL writes instead of two per page.
     #[tokio::test]
@@ -1218,6 +1214,10 @@ mod tests {
         Ok(())
     }
 
+    /// Every reservation and settlement inserts a ledger entry into each of its b-trees, so the
+    /// same rule holds for `ledger_entries`: entries by account (`ledger_entries_account`), due
+    /// expiries (`ledger_entries_expiry`), and a call's entries by their idempotency keys (the
+    /// UNIQUE index), which is how `verify` finds a record's capture.
     #[tokio::test]
     async fn ledger_entry_indexes_are_the_ones_queries_use() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
