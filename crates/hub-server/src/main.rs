@@ -9,7 +9,9 @@ use hub_server::ledger_cli::Failure;
 
 /// mimalloc instead of glibc malloc: the request path allocates many small, short-lived objects
 /// (JSON values, headers, records), and glibc's malloc/free was ~17 % of the hub's instructions per
-/// request (BENCHMARKS.md).
+/// request (BENCHMARKS.md). The `mimalloc` feature (on by default) chooses it; without it the
+/// system allocator serves, which heap profilers (heaptrack, valgrind) can see.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
