@@ -369,7 +369,9 @@ pub(crate) struct Hold {
     pub(crate) fallback: Option<Arc<Price>>,
     pub(crate) quality: Option<String>,
     pub(crate) size: Option<String>,
-    armed: Option<(Hub, UsageRecord)>,
+    /// Boxed: a stream's meter and its heartbeat entry each carry a `Hold`, and an unarmed one
+    /// should not cost a whole inline record per open stream.
+    armed: Option<Box<(Hub, UsageRecord)>>,
     /// The call's worst case held against its key's spend budget (released if never settled).
     budget: Option<crate::budget::BudgetPermit>,
 }
@@ -434,7 +436,8 @@ pub(crate) struct InFlight {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Some((hub, mut rec)) = self.armed.take() {
+        if let Some(armed) = self.armed.take() {
+            let (hub, mut rec) = *armed;
             rec.status = CallStatus::Cancelled;
             rec.http_status = 499;
             rec.error_class = Some("client_closed".to_string());
@@ -596,7 +599,10 @@ impl Hub {
         match outcome {
             ReserveOutcome::Reserved => {
                 hold.reserved = amount;
-                hold.armed = Some((self.clone(), self.record(ctx, endpoint, model, stream)));
+                hold.armed = Some(Box::new((
+                    self.clone(),
+                    self.record(ctx, endpoint, model, stream),
+                )));
                 Ok(hold)
             }
             ReserveOutcome::Insufficient { available } => {
