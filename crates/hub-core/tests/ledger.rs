@@ -224,6 +224,47 @@ async fn a_cost_above_the_hold_never_overdraws() -> R {
     assert_consistent(&store).await
 }
 
+/// A batch applies its captures' movements to the account once, summed; a record in it whose
+/// cost exceeds its hold is still charged against the balance as of its turn, which includes what
+/// the batch's earlier records returned.
+#[tokio::test]
+async fn a_batch_charges_each_record_against_the_balance_its_predecessors_left() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    let other = user_account("v");
+    store.grant(&grant(&acct, 100, "g")).await?;
+    store.grant(&grant(&other, 10, "g2")).await?;
+    store
+        .reserve(&[
+            reserve("a", &acct, 60),
+            reserve("b", &acct, 40),
+            reserve("o", &other, 10),
+        ])
+        .await?;
+    // Nothing is available until "a" returns 55 of its 60: "b" (held 40, costs 120) can then
+    // take 40 + 55 = 95, and 25 are written off. "o" is another account in the same batch.
+    store
+        .insert_usage(&[
+            record("a", &acct, 60, 5),
+            record("o", &other, 10, 4),
+            record("b", &acct, 40, 120),
+        ])
+        .await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (0, 0));
+    let o = store.balance(&other).await?.ok_or("no account")?;
+    assert_eq!((o.available, o.reserved), (6, 0));
+    let shortfall: Vec<(String, i64)> = store
+        .list_usage(10)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.billing.shortfall_units))
+        .filter(|(_, s)| *s != 0)
+        .collect();
+    assert_eq!(shortfall, vec![("b".to_string(), 25)]);
+    assert_consistent(&store).await
+}
+
 #[tokio::test]
 async fn grants_and_adjustments_are_idempotent() -> R {
     let (_d, store) = open()?;

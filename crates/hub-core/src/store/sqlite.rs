@@ -685,6 +685,7 @@ pub(super) fn insert_usage_in_tx(
     zones: &[crate::ledger::report::ReportZone],
 ) -> Result<(), StoreError> {
     let mut rollups = ledger::RollupBatch::default();
+    let mut deltas = ledger::AccountDeltas::default();
     {
         let mut st = tx
             .prepare_cached(
@@ -740,11 +741,12 @@ pub(super) fn insert_usage_in_tx(
                 .map_err(db_err)?;
             // A replayed record (same id) settles nothing and counts nothing again.
             if inserted == 1 {
-                ledger::settle_in_tx(tx, r)?;
+                ledger::settle_in_tx(tx, r, &mut deltas)?;
                 rollups.add(r, zones);
             }
         }
     }
+    deltas.apply(tx)?;
     rollups.write(tx, zones)?;
     Ok(())
 }

@@ -119,6 +119,48 @@ fn move_money(
     Ok(())
 }
 
+/// The account movements of one usage batch's captures, summed per account and applied with one
+/// `UPDATE` per account when the batch is written, not one per record (same transaction, so the
+/// batch's entries and its balances still commit together). Every capture's deltas keep the
+/// account within its CHECK constraints on their own (a capture returns unused hold, or charges
+/// at most what was read as available), so their sum does too.
+#[derive(Default)]
+pub(super) struct AccountDeltas {
+    pending: HashMap<String, (i64, i64)>,
+}
+
+impl AccountDeltas {
+    fn add(
+        &mut self,
+        tx: &Connection,
+        account: &str,
+        available: i64,
+        reserved: i64,
+    ) -> Result<(), StoreError> {
+        if let Some((a, r)) = self.pending.get_mut(account) {
+            if let (Some(a2), Some(r2)) = (a.checked_add(available), r.checked_add(reserved)) {
+                (*a, *r) = (a2, r2);
+                return Ok(());
+            }
+            // Sums that would overflow (never with real amounts): apply what is pending first.
+            self.apply(tx)?;
+        }
+        self.pending
+            .insert(account.to_string(), (available, reserved));
+        Ok(())
+    }
+
+    /// Applies and forgets what is pending.
+    pub(super) fn apply(&mut self, tx: &Connection) -> Result<(), StoreError> {
+        for (account, (available, reserved)) in self.pending.drain() {
+            if available != 0 || reserved != 0 {
+                move_money(tx, &account, available, reserved)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
     Ok(tx
         .prepare_cached("SELECT available FROM ledger_accounts WHERE id = ?1")
@@ -175,7 +217,11 @@ fn claim_reservation(
 
 /// Settles a just-inserted usage record (same transaction): claims its open reservation,
 /// charges the cost, returns the rest; exactly one `capture` entry per settled call.
-pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), StoreError> {
+pub(super) fn settle_in_tx(
+    tx: &Connection,
+    r: &UsageRecord,
+    deltas: &mut AccountDeltas,
+) -> Result<(), StoreError> {
     let Some(account) = r.billing.account.as_deref() else {
         return Ok(());
     };
@@ -195,6 +241,8 @@ pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), Store
     let charged = if held.is_some() && cost <= reserved {
         cost
     } else {
+        // The balance is read as of this record: the batch's earlier captures are applied first.
+        deltas.apply(tx)?;
         ensure_account(tx, account, None, now_ms)?;
         let available = available_of(tx, account)?;
         cost.min(reserved.saturating_add(available))
@@ -224,7 +272,7 @@ pub(super) fn settle_in_tx(tx: &Connection, r: &UsageRecord) -> Result<(), Store
             r.id
         )));
     }
-    move_money(tx, account, reserved - charged, -reserved)?;
+    deltas.add(tx, account, reserved - charged, -reserved)?;
     if shortfall > 0 {
         tx.prepare_cached("UPDATE usage_records SET shortfall_units = ?2 WHERE id = ?1")
             .map_err(db_err)?
