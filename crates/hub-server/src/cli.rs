@@ -240,6 +240,9 @@ pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
         .map(|p| p.name())
         .collect();
     tracing::info!(providers = ?providers, data_dir = %args.data.data_dir.display(), "hub opened");
+    // Every chat call estimates its prompt's tokens for the limits; the tables load in the
+    // background rather than in the first caller's request.
+    tokio::task::spawn_blocking(hub_core::tokenize::warm);
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .map_err(|e| format!("invalid --host/--port: {e}"))?;
