@@ -40,6 +40,8 @@ pub(crate) async fn start(
     if let Some(max) = max_body_bytes {
         opts.max_body_bytes = max as usize;
     }
+    // As `aigne-hub serve`: the tokenizer's tables load now, not in the first caller's request.
+    tokio::task::spawn_blocking(hub_core::tokenize::warm);
     let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(hub_server::serve_open(
