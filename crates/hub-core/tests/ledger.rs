@@ -395,6 +395,8 @@ enum Op {
     Reserve(u8, i64),
     /// Settle the n-th reservation made so far, with this cost (may exceed the hold).
     Settle(usize, i64),
+    /// Settle several in one usage batch (its captures' account movements are summed).
+    SettleBatch(Vec<(usize, i64)>),
     /// Replay the n-th settlement.
     Replay(usize),
     Adjust(u8, i64),
@@ -406,6 +408,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3, 1i64..1_000).prop_map(|(a, x)| Op::Grant(a, x)),
         (0u8..3, 0i64..800).prop_map(|(a, x)| Op::Reserve(a, x)),
         (0usize..40, 0i64..1_200).prop_map(|(i, c)| Op::Settle(i, c)),
+        proptest::collection::vec((0usize..40, 0i64..1_200), 2..6).prop_map(Op::SettleBatch),
         (0usize..40).prop_map(Op::Replay),
         (0u8..3, -500i64..500).prop_map(|(a, x)| Op::Adjust(a, x)),
         Just(Op::Reconcile),
@@ -442,6 +445,18 @@ proptest! {
                             store.insert_usage(std::slice::from_ref(&rec)).await?;
                             settled.push(rec);
                         }
+                    }
+                    Op::SettleBatch(picks) => {
+                        let mut batch: Vec<UsageRecord> = Vec::new();
+                        for (i, cost) in picks {
+                            if let Some((id, a, held)) = reservations.get(i % reservations.len().max(1)).cloned() {
+                                if !batch.iter().any(|r| r.id == id) {
+                                    batch.push(record(&id, &a, held, cost));
+                                }
+                            }
+                        }
+                        store.insert_usage(&batch).await?;
+                        settled.extend(batch);
                     }
                     Op::Replay(i) => {
                         if let Some(rec) = settled.get(i % settled.len().max(1)).cloned() {
