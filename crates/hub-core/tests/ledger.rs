@@ -449,10 +449,10 @@ proptest! {
                     Op::SettleBatch(picks) => {
                         let mut batch: Vec<UsageRecord> = Vec::new();
                         for (i, cost) in picks {
-                            if let Some((id, a, held)) = reservations.get(i % reservations.len().max(1)).cloned() {
-                                if !batch.iter().any(|r| r.id == id) {
-                                    batch.push(record(&id, &a, held, cost));
-                                }
+                            if let Some((id, a, held)) = reservations.get(i % reservations.len().max(1)).cloned()
+                                && !batch.iter().any(|r| r.id == id)
+                            {
+                                batch.push(record(&id, &a, held, cost));
                             }
                         }
                         store.insert_usage(&batch).await?;
