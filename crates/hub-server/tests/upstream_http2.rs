@@ -1,8 +1,8 @@
-//! Outbound HTTP/2 where the upstream speaks it: HTTPS mocks behind a private CA generated here
-//! (rcgen), trusted through `HubOptions::extra_ca_pem` / `HUB_EXTRA_CA_FILE`. A mock offering `h2`
-//! by ALPN sees HTTP/2 requests (non-streaming and streaming calls work); a mock offering only
-//! `http/1.1` still works, over HTTP/1.1; without the extra CA the hub refuses the upstream's
-//! certificate (verification is never off).
+//! Outbound HTTP/2 where the upstream speaks it: HTTPS mocks behind a private CA generated per
+//! test (`hub_testkit::tls`), trusted through `HubOptions::extra_ca_pem` / `HUB_EXTRA_CA_FILE`.
+//! A mock offering `h2` by ALPN sees HTTP/2 requests (non-streaming and streaming calls work); a
+//! mock offering only `http/1.1` still works, over HTTP/1.1; without the extra CA the hub refuses
+//! the upstream's certificate (verification is never off).
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -13,7 +13,6 @@ use hub_core::Hub;
 use hub_core::config::{EnvProvider, HubOptions};
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_testkit::{Flavor, MockConfig, MockServer, MockTls, Script};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
@@ -21,24 +20,7 @@ const PROVIDER_KEY: &str = "sk-provider-secret-value-h2";
 
 /// A private CA and a server certificate it signed for 127.0.0.1 / localhost: (CA PEM, TLS).
 fn private_ca(alpn: &[&str]) -> (String, MockTls) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "hub test private CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    (
-        ca.pem(),
-        MockTls {
-            cert_chain_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
-            alpn: alpn.iter().map(|s| s.to_string()).collect(),
-        },
-    )
+    hub_testkit::tls::private_ca(alpn).unwrap()
 }
 
 async fn https_mock(flavor: Flavor, tls: MockTls) -> MockServer {

@@ -20,8 +20,9 @@ mod gemini; // Gemini API wire
 mod native; // shared plumbing of the native (non-OpenAI) flavors
 mod openai_family; // wire rendering (chat JSON/SSE, usage, embeddings, images, models)
 pub mod script; // Script: per-request behaviour, serde data
-mod server;
-mod signatures; // reasoning signatures the mocks issue and verify // MockServer, routing, control API
+mod server; // MockServer, routing, control API
+mod signatures;
+pub mod tls; // private CA + server certificate for HTTPS mocks // reasoning signatures the mocks issue and verify
 
 pub use flavor::Flavor;
 pub use script::{Script, ScriptError, ToolCall, Usage};

@@ -40,6 +40,11 @@ struct Args {
     /// Keep at most N recorded requests per mock (0 = record nothing).
     #[arg(long, default_value_t = 10_000)]
     record_limit: usize,
+    /// Serve HTTPS, offering HTTP/2 and HTTP/1.1 by ALPN, with a server certificate from a
+    /// private CA made at start; the CA is written to DIR/ca.pem (give it to the hub as
+    /// HUB_EXTRA_CA_FILE). Without it: plain HTTP.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -48,6 +53,16 @@ async fn main() -> std::io::Result<()> {
     let flavors: Vec<Flavor> = match args.flavor {
         Some(f) if !args.all => vec![f],
         _ => Flavor::all().to_vec(),
+    };
+    let tls = match &args.tls_dir {
+        None => None,
+        Some(dir) => {
+            let (ca, tls) = hub_testkit::tls::private_ca(&["h2", "http/1.1"])
+                .map_err(|e| std::io::Error::other(format!("cannot make the certificates: {e}")))?;
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join("ca.pem"), ca)?;
+            Some(tls)
+        }
     };
     let mut servers = Vec::with_capacity(flavors.len());
     for (i, flavor) in flavors.into_iter().enumerate() {
@@ -67,7 +82,7 @@ async fn main() -> std::io::Result<()> {
             default_chunk_delay_ms: args.chunk_delay_ms,
             record_limit: Some(args.record_limit),
             aws_secret_key: args.aws_secret_key.clone(),
-            tls: None,
+            tls: tls.clone(),
         };
         servers.push(MockServer::try_start_with_config(flavor, config).await?);
     }
