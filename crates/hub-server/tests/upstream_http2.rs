@@ -2,7 +2,8 @@
 //! test (`hub_testkit::tls`), trusted through `HubOptions::extra_ca_pem` / `HUB_EXTRA_CA_FILE`.
 //! A mock offering `h2` by ALPN sees HTTP/2 requests (non-streaming and streaming calls work); a
 //! mock offering only `http/1.1` still works, over HTTP/1.1; without the extra CA the hub refuses
-//! the upstream's certificate (verification is never off).
+//! the upstream's certificate (verification is never off); more streams than one HTTP/2
+//! connection carries start at once, on more connections.
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -251,4 +252,78 @@ async fn the_binary_trusts_hub_extra_ca_file() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(versions(&mock), vec!["HTTP/2.0"]);
     let _ = child.kill().await;
+}
+
+/// An HTTP/2 upstream caps the streams open at once on one connection
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`: 200 for the mock, as hyper's server default; 100 to 256
+/// at real providers). A client that keeps every call to a host on its one HTTP/2 connection
+/// queues the calls past the cap until an earlier stream ends: with long streams a call waits
+/// minutes for its first byte. The hub leases a pool per 100 calls in flight instead: every
+/// stream starts at once, on a few connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_streams_than_one_h2_connection_allows_all_start_at_once() {
+    let (ca, tls) = private_ca(&["h2", "http/1.1"]);
+    let mock = https_mock(Flavor::OpenAi, tls).await;
+    let srv = start(vec![(ProviderKind::OpenAi, mock.base_url())], Some(&ca)).await;
+    // Streams of ~4 s: the first chunk at once, then one a second.
+    mock.register_scenario(
+        "long",
+        Script::text("a b c d e")
+            .with_chunks(5)
+            .with_chunk_delay_ms(1000),
+    );
+    const N: usize = 230;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(N)
+        .build()
+        .unwrap();
+    // One call every 4 ms (~1 s in all), as traffic arrives: each finds the pooled connection
+    // already up, so without a pool per 100 streams all of them would share it.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let (client, base) = (client.clone(), srv.base.clone());
+        calls.spawn(async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"model": "openai/long", "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            // The hub answers once the upstream's first chunk is in.
+            let first = started.elapsed();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            (status, first, body)
+        });
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    let mut firsts: Vec<Duration> = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        let (status, first, body) = r.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        firsts.push(first);
+    }
+    firsts.sort();
+    let slowest = *firsts.last().unwrap();
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "every stream should start at once, not wait for an earlier one to end (~4 s); the \
+         slowest waited {slowest:?} ({} over 1 s; p50 {:?}); mock {:?}",
+        firsts.iter().filter(|d| d.as_secs() >= 1).count(),
+        firsts[N / 2],
+        mock.stats()
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.streams_completed, N as u64);
+    assert!(versions(&mock).iter().all(|v| v == "HTTP/2.0"));
+    // A connection per 100 streams in flight (a few more if calls race to open a pool).
+    assert!(
+        (N.div_ceil(100) as u64..=8).contains(&stats.connections),
+        "{stats:?}"
+    );
 }

@@ -197,7 +197,7 @@ impl Hub {
                 attempted.provider = Some(inst.kind);
                 attempted.credential = Some(cred.id.clone());
                 attempted.upstream_model = Some(upstream_model.clone());
-                let http = self.client(inst.kind);
+                let http = self.client(inst.kind, &inst.base_url);
                 let up = Upstream {
                     http: &http,
                     base_url: &inst.base_url,
@@ -236,6 +236,7 @@ impl Hub {
                                         model: upstream_model.clone(),
                                         idle: t.idle,
                                         deadline,
+                                        lease: http,
                                     },
                                 ),
                                 first,

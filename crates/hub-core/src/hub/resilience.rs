@@ -18,16 +18,157 @@ use crate::providers::{CredentialSecret, EventStream, ProviderKind, Upstream};
 use crate::store::UsageRecord;
 use crate::timeouts::{TimeoutSettings, Timeouts};
 
-/// The upstream clients: one connection pool per provider, each with the provider's connect
+/// The upstream clients: connection pools per provider, each with the provider's connect
 /// timeout. HTTP/2 is negotiated by ALPN over TLS where the upstream speaks it (HTTP/1.1
 /// otherwise); TLS by rustls with the built-in web roots plus `HUB_EXTRA_CA_FILE`. Proxies come
 /// from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as reqwest reads
-/// them. A provider's pool is rebuilt only when its connect timeout changes (stored timeouts).
+/// them. A provider's pools are rebuilt only when its connect timeout changes (stored timeouts).
+///
+/// An HTTP/2 upstream caps the streams open at once on one connection
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 to 256 at the big providers), and a pooled client keeps
+/// every call to a host on its one HTTP/2 connection: calls past the cap wait, without an error,
+/// until an earlier stream ends, which for long streams means minutes before a first byte. So an
+/// HTTPS provider gets a pool per [`STREAMS_PER_POOL`] calls in flight (a `Lease` counts a call
+/// until its response or stream is dropped), each with its own connection. Plain-HTTP upstreams
+/// never speak HTTP/2 here (no prior knowledge), and HTTP/1.1 opens a connection per call in
+/// flight anyway: they keep one pool.
 pub(crate) struct Clients {
     extra_roots: Vec<reqwest::Certificate>,
-    pools: ArcSwap<HashMap<ProviderKind, (Duration, reqwest::Client)>>,
-    /// For anything not tied to a provider.
-    pub(crate) fallback: reqwest::Client,
+    pools: ArcSwap<HashMap<ProviderKind, Arc<Pools>>>,
+    /// For a kind without pools of its own (every kind has them; this keeps `lease` total).
+    fallback: Arc<Pools>,
+}
+
+/// Calls in flight per pool of an HTTPS provider: the least `SETTINGS_MAX_CONCURRENT_STREAMS`
+/// RFC 9113 (§6.5.2) asks servers to allow.
+pub(crate) const STREAMS_PER_POOL: usize = 100;
+
+/// One provider's pools, all with the same connect timeout. The first serves plain-HTTP base
+/// URLs; HTTPS calls take the first pool with room, and a new one when all are full.
+pub(crate) struct Pools {
+    connect: Duration,
+    shards: parking_lot::RwLock<Vec<Arc<Shard>>>,
+}
+
+struct Shard {
+    client: reqwest::Client,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// A provider's client for one call. Over HTTPS it holds a place in its pool until dropped: keep
+/// it as long as the upstream response (or stream) is read.
+pub(crate) struct Lease {
+    shard: Arc<Shard>,
+    counted: bool,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = reqwest::Client;
+    fn deref(&self) -> &reqwest::Client {
+        &self.shard.client
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shard
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shard {
+    /// Takes a place if the pool has one.
+    fn try_take(self: &Arc<Shard>) -> Option<Lease> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_flight
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < STREAMS_PER_POOL).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Lease {
+                shard: self.clone(),
+                counted: true,
+            })
+    }
+}
+
+impl Pools {
+    fn new(connect: Duration, extra_roots: &[reqwest::Certificate]) -> Result<Pools, OpenError> {
+        let first = Arc::new(Shard {
+            client: build_client(connect, extra_roots)?,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        });
+        Ok(Pools {
+            connect,
+            shards: parking_lot::RwLock::new(vec![first]),
+        })
+    }
+
+    /// The client for a call to `base_url` (see [`Clients`]).
+    pub(crate) fn lease(&self, base_url: &str, extra_roots: &[reqwest::Certificate]) -> Lease {
+        let shards = self.shards.read();
+        if !is_https(base_url) {
+            return Lease {
+                shard: shards[0].clone(),
+                counted: false,
+            };
+        }
+        if let Some(l) = shards.iter().find_map(Shard::try_take) {
+            return l;
+        }
+        drop(shards);
+        let mut shards = self.shards.write();
+        // Another call may have added a pool meanwhile.
+        if let Some(l) = shards.iter().find_map(Shard::try_take) {
+            return l;
+        }
+        match build_client(self.connect, extra_roots) {
+            Ok(client) => {
+                let shard = Arc::new(Shard {
+                    client,
+                    in_flight: std::sync::atomic::AtomicUsize::new(1),
+                });
+                shards.push(shard.clone());
+                tracing::debug!(pools = shards.len(), "another upstream connection pool");
+                Lease {
+                    shard,
+                    counted: true,
+                }
+            }
+            // Built the same way as the first pool, so this does not happen; if it did, the call
+            // shares a full pool (and may wait for a stream) rather than fail.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build another upstream client");
+                let shard = shards[0].clone();
+                shard
+                    .in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Lease {
+                    shard,
+                    counted: true,
+                }
+            }
+        }
+    }
+
+    /// Pools in use, and calls in flight on each (for tests and diagnostics).
+    #[cfg(test)]
+    fn in_flight(&self) -> Vec<usize> {
+        self.shards
+            .read()
+            .iter()
+            .map(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn is_https(base_url: &str) -> bool {
+    base_url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
 }
 
 impl Clients {
@@ -55,21 +196,21 @@ impl Clients {
         };
         let mut pools = HashMap::new();
         for kind in ProviderKind::ALL {
-            let c = connect(kind);
-            pools.insert(kind, (c, build_client(c, &extra_roots)?));
+            pools.insert(kind, Arc::new(Pools::new(connect(kind), &extra_roots)?));
         }
         Ok(Clients {
-            fallback: build_client(global.connect, &extra_roots)?,
+            fallback: Arc::new(Pools::new(global.connect, &extra_roots)?),
             extra_roots,
             pools: ArcSwap::from_pointee(pools),
         })
     }
 
-    pub(crate) fn get(&self, kind: ProviderKind) -> reqwest::Client {
-        self.pools
-            .load()
-            .get(&kind)
-            .map_or_else(|| self.fallback.clone(), |(_, c)| c.clone())
+    /// The client for one call to `kind` at `base_url`; hold it while the response is read.
+    pub(crate) fn lease(&self, kind: ProviderKind, base_url: &str) -> Lease {
+        match self.pools.load().get(&kind) {
+            Some(p) => p.lease(base_url, &self.extra_roots),
+            None => self.fallback.lease(base_url, &self.extra_roots),
+        }
     }
 
     /// Rebuilds the pools whose connect timeout changed.
@@ -80,18 +221,18 @@ impl Clients {
         let current = self.pools.load();
         if ProviderKind::ALL
             .iter()
-            .all(|k| current.get(k).is_some_and(|(c, _)| *c == connect(*k)))
+            .all(|k| current.get(k).is_some_and(|p| p.connect == connect(*k)))
         {
             return Ok(());
         }
         let mut next = HashMap::new();
         for kind in ProviderKind::ALL {
             let c = connect(kind);
-            let client = match current.get(&kind) {
-                Some((old, client)) if *old == c => client.clone(),
-                _ => build_client(c, &self.extra_roots)?,
+            let pools = match current.get(&kind) {
+                Some(p) if p.connect == c => p.clone(),
+                _ => Arc::new(Pools::new(c, &self.extra_roots)?),
             };
-            next.insert(kind, (c, client));
+            next.insert(kind, pools);
         }
         self.pools.store(Arc::new(next));
         Ok(())
@@ -115,9 +256,10 @@ fn build_client(
 }
 
 impl Hub {
-    /// The provider's connection pool.
-    pub(crate) fn client(&self, kind: ProviderKind) -> reqwest::Client {
-        self.inner.clients.get(kind)
+    /// The client for one call to `kind` at `base_url` (see [`Clients`]): hold it while the
+    /// response is read.
+    pub(crate) fn client(&self, kind: ProviderKind, base_url: &str) -> Lease {
+        self.inner.clients.lease(kind, base_url)
     }
 
     /// Timeouts for calls to `kind`, field by field: stored (admin API / CLI) > the provider's
@@ -249,7 +391,7 @@ impl Hub {
         let inst = snap.providers.get(&kind)?.clone();
         let cred = inst.creds.iter().find(|c| c.id == cred_id)?;
         let model = ch.probe_model.lock().clone().unwrap_or_default();
-        let http = self.client(kind);
+        let http = self.client(kind, &inst.base_url);
         let up = Upstream {
             http: &http,
             base_url: &inst.base_url,
@@ -349,6 +491,8 @@ pub(crate) struct StreamGuard {
     pub(crate) model: String,
     pub(crate) idle: Duration,
     pub(crate) deadline: Instant,
+    /// The call's place in its upstream pool, held until the stream is dropped.
+    pub(crate) lease: Lease,
 }
 
 /// Wraps an upstream stream (after its first event): an idle gap longer than `idle`, or the
@@ -358,6 +502,9 @@ pub(crate) fn guard_stream(mut upstream: EventStream, g: StreamGuard) -> EventSt
     let in_flight = g.hub.inner.metrics.stream_started();
     Box::pin(async_stream::stream! {
         let _in_flight = in_flight;
+        // Moved in by name: the body reads only some of `g`'s fields, and the stream captures
+        // just those, so an unread field would be dropped here, before the stream runs.
+        let _lease = g.lease;
         loop {
             let now = Instant::now();
             let wait = g.idle.min(g.deadline.saturating_duration_since(now));
@@ -396,4 +543,73 @@ pub(crate) fn guard_stream(mut upstream: EventStream, g: StreamGuard) -> EventSt
             return;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Result<Pools, String> {
+        Pools::new(Duration::from_secs(1), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn https_calls_past_a_pools_share_open_another_pool_and_return_their_place()
+    -> Result<(), String> {
+        let p = pools()?;
+        let url = "https://api.example.com/v1";
+        let first: Vec<Lease> = (0..STREAMS_PER_POOL).map(|_| p.lease(url, &[])).collect();
+        assert_eq!(p.in_flight(), vec![STREAMS_PER_POOL]);
+        let extra = p.lease(url, &[]);
+        assert_eq!(p.in_flight(), vec![STREAMS_PER_POOL, 1]);
+        // Two leases of different pools are different clients (each its own connections).
+        assert!(!Arc::ptr_eq(&first[0].shard, &extra.shard));
+        drop(first);
+        assert_eq!(p.in_flight(), vec![0, 1]);
+        // A freed place is taken before a later pool's.
+        let again = p.lease("HTTPS://api.example.com/v1", &[]);
+        assert_eq!(p.in_flight(), vec![1, 1]);
+        drop((extra, again));
+        assert_eq!(p.in_flight(), vec![0, 0]);
+        Ok(())
+    }
+
+    #[test]
+    fn plain_http_calls_share_one_pool_uncounted() -> Result<(), String> {
+        let p = pools()?;
+        let leases: Vec<Lease> = (0..STREAMS_PER_POOL * 2)
+            .map(|_| p.lease("http://127.0.0.1:11434", &[]))
+            .collect();
+        assert_eq!(p.in_flight(), vec![0]);
+        drop(leases);
+        assert_eq!(p.in_flight(), vec![0]);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_leases_never_overfill_a_pool() -> Result<(), String> {
+        let p = Arc::new(pools()?);
+        let held = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    let p = p.clone();
+                    s.spawn(move || {
+                        (0..60)
+                            .map(|_| p.lease("https://x.example", &[]))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        let counts = p.in_flight();
+        assert_eq!(counts.iter().sum::<usize>(), 480);
+        assert!(counts.iter().all(|&n| n <= STREAMS_PER_POOL), "{counts:?}");
+        assert_eq!(counts.len(), 5, "{counts:?}");
+        drop(held);
+        assert!(p.in_flight().iter().all(|&n| n == 0));
+        Ok(())
+    }
 }
