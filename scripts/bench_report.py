@@ -45,6 +45,7 @@ def main() -> None:
     wrk = defaultdict(lambda: defaultdict(dict))  # (sc, config, conc) -> run -> target -> row
     streams = defaultdict(lambda: defaultdict(dict))  # conc -> run -> target -> row
     hold = None
+    upstream = "http1"
     missing = set()
     for r in rows:
         if "missing_switch" in r:
@@ -56,6 +57,7 @@ def main() -> None:
             streams[r["concurrency"]][r["run"]][r["target"]] = r
         elif "hold" in r:
             hold = r["hold"]
+            upstream = r.get("upstream", "http1")
 
     def cpu_us_per_req(r):
         req = r["wrk"]["requests"]
@@ -107,6 +109,42 @@ def main() -> None:
             f"p99 ≤ 250 µs ({verdict(added['p99'] is not None and added['p99'] <= 250)})."
         )
         w("")
+        breakdown = [
+            ("all_on", "everything on (the row above)", "0"),
+            ("all_off", "everything off", "0"),
+            ("all_on_same_cpu", "everything on", "1, with the mock and wrk"),
+            ("all_off_same_cpu", "everything off", "1, with the mock and wrk"),
+        ]
+        if any(wrk.get(("1", cfg, 1)) for cfg, _, _ in breakdown[1:]):
+            w("Where the added latency comes from (µs; each hub row minus the direct row of its run):")
+            w("")
+            w("| hub | hub on CPU | hub p50 | added p50 | added p99 | hub CPU µs/request |")
+            w("|---|---|---|---|---|---|")
+            for cfg, name, cpu in breakdown:
+                hub_runs = wrk.get(("1", cfg, 1))
+                if not hub_runs:
+                    continue
+                pairs = [
+                    (hub_runs[k]["hub"], runs[k]["direct"])
+                    for k in hub_runs
+                    if "hub" in hub_runs[k] and k in runs and "direct" in runs[k]
+                ]
+                add = {
+                    q: med(h["wrk"]["lat_us"][q] - d["wrk"]["lat_us"][q] for h, d in pairs)
+                    for q in ("p50", "p99")
+                }
+                w(
+                    f"| {name} | {cpu} | {fmt(med(h['wrk']['lat_us']['p50'] for h, _ in pairs))} | "
+                    f"{fmt(add['p50'])} | {fmt(add['p99'])} | "
+                    f"{fmt(med(cpu_us_per_req(h) for h, _ in pairs), '', 1)} |"
+                )
+            w("")
+            w(
+                "The direct path never crosses CPUs (wrk and the mock share CPU 1); a call through the "
+                "hub on CPU 0 crosses four times (wrk → hub → mock → hub → wrk), and at concurrency 1 each "
+                "crossing wakes an idle virtual CPU. The same-CPU rows take those wake-ups out."
+            )
+            w("")
 
     # Scenario 2
     for cfg, title in (("all_on", "mock at 0 ms"), ("all_on_60ms", "mock at 60 ms")):
@@ -194,7 +232,14 @@ def main() -> None:
 
     # Scenario 4
     if hold:
-        w(f"### 4. {hold['streams']:,} long streams open at once (mock: 1 chunk/s), everything on")
+        over = {
+            "http1": "plain HTTP/1.1, a connection per stream",
+            "https_h2": "HTTPS with HTTP/2, a connection per 100 streams",
+        }.get(upstream, upstream)
+        w(
+            f"### 4. {hold['streams']:,} long streams open at once (mock: 1 chunk/s; upstream over "
+            f"{over}), everything on"
+        )
         w("")
         w("| opened | time to open all | hub RSS idle | hub RSS while open (max) | hub CPU while open | completed | errors |")
         w("|---|---|---|---|---|---|---|")
