@@ -892,7 +892,8 @@ pub fn own_account(actor: &Actor) -> Account {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntryView {
     pub id: i64,
-    /// `grant`, `starter`, `adjust`, `reserve`, `capture`, `release`, `expire`, ...
+    /// `grant`, `starter`, `adjust`, `capture`, `expire` (ledgers from before holds left the
+    /// entries also have `reserve` and `release`)
     pub kind: String,
     pub available_delta: String,
     pub reserved_delta: String,

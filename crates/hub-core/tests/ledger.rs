@@ -509,8 +509,9 @@ async fn interleaved_reservations_and_settlements_stay_exact() -> R {
     let b = store.balance(&acct).await?.ok_or("no account")?;
     assert_eq!((b.available, b.reserved), (100_000 - charged, 0));
     let entries = store.entries(&acct).await?;
-    assert_eq!(entries.iter().filter(|e| e.kind == "reserve").count(), 300);
+    // One entry per call, its capture; the holds were reservation rows.
     assert_eq!(entries.iter().filter(|e| e.kind == "capture").count(), 300);
+    assert_eq!(entries.len(), 301, "the grant and 300 captures");
     assert_consistent(&store).await
 }
 
@@ -596,6 +597,125 @@ async fn verify_reports_a_billed_record_without_its_capture() -> R {
         !rep.violations.iter().any(|v| v.contains("record b")),
         "{:?}",
         rep.violations
+    );
+    Ok(())
+}
+
+/// The ledger the previous versions wrote: a `reserve` entry per hold (available -x, reserved
+/// +x), a capture that also returned its hold (available +x-cost, reserved -x), a `release`
+/// entry when reconcile returned one. Holds are no longer entries; such a ledger still verifies,
+/// also where a hold taken the old way settles or is released the new way.
+#[tokio::test]
+async fn a_ledger_written_with_hold_entries_still_verifies() -> R {
+    let (dir, store) = open()?;
+    let acct = user_account("old");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    for id in ["settled-old", "released-old", "settled-new", "released-new"] {
+        assert_eq!(
+            store.reserve(&[reserve(id, &acct, 100)]).await?,
+            vec![ReserveOutcome::Reserved]
+        );
+    }
+    store
+        .insert_usage(&[record("settled-old", &acct, 100, 30)])
+        .await?;
+    // Rewritten as the previous version wrote them, through a second connection as another
+    // process would.
+    {
+        let c = rusqlite::Connection::open(dir.path().join("hub.db"))?;
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        for id in ["settled-old", "released-old", "settled-new", "released-new"] {
+            c.execute(
+                "INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key, created_at_ms)
+                 VALUES (?1, 'reserve', -100, 100, 0, ?2, 'reserve:' || ?2, 1)",
+                [&acct, id],
+            )?;
+        }
+        c.execute(
+            "UPDATE ledger_entries SET available_delta = 100 - charged, reserved_delta = -100
+             WHERE idem_key = 'capture:settled-old'",
+            [],
+        )?;
+        c.execute(
+            "UPDATE reservations SET status = 'reconciled' WHERE request_id = 'released-old'",
+            [],
+        )?;
+        c.execute(
+            "INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key, created_at_ms)
+             VALUES (?1, 'release', 100, -100, 0, 'released-old', 'release:released-old', 1)",
+            [&acct],
+        )?;
+        c.execute(
+            "UPDATE ledger_accounts SET available = available + 100, reserved = reserved - 100 WHERE id = ?1",
+            [&acct],
+        )?;
+    }
+    assert_consistent(&store).await?;
+    // Holds taken the old way, settled and released by this version.
+    store
+        .insert_usage(&[record("settled-new", &acct, 100, 45)])
+        .await?;
+    let rep = store.reconcile("me", 10, 5, 5).await?;
+    assert_eq!(rep.released, 1, "{rep:?}");
+    assert_consistent(&store).await?;
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (1_000 - 30 - 45, 0));
+    Ok(())
+}
+
+/// `verify` finds an account whose balance its entries do not explain, a `reserved` that the
+/// open reservations do not explain, and a settled hold without its capture.
+#[tokio::test]
+async fn verify_reports_balances_the_entries_and_holds_do_not_explain() -> R {
+    let (dir, store) = open()?;
+    let acct = user_account("v");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    store.reserve(&[reserve("a", &acct, 100)]).await?;
+    store.reserve(&[reserve("b", &acct, 100)]).await?;
+    store.insert_usage(&[record("a", &acct, 100, 30)]).await?;
+    assert_consistent(&store).await?;
+    let c = rusqlite::Connection::open(dir.path().join("hub.db"))?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    let violations = |store: Arc<SqliteStore>| async move {
+        Ok::<_, Box<dyn std::error::Error>>(store.verify(10, 1_000_000).await?.violations)
+    };
+
+    c.execute(
+        "UPDATE ledger_accounts SET available = available + 1 WHERE id = ?1",
+        [&acct],
+    )?;
+    let v = violations(store.clone()).await?;
+    assert!(v.iter().any(|m| m.contains("but entries sum to")), "{v:#?}");
+    // Money moved from available to reserved without a hold: the balance still sums, the
+    // open reservations do not.
+    c.execute(
+        "UPDATE ledger_accounts SET available = available - 11, reserved = reserved + 10 WHERE id = ?1",
+        [&acct],
+    )?;
+    let v = violations(store.clone()).await?;
+    assert!(
+        v.iter().any(|m| m.contains("but open reservations hold")),
+        "{v:#?}"
+    );
+    assert!(
+        !v.iter().any(|m| m.contains("but entries sum to")),
+        "{v:#?}"
+    );
+    c.execute(
+        "UPDATE ledger_accounts SET reserved = reserved - 10, available = available + 10 WHERE id = ?1",
+        [&acct],
+    )?;
+    assert_consistent(&store).await?;
+
+    c.execute(
+        "DELETE FROM ledger_entries WHERE idem_key = 'capture:a'",
+        [],
+    )?;
+    let v = violations(store.clone()).await?;
+    assert!(
+        v.iter()
+            .any(|m| m.contains("reservation a (settled) has no capture")),
+        "{v:#?}"
     );
     Ok(())
 }

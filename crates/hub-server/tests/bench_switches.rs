@@ -164,8 +164,8 @@ async fn limits_switch_skips_the_key_policy() {
 }
 
 /// Credits mode, the owner's account funded with 100 credits; one call; the owner's ledger
-/// entry kinds, oldest first.
-async fn credits_call_entry_kinds(mock: &MockServer, disable: &str) -> Vec<String> {
+/// entry kinds, oldest first, and what the call's usage record says it reserved.
+async fn credits_call_entry_kinds(mock: &MockServer, disable: &str) -> (Vec<String>, i64) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path(), mock, disable);
     opts.billing.mode = hub_core::pricing::BillingMode::Credits;
@@ -192,18 +192,22 @@ async fn credits_call_entry_kinds(mock: &MockServer, disable: &str) -> Vec<Strin
     let entries = hub.store().entries(&account).await.unwrap();
     let capture = entries.iter().find(|e| e.kind == "capture").unwrap();
     assert!(capture.charged > 0, "the call is charged either way");
-    entries.into_iter().map(|e| e.kind).collect()
+    let records = hub.store().list_usage(10).await.unwrap();
+    assert_eq!(records.len(), 1);
+    (
+        entries.into_iter().map(|e| e.kind).collect(),
+        records[0].billing.reserved_units,
+    )
 }
 
 #[tokio::test]
 async fn reservation_switch_skips_only_the_hold() {
     let mock = MockServer::start(Flavor::OpenAi).await;
-    assert_eq!(
-        credits_call_entry_kinds(&mock, "").await,
-        ["grant", "reserve", "capture"]
-    );
-    assert_eq!(
-        credits_call_entry_kinds(&mock, "reservation").await,
-        ["grant", "capture"]
-    );
+    // A hold is a reservation row, not a ledger entry: the call's record says what it held.
+    let (kinds, held) = credits_call_entry_kinds(&mock, "").await;
+    assert_eq!(kinds, ["grant", "capture"]);
+    assert!(held > 0, "a hold before dispatch");
+    let (kinds, held) = credits_call_entry_kinds(&mock, "reservation").await;
+    assert_eq!(kinds, ["grant", "capture"]);
+    assert_eq!(held, 0, "no hold");
 }

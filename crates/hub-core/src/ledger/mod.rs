@@ -1,24 +1,29 @@
 //! The credit ledger: accounts, idempotent entries, reservations; the price book; usage reports.
 //!
 //! Money model (amounts are `i64` units of 1e-10 credit, see `crate::pricing`):
-//! - An account has `available` and `reserved`. Every change to either is one ledger entry with
-//!   `available_delta` / `reserved_delta`, so `available = Σ available_delta` and
-//!   `reserved = Σ reserved_delta` for every account (`verify` proves it).
+//! - An account has `available` and `reserved`. Money that moves (a grant, a capture, an
+//!   adjustment, an expiry) is one ledger entry, so the balance `available + reserved` equals
+//!   `Σ (available_delta + reserved_delta)` of its entries; a hold moves no money and is a
+//!   reservation row, so `reserved = Σ` of the account's open reservations. `verify` proves both,
+//!   which pins `available` too.
 //! - **Reserve** (before the upstream call): one conditional UPDATE
-//!   `available = available - x, reserved = reserved + x WHERE available >= x` plus a `reserve`
-//!   entry and an open reservation keyed by request id. Atomic on any SQL database with any number
-//!   of instances; no process-local lock involved.
+//!   `available = available - x, reserved = reserved + x WHERE available >= x` and an open
+//!   reservation keyed by request id (its key refuses a second hold). Atomic on any SQL database
+//!   with any number of instances; no process-local lock involved. No ledger entry: the call's
+//!   capture is its one entry.
 //! - **Capture** (in the transaction that writes the usage record): claims the open reservation
 //!   (`UPDATE ... WHERE status = 'open'`), charges the cost, returns the rest to `available`, one
-//!   `capture` entry. A cost above reservation + available is written off as `shortfall`, never
-//!   overdrawn.
+//!   `capture` entry of what the call cost (`available_delta = -charged`). A cost above
+//!   reservation + available is written off as `shortfall`, never overdrawn.
 //! - **Reconcile** (after a crash): an open reservation whose instance died (or older than the
 //!   window) is flagged `reconciled`; if its stream had delivered something by the instance's
 //!   last heartbeat, the heartbeat's record of that part is written and captured (the rest goes
-//!   back), else all of it goes back to `available` (a `release` entry).
-//! - Every entry has a UNIQUE idempotency key (`reserve:<req>`, `capture:<req>`,
-//!   `release:<req>`, `starter:<user>`, `grant:<key>`, `expire:<entry id>`): a replay changes
-//!   nothing.
+//!   back), else all of it goes back to `available` (no entry: no money moved).
+//! - Ledgers written before holds left the entries have `reserve` (-x/+x) and `release` (+x/-x)
+//!   entries, and captures that also returned their hold (+x-cost/-x); each sums to the same
+//!   across the two buckets, so they verify as they are.
+//! - Every entry has a UNIQUE idempotency key (`capture:<req>`, `starter:<user>`,
+//!   `grant:<key>`, `expire:<entry id>`, ...): a replay changes nothing.
 
 pub mod expiry;
 pub mod report;

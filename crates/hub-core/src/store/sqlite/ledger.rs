@@ -254,8 +254,10 @@ pub(super) fn settle_in_tx(
         &NewEntry {
             account,
             kind: "capture",
-            available_delta: reserved - charged,
-            reserved_delta: -reserved,
+            // What the call cost the account, net of its hold (taken and returned): the entry
+            // records the money that moved, the hold is the reservation row's.
+            available_delta: -charged,
+            reserved_delta: 0,
             charged,
             request_id: Some(&r.id),
             idem_key: &key,
@@ -509,22 +511,8 @@ fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreE
             available: available_of(tx, &q.account)?,
         });
     }
-    let key = format!("reserve:{}", q.request_id);
-    insert_entry(
-        tx,
-        &NewEntry {
-            account: &q.account,
-            kind: "reserve",
-            available_delta: -q.amount,
-            reserved_delta: q.amount,
-            charged: 0,
-            request_id: Some(&q.request_id),
-            idem_key: &key,
-            expires_at_ms: None,
-            note: None,
-            now_ms: q.now_ms,
-        },
-    )?;
+    // No ledger entry: a hold moves no money. The reservation row is its record (`verify`
+    // checks `reserved` against the open ones), and the call's capture is its one entry.
     Ok(ReserveOutcome::Reserved)
 }
 
@@ -594,21 +582,23 @@ fn verify_in(
         }
         Ok(())
     };
-    // 1. balance = Σ entries, for both buckets of every account (and no account without entries
-    //    holding money).
+    // 1. balance (available + reserved) = Σ entries for every account (and no account without
+    //    entries holding money). Holds are not entries (check 2 pins `reserved` to the open
+    //    reservations), so `available` is pinned too. Entries written before holds stopped being
+    //    entries (`reserve` -x/+x, `release` +x/-x, a capture's hold returned) sum to nothing
+    //    across the two buckets, so old ledgers pass the same check.
     q(
-        "SELECT a.id, a.available, a.reserved, COALESCE(SUM(e.available_delta), 0), COALESCE(SUM(e.reserved_delta), 0)
+        "SELECT a.id, a.available, a.reserved, COALESCE(SUM(e.available_delta + e.reserved_delta), 0)
          FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.id
-         GROUP BY a.id HAVING a.available != COALESCE(SUM(e.available_delta), 0)
-                          OR a.reserved != COALESCE(SUM(e.reserved_delta), 0)",
+         GROUP BY a.id HAVING a.available + a.reserved != COALESCE(SUM(e.available_delta + e.reserved_delta), 0)",
         &|r| {
             Ok(format!(
-                "account {}: available {} / reserved {} but entries sum to {} / {}",
+                "account {}: balance {} (available {} + reserved {}) but entries sum to {}",
                 r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.saturating_add(r.get::<_, i64>(2)?),
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?
+                r.get::<_, i64>(3)?
             ))
         },
     )?;
@@ -677,15 +667,13 @@ fn verify_in(
             ))
         },
     )?;
-    // 4. reservations: each has its reserve entry; settled ones a capture, reconciled ones a release.
+    // 4. reservations: each settled one has its capture, for the same account.
     q(
         "SELECT r.request_id, r.status FROM reservations r WHERE
-           NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'reserve:' || r.request_id AND e.available_delta = -r.amount)
-           OR (r.status = 'settled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id AND e.reserved_delta = -r.amount))
-           OR (r.status = 'reconciled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key IN ('release:' || r.request_id, 'capture:' || r.request_id) AND e.reserved_delta = -r.amount))",
+           r.status = 'settled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id AND e.account = r.account)",
         &|r| {
             Ok(format!(
-                "reservation {} ({}) does not match its ledger entries",
+                "reservation {} ({}) has no capture",
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?
             ))
@@ -1043,26 +1031,11 @@ impl LedgerStore for SqliteStore {
                 if n == 0 {
                     continue;
                 }
-                let key = format!("release:{req}");
-                if insert_entry(
-                    &tx,
-                    &NewEntry {
-                        account: &account,
-                        kind: "release",
-                        available_delta: amount,
-                        reserved_delta: -amount,
-                        charged: 0,
-                        request_id: Some(&req),
-                        idem_key: &key,
-                        expires_at_ms: None,
-                        note: Some("reconciled: the instance holding it stopped before settling"),
-                        now_ms,
-                    },
-                )? {
-                    move_money(&tx, &account, amount, -amount)?;
-                    rep.released += 1;
-                    rep.released_units += amount;
-                }
+                // The hold goes back; no ledger entry, as no money moved (the reservation row,
+                // now `reconciled`, records it). The status flip above makes this happen once.
+                move_money(&tx, &account, amount, -amount)?;
+                rep.released += 1;
+                rep.released_units += amount;
             }
             tx.commit().map_err(db_err)?;
             Ok(rep)
