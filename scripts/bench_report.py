@@ -234,7 +234,7 @@ def main() -> None:
     if hold:
         over = {
             "http1": "plain HTTP/1.1, a connection per stream",
-            "https_h2": "HTTPS with HTTP/2, a connection per 100 streams",
+            "https_h2": "HTTPS offering HTTP/2 (hub-mock --tls-dir)",
         }.get(upstream, upstream)
         w(
             f"### 4. {hold['streams']:,} long streams open at once (mock: 1 chunk/s; upstream over "
