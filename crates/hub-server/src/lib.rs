@@ -37,6 +37,58 @@ impl Default for ServerOptions {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as a server that holds
+/// thousands of connections needs: an open stream holds up to two (the caller's, and the
+/// upstream's unless it shares an HTTP/2 connection).
+/// Service managers commonly start processes with a soft limit of 1,024 (systemd's default, with a
+/// hard limit of 524,288), which would refuse connections past ~500 streams. Called by the serve
+/// entry points (`aigne-hub serve`, the Node module's `serve()`); logs what it did, and warns when
+/// the limit stays low. Returns the soft limit now in force (`None`: unlimited, or not Unix).
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        // Linux's default `fs.nr_open`: a soft limit above it is refused even when the hard limit
+        // is unlimited; macOS refuses anything above `kern.maxfilesperproc` (10,240 by default).
+        const CEILINGS: [u64; 3] = [1 << 20, 65_536, 10_240];
+        const WARN_BELOW: u64 = 4_096;
+        let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+        let mut now = current;
+        if let Some(cur) = current {
+            for ceiling in CEILINGS {
+                let target = maximum.map_or(ceiling, |max| max.min(ceiling));
+                if target <= cur {
+                    continue;
+                }
+                let new = Rlimit {
+                    current: Some(target),
+                    maximum,
+                };
+                if setrlimit(Resource::Nofile, new).is_ok() {
+                    tracing::info!(from = cur, to = target, "raised the open-files limit");
+                    now = Some(target);
+                    break;
+                }
+            }
+        }
+        if let Some(n) = now
+            && n < WARN_BELOW
+        {
+            tracing::warn!(
+                limit = n,
+                "the open-files limit is low: each open stream holds two connections, so about \
+                 {} streams can be open at once; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+                n / 2
+            );
+        }
+        now
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Binds `addr` and serves until `shutdown` resolves, then closes the hub. `on_bound` is called
 /// with the bound address (port 0 picks a free port).
 pub async fn serve(
