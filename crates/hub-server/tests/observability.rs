@@ -17,6 +17,8 @@ use hub_core::store::{ApiKeyRow, UserRow};
 use hub_testkit::{Flavor, MockServer, Script};
 use serde_json::{Value, json};
 
+mod common;
+
 const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
 const PROVIDER_KEY: &str = "sk-provider-secret-value-42";
 
@@ -267,27 +269,7 @@ async fn outbound_calls_go_through_https_proxy() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout);
-    let mut base = None;
-    for _ in 0..10 {
-        let mut l = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), async {
-            use tokio::io::AsyncBufReadExt;
-            lines.read_line(&mut l).await
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        if n == 0 {
-            break;
-        }
-        if let Some(rest) = l.trim().strip_prefix("aigne-hub listening on ") {
-            base = Some(rest.to_string());
-            break;
-        }
-    }
-    let base = base.expect("the hub printed its address");
+    let base = common::listening_address(&mut child).await;
     let r = client()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(ADMIN)

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
 
@@ -66,23 +68,7 @@ async fn serve_raises_a_low_open_files_limit() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut base = None;
-    for _ in 0..10 {
-        let mut l = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut l))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        if let Some(rest) = l.trim().strip_prefix("aigne-hub listening on ") {
-            base = Some(rest.to_string());
-            break;
-        }
-    }
-    let base = base.expect("the hub printed its address");
+    let base = common::listening_address(&mut child).await;
     let (soft, hard) = open_files_limits(pid);
     let expected = if hard == "unlimited" {
         (1u64 << 20).to_string()

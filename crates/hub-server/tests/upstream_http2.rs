@@ -16,6 +16,8 @@ use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_testkit::{Flavor, MockConfig, MockServer, MockTls, Script};
 use serde_json::{Value, json};
 
+mod common;
+
 const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
 const PROVIDER_KEY: &str = "sk-provider-secret-value-h2";
 
@@ -226,27 +228,7 @@ async fn the_binary_trusts_hub_extra_ca_file() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout);
-    let mut base = None;
-    for _ in 0..10 {
-        let mut l = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), async {
-            use tokio::io::AsyncBufReadExt;
-            lines.read_line(&mut l).await
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        if n == 0 {
-            break;
-        }
-        if let Some(rest) = l.trim().strip_prefix("aigne-hub listening on ") {
-            base = Some(rest.to_string());
-            break;
-        }
-    }
-    let base = base.expect("the hub printed its address");
+    let base = common::listening_address(&mut child).await;
     mock.push(Script::text("hello"));
     let (status, body) = chat(&base, "openai/gpt-4o-mini", false).await;
     assert_eq!(status, 200, "{body}");
