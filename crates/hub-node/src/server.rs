@@ -40,11 +40,8 @@ pub(crate) async fn start(
     if let Some(max) = max_body_bytes {
         opts.max_body_bytes = max as usize;
     }
-    // As `aigne-hub serve`: the tokenizer's tables load now, not in the first caller's request.
-    tokio::task::spawn_blocking(hub_core::tokenize::warm);
-    // As `aigne-hub serve`: each open stream holds two connections (process-wide, as Node's
-    // own sockets share the limit).
-    hub_server::raise_open_files_limit();
+    // As `aigne-hub serve` (the open-files limit is process-wide: Node's own sockets share it).
+    hub_server::prepare_process_to_serve();
     let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(hub_server::serve_open(

@@ -240,10 +240,7 @@ pub async fn serve(args: ServeArgs, out: &mut dyn Out) -> Result<(), String> {
         .map(|p| p.name())
         .collect();
     tracing::info!(providers = ?providers, data_dir = %args.data.data_dir.display(), "hub opened");
-    // Every chat call estimates its prompt's tokens for the limits; the tables load in the
-    // background rather than in the first caller's request.
-    tokio::task::spawn_blocking(hub_core::tokenize::warm);
-    crate::raise_open_files_limit();
+    crate::prepare_process_to_serve();
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .map_err(|e| format!("invalid --host/--port: {e}"))?;

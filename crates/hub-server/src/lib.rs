@@ -37,14 +37,22 @@ impl Default for ServerOptions {
     }
 }
 
+/// What a process does once before it serves (`aigne-hub serve`, the Node module's `serve()`),
+/// not every server a test starts: loads the tokenizer's tables on a blocking thread (every chat
+/// call estimates its prompt's tokens for the limits, and the first caller should not wait for
+/// them), and raises the open-files limit. Needs a tokio runtime.
+pub fn prepare_process_to_serve() {
+    tokio::task::spawn_blocking(hub_core::tokenize::warm);
+    raise_open_files_limit();
+}
+
 /// Raises this process's soft limit on open files to its hard limit, as a server that holds
 /// thousands of connections needs: an open stream holds up to two (the caller's, and the
 /// upstream's unless it shares an HTTP/2 connection).
 /// Service managers commonly start processes with a soft limit of 1,024 (systemd's default, with a
-/// hard limit of 524,288), which would refuse connections past ~500 streams. Called by the serve
-/// entry points (`aigne-hub serve`, the Node module's `serve()`); logs what it did, and warns when
-/// the limit stays low. Returns the soft limit now in force (`None`: unlimited, or not Unix).
-pub fn raise_open_files_limit() -> Option<u64> {
+/// hard limit of 524,288), which would refuse connections past ~500 streams. Logs what it did,
+/// and warns when the limit stays low. Not Unix: nothing to do.
+fn raise_open_files_limit() {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -53,6 +61,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
         const CEILINGS: [u64; 3] = [1 << 20, 65_536, 10_240];
         const WARN_BELOW: u64 = 4_096;
         let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+        // `None`: unlimited.
         let mut now = current;
         if let Some(cur) = current {
             for ceiling in CEILINGS {
@@ -76,16 +85,12 @@ pub fn raise_open_files_limit() -> Option<u64> {
         {
             tracing::warn!(
                 limit = n,
-                "the open-files limit is low: each open stream holds two connections, so about \
-                 {} streams can be open at once; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+                "the open-files limit is low: an open stream holds up to two connections, so \
+                 only about {} streams can be open at once; raise the hard limit (LimitNOFILE=, \
+                 ulimit -Hn)",
                 n / 2
             );
         }
-        now
-    }
-    #[cfg(not(unix))]
-    {
-        None
     }
 }
 

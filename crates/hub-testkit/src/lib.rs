@@ -21,8 +21,8 @@ mod native; // shared plumbing of the native (non-OpenAI) flavors
 mod openai_family; // wire rendering (chat JSON/SSE, usage, embeddings, images, models)
 pub mod script; // Script: per-request behaviour, serde data
 mod server; // MockServer, routing, control API
-mod signatures;
-pub mod tls; // private CA + server certificate for HTTPS mocks // reasoning signatures the mocks issue and verify
+mod signatures; // reasoning signatures the mocks issue and verify
+pub mod tls; // private CA + server certificate for HTTPS mocks
 
 pub use flavor::Flavor;
 pub use script::{Script, ScriptError, ToolCall, Usage};
