@@ -6,6 +6,7 @@ pub mod aigne; // AIGNE Hub ingress (`/api/v2/*`, `/api/ai/models`, `/api/user/i
 pub mod anthropic; // Anthropic-compatible ingress (/v1/messages)
 pub mod cli; // `aigne-hub` command line: serve, admin
 pub mod errors; // HubError -> the caller's error format
+mod listen; // the accept loop: HTTP/1.1 or HTTP/2 per connection, graceful shutdown
 pub mod ledger_cli; // `ledger verify`, `admin credits|billing|price`, usage report/export
 pub mod observability; // admin health report, Prometheus metrics
 pub mod openai; // OpenAI-compatible ingress
@@ -117,20 +118,9 @@ pub async fn serve_open(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
-    // TCP_NODELAY: a head+body written in two segments must not wait for a delayed ACK (design.md §8).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
-    });
     let app = routes::app(AppState { hub: hub.clone() }, &opts);
-    // `into_make_service`: the routes are finalised once. Serving the `Router` itself finalises a
-    // fresh copy of every route per connection (~20 KB and its CPU for each one; BENCHMARKS.md,
-    // memory per open stream).
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, app, shutdown).await;
+    Ok(())
 }

@@ -1,0 +1,157 @@
+//! The accept loop: each caller connection served with hyper's HTTP/1.1 or HTTP/2 (prior
+//! knowledge) connection, chosen by peeking at its first bytes, with graceful shutdown.
+//!
+//! Why not `axum::serve`: it serves through hyper-util's protocol-detecting builder, which reads
+//! the first 24 bytes itself and hands them back to hyper's HTTP/1.1 connection as a separate
+//! first read. hyper parses those 24 bytes, finds the head incomplete, and reserves room for the
+//! next read while they are still in its buffer, so the buffer's `Vec` doubles: every caller
+//! connection kept a 16 KB read buffer instead of 8 KB (heaptrack, BENCHMARKS.md "Memory per open
+//! stream"). Peeking leaves the bytes in the socket; hyper reads the whole head at once.
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What an HTTP/2 connection with prior knowledge (RFC 9113 §3.3) starts with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every open
+/// connection to finish (HTTP/1.1: after its current response; HTTP/2: GOAWAY) and returns when
+/// all have closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    // Finalised once: each connection gets a cheap clone of the finished route table.
+    let app = app.with_state::<()>(());
+    // `stop_tx` is dropped (closing the channel) when shutdown begins; each connection holds a
+    // receiver of `open_tx`, whose `closed()` resolves once the last connection is done.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(stop_rx);
+    });
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = stop_tx.closed() => break,
+        };
+        // TCP_NODELAY: a head+body written in two segments must not wait for a delayed ACK
+        // (design.md §8).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop_tx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            serve_connection(tcp, service, stop).await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    service: TowerToHyperService<Router>,
+    stop: watch::Sender<()>,
+) {
+    let h2 = match starts_with_h2_preface(&tcp).await {
+        Ok(h2) => h2,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before its first request");
+            return;
+        }
+    };
+    let io = TokioIo::new(tcp);
+    let mut stopping = pin!(stop.closed());
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.enable_connect_protocol();
+        let mut conn = pin!(builder.serve_connection(io, service));
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut stopping => conn.as_mut().graceful_shutdown(),
+            }
+        }
+    } else {
+        let mut conn = pin!(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+        );
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::trace!(error = %e, "HTTP/1 connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut stopping => conn.as_mut().graceful_shutdown(),
+            }
+        }
+    }
+}
+
+/// Whether the connection's first bytes are HTTP/2's preface, without consuming them. Any
+/// HTTP/1.x request differs from it by its fourth byte at the latest, so the answer usually comes
+/// from the first segment. A caller that sends the preface's start and then stalls is re-peeked
+/// every few milliseconds, for up to 10 s.
+async fn starts_with_h2_preface(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            // Closed before a byte (hyper sees the EOF and ends quietly), or not the preface.
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stalled inside the HTTP/2 preface",
+            ));
+        }
+        // A partial preface: peek returns the same bytes at once until more arrive.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An accept error. Per-connection errors (the caller reset it before it was accepted) are
+/// skipped; running out of descriptors or memory is waited out (1 s), as the connections that
+/// hold them close.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
