@@ -1,5 +1,5 @@
 //! Criterion benches for hub-core's hot pure code: stream decoding, request building, response
-//! parsing, key lookup, vault. `cargo bench -p hub-core --bench hot_paths`.
+//! parsing, key lookup, vault, token counting. `cargo bench -p hub-core --bench hot_paths`.
 //! (Price computation and Bedrock's event-stream decoding are added when those land.)
 
 #![expect(clippy::unwrap_used, reason = "bench fixtures are known-good")]
@@ -121,11 +121,31 @@ fn vault(c: &mut Criterion) {
     });
 }
 
+/// Token counting: the prompt estimate every call makes when its key has a TPM limit, and a
+/// 10 KB document; tiktoken-rs's own count of the same texts for reference.
+fn token_counts(c: &mut Criterion) {
+    let req = request();
+    let doc = include_str!("../../../ARCHITECTURE.md");
+    let doc = &doc[..doc.floor_char_boundary(10_000)];
+    hub_core::tokenize::warm();
+    let reference = tiktoken_rs::o200k_base_singleton();
+    c.bench_function("estimate_prompt_short_chat", |b| {
+        b.iter(|| hub_core::tokenize::estimate_prompt(black_box(&req)))
+    });
+    c.bench_function("count_10kb_document", |b| {
+        b.iter(|| hub_core::tokenize::count(black_box(doc)))
+    });
+    c.bench_function("tiktoken_rs_count_10kb_document", |b| {
+        b.iter(|| reference.encode_ordinary(black_box(doc)).len())
+    });
+}
+
 criterion_group!(
     benches,
     stream_decoding,
     upstream_request_response,
     key_lookup,
-    vault
+    vault,
+    token_counts
 );
 criterion_main!(benches);

@@ -1,13 +1,225 @@
 //! Token estimates with a real tokenizer (o200k_base, the GPT-4o family's): a call's prompt
 //! estimate for the token limits, and usage when a provider reports none (records so estimated
 //! are flagged).
+//!
+//! The vocabulary and the pre-tokenizing pattern come from tiktoken-rs; the counting is done here,
+//! over a compact copy of the vocabulary. tiktoken-rs's encoder keeps each of the 199,998 tokens
+//! three times (encoder map, decoder map, sorted list), each in its own allocation: ~32 MB resident
+//! for the life of the process, which was a sixth of the memory budget of 5,000 open streams
+//! (BENCHMARKS.md). Here every token's bytes sit in one buffer and a hash table of ranks points
+//! into it: ~4 MB. Counts equal tiktoken-rs's `encode_ordinary(..).len()` (tests below, against
+//! it), except inside a single pre-token longer than 4 KB, which is counted 4 KB at a time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 use crate::types::{ChatRequest, ContentPart};
 
-/// Loads the tokenizer's tables (~25 MB, ~0.1 s of CPU) now, so the first call that counts tokens
-/// does not wait for them. Blocking: `serve` runs it on a blocking thread at start-up.
+/// Pre-tokens longer than this are merged this many bytes at a time: merging needs ~24 bytes of
+/// state per byte of the piece, and a 30 MB body of one letter would otherwise be one piece.
+const MAX_PIECE: usize = 4096;
+
+/// Pieces up to this long are merged on the stack with a linear scan per join; longer ones with a
+/// heap (O(n log n)).
+const SMALL_PIECE: usize = 64;
+
+/// o200k_base's mergeable tokens, by rank: token `r` is `bytes[ends[r - 1]..ends[r]]`.
+struct Vocabulary {
+    bytes: Box<[u8]>,
+    ends: Box<[u32]>,
+    /// Ranks, hashed by their token's bytes.
+    ranks: hashbrown::HashTable<u32>,
+    hasher: rustc_hash::FxBuildHasher,
+    /// The pre-tokenizer: the text is split by it and each piece is merged on its own.
+    pieces: fancy_regex::Regex,
+}
+
+/// A rank that is no token: pairs that do not merge.
+const NONE: u32 = u32::MAX;
+
+impl Vocabulary {
+    /// `None` only if tiktoken-rs's bundled data failed to load (it is compiled in).
+    fn o200k_base() -> Option<Vocabulary> {
+        // Builds tiktoken-rs's encoder once (~40 MB, freed on return) to read the tokens out.
+        let full = tiktoken_rs::o200k_base().ok()?;
+        let mut bytes = Vec::with_capacity(1 << 21);
+        let mut ends = Vec::with_capacity(200_000);
+        // Mergeable ranks are 0..n without gaps; the special tokens start after a gap.
+        while let Ok(token) = full.decode_bytes(&[ends.len() as u32]) {
+            bytes.extend_from_slice(&token);
+            ends.push(u32::try_from(bytes.len()).ok()?);
+        }
+        drop(full);
+        let mut v = Vocabulary {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+            ranks: hashbrown::HashTable::new(),
+            hasher: rustc_hash::FxBuildHasher,
+            pieces: fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).ok()?,
+        };
+        let mut ranks = hashbrown::HashTable::with_capacity(v.ends.len());
+        for r in 0..v.ends.len() as u32 {
+            let hash = v.hasher.hash_one(v.token(r));
+            ranks.insert_unique(hash, r, |&x| v.hasher.hash_one(v.token(x)));
+        }
+        v.ranks = ranks;
+        Some(v)
+    }
+
+    fn token(&self, rank: u32) -> &[u8] {
+        let r = rank as usize;
+        let start = if r == 0 { 0 } else { self.ends[r - 1] as usize };
+        &self.bytes[start..self.ends[r] as usize]
+    }
+
+    fn rank(&self, bytes: &[u8]) -> u32 {
+        let hash = self.hasher.hash_one(bytes);
+        self.ranks
+            .find(hash, |&r| self.token(r) == bytes)
+            .copied()
+            .unwrap_or(NONE)
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        let mut total = 0u64;
+        for found in self.pieces.find_iter(text) {
+            let Ok(found) = found else {
+                // The pattern's one look-ahead cannot exhaust the backtracking limit; were it to,
+                // the rest is estimated (~4 bytes a token) rather than dropped.
+                total += (text.len() as u64).div_ceil(4);
+                break;
+            };
+            for piece in found.as_str().as_bytes().chunks(MAX_PIECE) {
+                total += self.piece_tokens(piece) as u64;
+            }
+        }
+        total
+    }
+
+    /// Tokens of one pre-token: byte-pair merging, always merging the adjacent pair whose joined
+    /// bytes have the lowest rank (the leftmost of equals), until no adjacent pair is a token.
+    fn piece_tokens(&self, piece: &[u8]) -> usize {
+        let n = piece.len();
+        if n <= 1 || self.rank(piece) != NONE {
+            return n.min(1);
+        }
+        if n <= SMALL_PIECE {
+            return self.small_piece_tokens(piece);
+        }
+        // Parts are ranges of the piece named by their start: part `s` is `piece[s..end[s]]`,
+        // `prev[s]` is the start of the part before it, and `pair[s]` the rank of part `s` joined
+        // with the part after it. A heap holds candidate merges; an entry whose rank no longer
+        // equals `pair[start]` is stale and skipped (a pair's bytes only grow, so a live pair
+        // never repeats an earlier rank).
+        let mut end: Vec<u32> = (1..=n as u32).collect();
+        let mut prev: Vec<u32> = (0..n as u32).map(|s| s.wrapping_sub(1)).collect();
+        let mut pair = vec![NONE; n];
+        let mut heap = BinaryHeap::with_capacity(n);
+        for s in 0..n - 1 {
+            pair[s] = self.rank(&piece[s..s + 2]);
+            if pair[s] != NONE {
+                heap.push(Reverse((pair[s], s as u32)));
+            }
+        }
+        let mut parts = n;
+        while let Some(Reverse((rank, s))) = heap.pop() {
+            let start = s as usize;
+            if pair[start] != rank {
+                continue;
+            }
+            // Join part `start` with the next one.
+            let next = end[start] as usize;
+            let joined_end = end[next];
+            end[start] = joined_end;
+            pair[next] = NONE;
+            parts -= 1;
+            pair[start] = if (joined_end as usize) < n {
+                prev[joined_end as usize] = s;
+                self.rank(&piece[start..end[joined_end as usize] as usize])
+            } else {
+                NONE
+            };
+            if pair[start] != NONE {
+                heap.push(Reverse((pair[start], s)));
+            }
+            let before = prev[start];
+            if before != NONE {
+                let b = before as usize;
+                pair[b] = self.rank(&piece[b..joined_end as usize]);
+                if pair[b] != NONE {
+                    heap.push(Reverse((pair[b], before)));
+                }
+            }
+        }
+        parts
+    }
+}
+
+impl Vocabulary {
+    /// `piece_tokens` for a piece of at most `SMALL_PIECE` bytes (nearly all of them), on the
+    /// stack: each round scans the pairs for the lowest rank, leftmost first, and joins it.
+    fn small_piece_tokens(&self, piece: &[u8]) -> usize {
+        let n = piece.len();
+        // Part `i` is `piece[starts[i]..starts[i + 1]]`; `starts[parts] == n`.
+        let mut starts = [0u32; SMALL_PIECE + 1];
+        for (i, s) in starts.iter_mut().enumerate().take(n + 1) {
+            *s = i as u32;
+        }
+        let mut parts = n;
+        // `ranks[i]`: the rank of parts `i` and `i + 1` joined.
+        let joined = |starts: &[u32], i: usize| {
+            self.rank(&piece[starts[i] as usize..starts[i + 2] as usize])
+        };
+        let mut ranks = [NONE; SMALL_PIECE];
+        for (i, r) in ranks.iter_mut().enumerate().take(parts - 1) {
+            *r = joined(&starts, i);
+        }
+        loop {
+            let (mut best, mut at) = (NONE, 0);
+            for (i, &r) in ranks.iter().enumerate().take(parts - 1) {
+                if r < best {
+                    (best, at) = (r, i);
+                }
+            }
+            if best == NONE {
+                return parts;
+            }
+            // Join parts `at` and `at + 1`: drop the boundary between them; the pairs after
+            // `at` move down one, and the two pairs that include the joined part are re-ranked.
+            starts.copy_within(at + 2..=parts, at + 1);
+            ranks.copy_within(at + 1..parts - 1, at);
+            parts -= 1;
+            ranks[at] = if at + 1 < parts {
+                joined(&starts, at)
+            } else {
+                NONE
+            };
+            if at > 0 {
+                ranks[at - 1] = joined(&starts, at - 1);
+            }
+        }
+    }
+}
+
+fn vocabulary() -> Option<&'static Vocabulary> {
+    static VOCABULARY: OnceLock<Option<Vocabulary>> = OnceLock::new();
+    VOCABULARY
+        .get_or_init(|| {
+            let v = Vocabulary::o200k_base();
+            if v.is_none() {
+                tracing::error!("the o200k_base tokenizer failed to load; counting ~4 bytes a token");
+            }
+            v
+        })
+        .as_ref()
+}
+
+/// Loads the tokenizer's tables (~4 MB kept, ~0.15 s of CPU) now, so the first call that counts
+/// tokens does not wait for them. Blocking: `serve` runs it on a blocking thread at start-up.
 pub fn warm() {
-    let _ = tiktoken_rs::o200k_base_singleton();
+    vocabulary();
 }
 
 /// Tokens of a text.
@@ -15,9 +227,10 @@ pub fn count(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    tiktoken_rs::o200k_base_singleton()
-        .encode_ordinary(text)
-        .len() as u64
+    match vocabulary() {
+        Some(v) => v.count(text),
+        None => (text.len() as u64).div_ceil(4),
+    }
 }
 
 /// Estimated prompt tokens of a chat request: message texts plus OpenAI's per-message overhead
@@ -73,6 +286,7 @@ pub fn prompt_upper_bound(req: &ChatRequest) -> u64 {
 mod tests {
     use super::*;
     use crate::types::{Message, Role};
+    use proptest::prelude::*;
 
     #[test]
     fn counts_real_tokens() {
@@ -86,5 +300,81 @@ mod tests {
         let est = estimate_prompt(&req);
         assert_eq!(est, 3 + 3 + 2);
         assert!(prompt_upper_bound(&req) >= est);
+    }
+
+    /// tiktoken-rs's own count, the reference.
+    fn reference(text: &str) -> u64 {
+        tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64
+    }
+
+    #[test]
+    #[expect(clippy::expect_used, reason = "tests")]
+    fn the_vocabulary_is_o200k_bases_mergeable_tokens() {
+        let v = vocabulary().expect("loads");
+        assert_eq!(v.ends.len(), 199_998);
+        let bpe = tiktoken_rs::o200k_base_singleton();
+        for word in ["hello", " world", "\n\n", " the"] {
+            assert_eq!(bpe.encode_ordinary(word), [v.rank(word.as_bytes())], "{word:?}");
+        }
+        assert_eq!(v.token(v.rank(b" the")), b" the");
+        assert_eq!(v.rank(b"<|endoftext|>"), NONE, "special tokens are not merged into");
+    }
+
+    #[test]
+    fn counts_equal_tiktoken_rs_on_documents_and_many_scripts() {
+        let docs = [
+            include_str!("../../../ARCHITECTURE.md"),
+            include_str!("../../../BENCHMARKS.md"),
+            include_str!("hub/mod.rs"),
+            include_str!("../../hub-server/src/openai/codec.rs"),
+        ];
+        let samples = [
+            "你好，世界！这是一个测试。Tokenizers split 汉字 differently.",
+            "日本語のテキストとカタカナ、ひらがな。",
+            "Привет, мир! Ελληνικά και العربية והעברית",
+            "emoji 👍🏽 family 👨‍👩‍👧‍👦 flags 🇩🇪🇯🇵",
+            "numbers 1234567890 3.14159 1e-9 0xDEADBEEF 2026-11-28T21:00:00Z",
+            "I'm you're we've they'll he'd IT'S DON'T",
+            "tabs\tand\r\nCRLF\n\n\n   trailing spaces   \n",
+            "{\"key\": [1, 2, {\"nested\": null}], \"url\": \"https://example.com/a?b=c&d=e\"}",
+            "fn main() {\n    println!(\"{}\", 1 + 2);\n}\n",
+            "e\u{301}te\u{301} combining marks, ZWJ\u{200d}and NBSP\u{a0}here",
+        ];
+        for text in docs.iter().chain(samples.iter()) {
+            assert_eq!(count(text), reference(text), "{}", &text[..text.len().min(60)]);
+            for line in text.lines() {
+                assert_eq!(count(line), reference(line), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_pieces_up_to_the_chunk_size_count_exactly() {
+        for text in [
+            "a".repeat(MAX_PIECE),
+            "ab".repeat(MAX_PIECE / 2),
+            "!?".repeat(MAX_PIECE / 2),
+            " ".repeat(MAX_PIECE - 1) + "x",
+            "z".repeat(150),
+            "xy".repeat(SMALL_PIECE / 2),
+            "xyz".repeat(SMALL_PIECE / 3 + 1),
+            "9".repeat(5000),
+        ] {
+            assert_eq!(count(&text), reference(&text), "{}", text.len());
+        }
+        // Longer pieces are counted a chunk at a time: off by at most a token per chunk.
+        let long = "q".repeat(10 * MAX_PIECE + 7);
+        assert!(count(&long).abs_diff(reference(&long)) <= 11);
+    }
+
+    proptest! {
+        #[test]
+        fn counts_equal_tiktoken_rs_on_random_text(
+            text in "([a-zA-Z]{1,12}|[0-9]{1,7}|[ \\t\\n\\r]{1,4}|[.,;:!?'\"(){}<>/\\\\-]{1,3}|[\u{4e00}-\u{4e50}]{1,3}|[\u{0400}-\u{0450}]{1,5}|[\u{1F300}-\u{1F320}]|'(s|t|re|ve|m|ll|d)){0,40}"
+        ) {
+            prop_assert_eq!(count(&text), reference(&text));
+        }
     }
 }
