@@ -2,13 +2,14 @@
 //! estimate for the token limits, and usage when a provider reports none (records so estimated
 //! are flagged).
 //!
-//! The vocabulary and the pre-tokenizing pattern come from tiktoken-rs; the counting is done here,
-//! over a compact copy of the vocabulary. tiktoken-rs's encoder keeps each of the 199,998 tokens
-//! three times (encoder map, decoder map, sorted list), each in its own allocation: ~32 MB resident
-//! for the life of the process, which was a sixth of the memory budget of 5,000 open streams
-//! (BENCHMARKS.md). Here every token's bytes sit in one buffer and a hash table of ranks points
-//! into it: ~4 MB. Counts equal tiktoken-rs's `encode_ordinary(..).len()` (tests below, against
-//! it), except inside a single pre-token longer than 4 KB, which is counted 4 KB at a time.
+//! The vocabulary and the pre-tokenizing pattern are tiktoken-rs's, read out of it at build time
+//! (build.rs) and compiled in; the counting is done here. Loading tiktoken-rs's encoder at run time
+//! built ~40 MB of tables (each of the 199,998 tokens three times, in separate allocations), ~32 MB
+//! of which stayed resident: a sixth of the memory budget of 5,000 open streams (BENCHMARKS.md).
+//! Here the tokens' bytes are one static buffer and a hash table of ranks points into it: ~2 MB
+//! on the heap, built in milliseconds. Counts equal tiktoken-rs's `encode_ordinary(..).len()`
+//! (tests below, against it), except inside a single pre-token longer than 4 KB, which is counted
+//! 4 KB at a time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,9 +26,16 @@ const MAX_PIECE: usize = 4096;
 /// heap (O(n log n)).
 const SMALL_PIECE: usize = 64;
 
+/// o200k_base's mergeable tokens' bytes, by rank, back to back (build.rs).
+static TOKENS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_tokens.bin"));
+/// Each token's end offset in `TOKENS`, little-endian u32s.
+static TOKEN_ENDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_ends.bin"));
+/// tiktoken's pre-tokenizing pattern for o200k_base.
+static PATTERN: &str = include_str!(concat!(env!("OUT_DIR"), "/o200k_pattern.txt"));
+
 /// o200k_base's mergeable tokens, by rank: token `r` is `bytes[ends[r - 1]..ends[r]]`.
 struct Vocabulary {
-    bytes: Box<[u8]>,
+    bytes: &'static [u8],
     ends: Box<[u32]>,
     /// Ranks, hashed by their token's bytes.
     ranks: hashbrown::HashTable<u32>,
@@ -40,24 +48,18 @@ struct Vocabulary {
 const NONE: u32 = u32::MAX;
 
 impl Vocabulary {
-    /// `None` only if tiktoken-rs's bundled data failed to load (it is compiled in).
+    /// `None` only if the compiled-in pattern does not compile (it does: tests).
     fn o200k_base() -> Option<Vocabulary> {
-        // Builds tiktoken-rs's encoder once (~40 MB, freed on return) to read the tokens out.
-        let full = tiktoken_rs::o200k_base().ok()?;
-        let mut bytes = Vec::with_capacity(1 << 21);
-        let mut ends = Vec::with_capacity(200_000);
-        // Mergeable ranks are 0..n without gaps; the special tokens start after a gap.
-        while let Ok(token) = full.decode_bytes(&[ends.len() as u32]) {
-            bytes.extend_from_slice(&token);
-            ends.push(u32::try_from(bytes.len()).ok()?);
-        }
-        drop(full);
+        let ends = TOKEN_ENDS
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let mut v = Vocabulary {
-            bytes: bytes.into_boxed_slice(),
-            ends: ends.into_boxed_slice(),
+            bytes: TOKENS,
+            ends,
             ranks: hashbrown::HashTable::new(),
             hasher: rustc_hash::FxBuildHasher,
-            pieces: fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).ok()?,
+            pieces: fancy_regex::Regex::new(PATTERN).ok()?,
         };
         let mut ranks = hashbrown::HashTable::with_capacity(v.ends.len());
         for r in 0..v.ends.len() as u32 {
@@ -209,14 +211,14 @@ fn vocabulary() -> Option<&'static Vocabulary> {
         .get_or_init(|| {
             let v = Vocabulary::o200k_base();
             if v.is_none() {
-                tracing::error!("the o200k_base tokenizer failed to load; counting ~4 bytes a token");
+                tracing::error!("the o200k_base tokenizer failed to build; counting ~4 bytes a token");
             }
             v
         })
         .as_ref()
 }
 
-/// Loads the tokenizer's tables (~4 MB kept, ~0.15 s of CPU) now, so the first call that counts
+/// Builds the tokenizer's rank table (~2 MB, a few ms of CPU) now, so the first call that counts
 /// tokens does not wait for them. Blocking: `serve` runs it on a blocking thread at start-up.
 pub fn warm() {
     vocabulary();

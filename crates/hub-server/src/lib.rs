@@ -39,17 +39,11 @@ impl Default for ServerOptions {
 }
 
 /// What a process does once before it serves (`aigne-hub serve`, the Node module's `serve()`),
-/// not every server a test starts: loads the tokenizer's tables on a worker thread (every chat
-/// call estimates its prompt's tokens for the limits, and the first caller should not wait for
-/// them), and raises the open-files limit. Needs a tokio runtime.
+/// not every server a test starts: builds the tokenizer's rank table on a blocking thread (every
+/// chat call estimates its prompt's tokens for the limits, and the first caller should not wait
+/// for it), and raises the open-files limit. Needs a tokio runtime.
 pub fn prepare_process_to_serve() {
-    // On a worker thread, blocking it for ~0.2 s once, rather than on the blocking pool: loading
-    // builds and drops ~40 MB of tiktoken-rs's tables, and mimalloc reuses memory freed by a
-    // thread only for that thread's later allocations. Freed on a blocking-pool thread, which
-    // allocates little afterwards, the 40 MB stayed resident for the life of the process; a
-    // worker allocates for every request and takes it back at once (BENCHMARKS.md, memory per
-    // open stream).
-    tokio::spawn(async { hub_core::tokenize::warm() });
+    tokio::task::spawn_blocking(hub_core::tokenize::warm);
     raise_open_files_limit();
 }
 
