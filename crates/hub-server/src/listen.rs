@@ -9,7 +9,7 @@
 //! stream"). Peeking leaves the bytes in the socket; hyper reads the whole head at once.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use axum::Router;
@@ -81,39 +81,36 @@ async fn serve_connection(
         }
     };
     let io = TokioIo::new(tcp);
-    let mut stopping = pin!(stop.closed());
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.enable_connect_protocol();
-        let mut conn = pin!(builder.serve_connection(io, service));
-        loop {
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
-                    }
-                    return;
-                }
-                () = &mut stopping => conn.as_mut().graceful_shutdown(),
-            }
-        }
+        let conn = builder.serve_connection(io, service);
+        until_done(conn, &stop, |c| c.graceful_shutdown()).await;
     } else {
-        let mut conn = pin!(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .with_upgrades()
-        );
-        loop {
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::trace!(error = %e, "HTTP/1 connection ended with an error");
-                    }
-                    return;
-                }
-                () = &mut stopping => conn.as_mut().graceful_shutdown(),
-            }
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades();
+        until_done(conn, &stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Drives a connection to its end; when shutdown begins first, asks it to finish (`graceful`,
+/// once) and goes on driving it until it has.
+async fn until_done<C, E>(conn: C, stop: &watch::Sender<()>, graceful: impl FnOnce(Pin<&mut C>))
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = pin!(conn);
+    let done = tokio::select! {
+        done = conn.as_mut() => done,
+        () = stop.closed() => {
+            graceful(conn.as_mut());
+            conn.await
         }
+    };
+    if let Err(e) = done {
+        tracing::trace!(error = %e, "connection ended with an error");
     }
 }
 

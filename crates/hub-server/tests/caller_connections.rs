@@ -1,6 +1,7 @@
 //! The caller side's connections (src/listen.rs): HTTP/1.1 and HTTP/2 with prior knowledge on one
 //! port, chosen by peeking at the first bytes, including when those arrive in pieces; graceful
-//! shutdown closes idle connections of both kinds and `serve` returns.
+//! shutdown lets streams in flight on both kinds finish, closes idle connections, and `serve`
+//! returns.
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -8,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hub_core::Hub;
-use hub_core::config::HubOptions;
+use hub_core::config::{EnvProvider, HubOptions};
+use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
+use hub_testkit::{Flavor, MockServer, Script};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,9 +27,27 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+const ADMIN: &str = "ahk_test_admin_key_0123456789abcdef";
+const PROVIDER_KEY: &str = "sk-provider-secret-caller-conns";
+
 async fn start() -> Server {
+    start_with(None).await
+}
+
+/// A hub; with `upstream`, an OpenAI provider at that base URL and an admin key.
+async fn start_with(upstream: Option<String>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::open(HubOptions::new(dir.path())).await.unwrap().hub;
+    let mut opts = HubOptions::new(dir.path());
+    if let Some(base) = upstream {
+        opts.admin_key = Some(Secret::new(ADMIN));
+        opts.env_providers = vec![EnvProvider {
+            kind: ProviderKind::OpenAi,
+            base_url: Some(base),
+            region: None,
+            credentials: vec![CredentialSecret::api_key(PROVIDER_KEY)],
+        }];
+    }
+    let hub = Hub::open(opts).await.unwrap().hub;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(hub_server::serve_open(
@@ -142,4 +163,53 @@ async fn shutdown_closes_idle_connections_of_both_kinds_and_serve_returns() {
     assert_eq!(n, 0);
     // And nothing listens any more.
     assert!(TcpStream::connect(s.addr).await.is_err());
+}
+
+/// Shutdown while a stream is in flight on an HTTP/1.1 connection and on an HTTP/2 one: both
+/// streams are delivered whole, then `serve` returns.
+#[tokio::test]
+async fn shutdown_lets_streams_in_flight_finish_on_both_kinds() {
+    let mock = MockServer::start_with_key(Flavor::OpenAi, PROVIDER_KEY).await;
+    mock.register_scenario(
+        "slow",
+        Script::text("one two three four five six")
+            .with_chunks(6)
+            .with_chunk_delay_ms(100),
+    );
+    let mut s = start_with(Some(mock.base_url())).await;
+    let url = format!("http://{}/v1/chat/completions", s.addr);
+    let body = serde_json::json!({
+        "model": "openai/slow",
+        "stream": true,
+        "messages": [{"role": "user", "content": "count"}],
+    });
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    for client in [h1, h2] {
+        let resp = client
+            .post(&url)
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(async move { resp.text().await }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.stop.take().unwrap().send(()).unwrap();
+    for stream in streams {
+        let text = stream.await.unwrap().expect("the stream is delivered whole");
+        assert!(text.contains("six"), "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), &mut s.served)
+        .await
+        .expect("serve returns once the streams are done")
+        .unwrap()
+        .unwrap();
 }
