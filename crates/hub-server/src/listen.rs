@@ -31,8 +31,9 @@ pub(crate) async fn serve(
 ) {
     // Finalised once: each connection gets a cheap clone of the finished route table.
     let app = app.with_state::<()>(());
-    // `stop_tx` is dropped (closing the channel) when shutdown begins; each connection holds a
-    // receiver of `open_tx`, whose `closed()` resolves once the last connection is done.
+    // Shutdown drops `stop_rx`, so `closed()` on `stop_tx` (and on each connection's clone of it)
+    // resolves; each connection holds a receiver of `open_tx`, whose `closed()` resolves once the
+    // last connection is done.
     let (stop_tx, stop_rx) = watch::channel(());
     let (open_tx, open_rx) = watch::channel(());
     tokio::spawn(async move {
@@ -73,12 +74,16 @@ async fn serve_connection(
     service: TowerToHyperService<Router>,
     stop: watch::Sender<()>,
 ) {
-    let h2 = match starts_with_h2_preface(&tcp).await {
-        Ok(h2) => h2,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection failed before its first request");
-            return;
-        }
+    let h2 = tokio::select! {
+        h2 = starts_with_h2_preface(&tcp) => match h2 {
+            Ok(h2) => h2,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed before its first request");
+                return;
+            }
+        },
+        // Shutting down before the caller sent a byte: nothing is in flight, close.
+        () = stop.closed() => return,
     };
     let io = TokioIo::new(tcp);
     if h2 {

@@ -1,7 +1,7 @@
 //! The caller side's connections (src/listen.rs): HTTP/1.1 and HTTP/2 with prior knowledge on one
 //! port, chosen by peeking at the first bytes, including when those arrive in pieces; graceful
-//! shutdown lets streams in flight on both kinds finish, closes idle connections, and `serve`
-//! returns.
+//! shutdown lets streams in flight on both kinds finish, closes idle connections (and ones that
+//! have not sent a byte), and `serve` returns.
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -148,6 +148,9 @@ async fn shutdown_closes_idle_connections_of_both_kinds_and_serve_returns() {
         .build()
         .unwrap();
     assert_eq!(h2.get(&url).send().await.unwrap().status(), 200);
+    // And a connection that has not sent a byte yet.
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
 
     s.stop.take().unwrap().send(()).unwrap();
     let served = tokio::time::timeout(Duration::from_secs(5), &mut s.served)
@@ -157,6 +160,11 @@ async fn shutdown_closes_idle_connections_of_both_kinds_and_serve_returns() {
     served.unwrap();
     // The kept-alive HTTP/1.1 connection was closed by the server.
     let n = tokio::time::timeout(Duration::from_secs(2), h1.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+    let n = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf))
         .await
         .unwrap()
         .unwrap();
