@@ -2,7 +2,6 @@
 //! hub-testkit OpenAI mock. Golden request/response shapes of every AIGNE route (aigne-hub.md §2,
 //! aigne-client-wire.md), and what each call leaves in the usage records.
 
-use std::net::SocketAddr;
 
 use hub_core::Hub;
 use hub_core::config::{EnvProvider, HubOptions};
@@ -11,9 +10,10 @@ use hub_core::ledger::{GrantKind, GrantOutcome, GrantReq, user_account};
 use hub_core::pricing::BillingMode;
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::UsageRecord;
-use hub_server::ServerOptions;
 use hub_testkit::{Flavor, MockServer, Script, Usage};
 use serde_json::{Value, json};
+
+mod common;
 
 const KEY: &str = "sk-aigne-ingress-test-key";
 const PNG_B64: &str =
@@ -25,7 +25,7 @@ struct Harness {
     mock: MockServer,
     url: String,
     http: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _served: common::Served,
 }
 
 async fn harness() -> Harness {
@@ -62,34 +62,14 @@ async fn harness_with(billing: BillingDefaults) -> Harness {
         Ok(o) => o.hub,
         Err(e) => unreachable!("open: {e}"),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let served = hub.clone();
-    tokio::spawn(async move {
-        let _ = hub_server::serve(
-            served,
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            ServerOptions::default(),
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-            async move {
-                let _ = rx.await;
-            },
-        )
-        .await;
-    });
-    let addr = match addr_rx.await {
-        Ok(a) => a,
-        Err(e) => unreachable!("server did not bind: {e}"),
-    };
+    let served = common::Served::start(hub.clone()).await;
     Harness {
         _dir: dir,
         hub,
         mock,
-        url: format!("http://{addr}"),
+        url: served.base(),
         http: reqwest::Client::new(),
-        _shutdown: tx,
+        _served: served,
     }
 }
 

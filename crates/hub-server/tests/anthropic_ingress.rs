@@ -1,7 +1,6 @@
 //! The Anthropic ingress in-process: the real router and hub (temp data dir) on port 0, fed by a
 //! hub-testkit OpenAI mock. Checks the wire shapes an Anthropic client sees and what is recorded.
 
-use std::net::SocketAddr;
 
 use futures::StreamExt;
 use hub_core::auth::Role;
@@ -11,9 +10,10 @@ use hub_core::policy::KeyPolicy;
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::store::UsageRecord;
 use hub_core::{ErrorKind, Hub, HubError};
-use hub_server::ServerOptions;
 use hub_testkit::{Flavor, MockServer, Script, Usage};
 use serde_json::{Value, json};
+
+mod common;
 
 const KEY: &str = "sk-anthropic-ingress-test-key";
 
@@ -23,7 +23,7 @@ struct Harness {
     mock: MockServer,
     url: String,
     http: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _served: common::Served,
 }
 
 async fn harness() -> Harness {
@@ -44,34 +44,14 @@ async fn harness() -> Harness {
         Ok(o) => o.hub,
         Err(e) => unreachable!("open: {e}"),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let served = hub.clone();
-    tokio::spawn(async move {
-        let _ = hub_server::serve(
-            served,
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            ServerOptions::default(),
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-            async move {
-                let _ = rx.await;
-            },
-        )
-        .await;
-    });
-    let addr = match addr_rx.await {
-        Ok(a) => a,
-        Err(e) => unreachable!("server did not bind: {e}"),
-    };
+    let served = common::Served::start(hub.clone()).await;
     Harness {
         _dir: dir,
         hub,
         mock,
-        url: format!("http://{addr}"),
+        url: served.base(),
         http: reqwest::Client::new(),
-        _shutdown: tx,
+        _served: served,
     }
 }
 

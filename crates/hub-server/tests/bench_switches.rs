@@ -2,7 +2,6 @@
 //! turns off exactly its part (the benchmark's feature-cost table depends on that).
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected shapes")]
-#![expect(clippy::expect_used, reason = "tests fail loudly on unexpected shapes")]
 #![expect(clippy::panic, reason = "tests fail loudly on unexpected outcomes")]
 
 use std::net::SocketAddr;
@@ -14,6 +13,9 @@ use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::switches::BenchSwitches;
 use hub_testkit::{Flavor, MockServer};
 use serde_json::json;
+
+mod common;
+use common::Served;
 
 const ADMIN_KEY: &str = "ahk_benchswitchestestkey0000000000000000000000";
 
@@ -28,24 +30,6 @@ fn options(dir: &std::path::Path, mock: &MockServer, disable: &str) -> HubOption
     }];
     opts.switches = BenchSwitches::from_disable_list(disable).unwrap();
     opts
-}
-
-/// Serves `hub` on a free port; returns its address and a stopper.
-async fn serve(hub: Hub) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(hub_server::serve(
-        hub,
-        "127.0.0.1:0".parse().unwrap(),
-        hub_server::ServerOptions::default(),
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    (addr_rx.await.expect("server bound"), stop_tx)
 }
 
 async fn chat(addr: SocketAddr, key: Option<&str>) -> u16 {
@@ -63,13 +47,14 @@ async fn everything_is_on_by_default() {
     let mock = MockServer::start(Flavor::OpenAi).await;
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::open(options(dir.path(), &mock, "")).await.unwrap().hub;
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, None).await, 401);
     assert_eq!(chat(addr, Some("ahk_wrong")).await, 401);
     assert_eq!(chat(addr, Some(ADMIN_KEY)).await, 200);
     // The record is committed before the response is sent.
     assert_eq!(hub.store().list_usage(10).await.unwrap().len(), 1);
-    let _ = stop.send(());
+    served.stop();
 }
 
 #[tokio::test]
@@ -80,13 +65,14 @@ async fn auth_and_usage_log_switch_off_only_their_part() {
         .await
         .unwrap()
         .hub;
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, None).await, 200);
     assert_eq!(chat(addr, Some(ADMIN_KEY)).await, 200);
     hub.close().await;
     assert!(hub.store().list_usage(10).await.unwrap().is_empty());
     assert_eq!(mock.hits(), 2);
-    let _ = stop.send(());
+    served.stop();
 
     // usage_log alone: auth still refuses a caller without a key, and records are still skipped.
     let dir = tempfile::tempdir().unwrap();
@@ -94,12 +80,13 @@ async fn auth_and_usage_log_switch_off_only_their_part() {
         .await
         .unwrap()
         .hub;
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, None).await, 401);
     assert_eq!(chat(addr, Some(ADMIN_KEY)).await, 200);
     hub.close().await;
     assert!(hub.store().list_usage(10).await.unwrap().is_empty());
-    let _ = stop.send(());
+    served.stop();
 }
 
 #[tokio::test]
@@ -144,10 +131,11 @@ async fn limits_switch_skips_the_key_policy() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::open(options(dir.path(), &mock, "")).await.unwrap().hub;
     let key = rate_limited_key(&hub).await;
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, Some(&key)).await, 200);
     assert_eq!(chat(addr, Some(&key)).await, 429);
-    let _ = stop.send(());
+    served.stop();
 
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::open(options(dir.path(), &mock, "limits"))
@@ -155,12 +143,13 @@ async fn limits_switch_skips_the_key_policy() {
         .unwrap()
         .hub;
     let key = rate_limited_key(&hub).await;
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, Some(&key)).await, 200);
     assert_eq!(chat(addr, Some(&key)).await, 200);
     // Auth is still on.
     assert_eq!(chat(addr, Some("ahk_wrong")).await, 401);
-    let _ = stop.send(());
+    served.stop();
 }
 
 /// Credits mode, the owner's account funded with 100 credits; one call; the owner's ledger
@@ -185,9 +174,10 @@ async fn credits_call_entry_kinds(mock: &MockServer, disable: &str) -> (Vec<Stri
         })
         .await
         .unwrap();
-    let (addr, stop) = serve(hub.clone()).await;
+    let mut served = Served::start(hub.clone()).await;
+    let addr = served.addr;
     assert_eq!(chat(addr, Some(ADMIN_KEY)).await, 200);
-    let _ = stop.send(());
+    served.stop();
     hub.close().await;
     let entries = hub.store().entries(&account).await.unwrap();
     let capture = entries.iter().find(|e| e.kind == "capture").unwrap();

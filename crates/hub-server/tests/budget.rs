@@ -2,7 +2,6 @@
 //! hub-testkit OpenAI mock whose usage makes each call cost exactly its worst case, so the
 //! boundary is exact. Keys are made through the admin API and the CLI as an operator would.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,11 @@ use hub_core::config::{EnvProvider, HubOptions};
 use hub_core::pricing::{BillingMode, Price, Rates, to_units};
 use hub_core::providers::{CredentialSecret, ProviderKind, Secret};
 use hub_core::types::ModelType;
-use hub_server::ServerOptions;
 use hub_testkit::{Flavor, MockServer, Script, Usage};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+
+mod common;
 
 const OWNER: &str = "sk-budget-owner-key-0123456789";
 const MODEL: &str = "budget-model";
@@ -32,8 +32,7 @@ struct Server {
     hub: Hub,
     url: String,
     http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    served: common::Served,
 }
 
 impl Server {
@@ -84,44 +83,19 @@ impl Server {
         if let Err(e) = hub.reload_if_changed().await {
             unreachable!("reload: {e}");
         }
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-        let served = hub.clone();
-        let task = tokio::spawn(async move {
-            let _ = hub_server::serve(
-                served,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                ServerOptions::default(),
-                move |a| {
-                    let _ = addr_tx.send(a);
-                },
-                async move {
-                    let _ = rx.await;
-                },
-            )
-            .await;
-        });
-        let addr = match addr_rx.await {
-            Ok(a) => a,
-            Err(e) => unreachable!("server did not bind: {e}"),
-        };
+        let served = common::Served::start(hub.clone()).await;
         Server {
             hub,
-            url: format!("http://{addr}"),
+            url: served.base(),
             http: reqwest::Client::new(),
-            stop: Some(tx),
-            task: Some(task),
+            served,
         }
     }
 
     /// Stops serving and closes the hub (usage flushed), as a shutdown does.
     async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+        self.served.stop();
+        let _ = (&mut self.served.task).await;
     }
 
     async fn send(

@@ -15,15 +15,15 @@ use hub_testkit::{Flavor, MockServer, Script};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
 const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 
 struct Server {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<std::io::Result<()>>,
-    _hub: Hub,
+    served: common::Served,
     _dir: tempfile::TempDir,
 }
 
@@ -48,24 +48,10 @@ async fn start_with(upstream: Option<String>) -> Server {
         }];
     }
     let hub = Hub::open(opts).await.unwrap().hub;
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(hub_server::serve_open(
-        hub.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-        hub_server::ServerOptions::default(),
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let served = common::Served::start(hub).await;
     Server {
-        addr: addr_rx.await.unwrap(),
-        stop: Some(stop_tx),
+        addr: served.addr,
         served,
-        _hub: hub,
         _dir: dir,
     }
 }
@@ -152,8 +138,8 @@ async fn shutdown_closes_idle_connections_of_both_kinds_and_serve_returns() {
     let mut silent = TcpStream::connect(s.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    s.stop.take().unwrap().send(()).unwrap();
-    let served = tokio::time::timeout(Duration::from_secs(5), &mut s.served)
+    s.served.stop();
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut s.served.task)
         .await
         .expect("serve returns once its connections have closed")
         .unwrap();
@@ -209,13 +195,13 @@ async fn shutdown_lets_streams_in_flight_finish_on_both_kinds() {
         streams.push(tokio::spawn(async move { resp.text().await }));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
-    s.stop.take().unwrap().send(()).unwrap();
+    s.served.stop();
     for stream in streams {
         let text = stream.await.unwrap().expect("the stream is delivered whole");
         assert!(text.contains("six"), "{text}");
         assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     }
-    tokio::time::timeout(Duration::from_secs(5), &mut s.served)
+    tokio::time::timeout(Duration::from_secs(5), &mut s.served.task)
         .await
         .expect("serve returns once the streams are done")
         .unwrap()

@@ -7,7 +7,6 @@
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hub_core::Hub;
@@ -43,16 +42,8 @@ async fn https_mock(flavor: Flavor, tls: MockTls) -> MockServer {
 struct Server {
     base: String,
     hub: Hub,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: common::Served,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 async fn start(providers: Vec<(ProviderKind, String)>, extra_ca: Option<&str>) -> Server {
@@ -71,28 +62,11 @@ async fn start(providers: Vec<(ProviderKind, String)>, extra_ca: Option<&str>) -
     opts.timeouts.connect = Duration::from_secs(5);
     opts.extra_ca_pem = extra_ca.map(|p| p.as_bytes().to_vec());
     let hub = Hub::open(opts).await.unwrap().hub;
-    let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let h = hub.clone();
-    tokio::spawn(async move {
-        let _ = hub_server::serve(
-            h,
-            "127.0.0.1:0".parse().unwrap(),
-            hub_server::ServerOptions::default(),
-            move |a| {
-                let _ = tx.send(a);
-            },
-            async move {
-                let _ = stop_rx.await;
-            },
-        )
-        .await;
-    });
-    let addr = rx.await.unwrap();
+    let served = common::Served::start(hub.clone()).await;
     Server {
-        base: format!("http://{addr}"),
+        base: served.base(),
         hub,
-        stop: Some(stop_tx),
+        _served: served,
         _dir: dir,
     }
 }
