@@ -22,10 +22,6 @@ use crate::types::{ChatRequest, ContentPart};
 /// state per byte of the piece, and a 30 MB body of one letter would otherwise be one piece.
 const MAX_PIECE: usize = 4096;
 
-/// Pieces up to this long are merged on the stack with a linear scan per join; longer ones with a
-/// heap (O(n log n)).
-const SMALL_PIECE: usize = 64;
-
 /// o200k_base's mergeable tokens' bytes, by rank, back to back (build.rs).
 static TOKENS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_tokens.bin"));
 /// Each token's end offset in `TOKENS`, little-endian u32s.
@@ -107,9 +103,6 @@ impl Vocabulary {
         if n <= 1 || self.rank(piece) != NONE {
             return n.min(1);
         }
-        if n <= SMALL_PIECE {
-            return self.small_piece_tokens(piece);
-        }
         // Parts are ranges of the piece named by their start: part `s` is `piece[s..end[s]]`,
         // `prev[s]` is the start of the part before it, and `pair[s]` the rank of part `s` joined
         // with the part after it. A heap holds candidate merges; an entry whose rank no longer
@@ -156,52 +149,6 @@ impl Vocabulary {
             }
         }
         parts
-    }
-}
-
-impl Vocabulary {
-    /// `piece_tokens` for a piece of at most `SMALL_PIECE` bytes (nearly all of them), on the
-    /// stack: each round scans the pairs for the lowest rank, leftmost first, and joins it.
-    fn small_piece_tokens(&self, piece: &[u8]) -> usize {
-        let n = piece.len();
-        // Part `i` is `piece[starts[i]..starts[i + 1]]`; `starts[parts] == n`.
-        let mut starts = [0u32; SMALL_PIECE + 1];
-        for (i, s) in starts.iter_mut().enumerate().take(n + 1) {
-            *s = i as u32;
-        }
-        let mut parts = n;
-        // `ranks[i]`: the rank of parts `i` and `i + 1` joined.
-        let joined = |starts: &[u32], i: usize| {
-            self.rank(&piece[starts[i] as usize..starts[i + 2] as usize])
-        };
-        let mut ranks = [NONE; SMALL_PIECE];
-        for (i, r) in ranks.iter_mut().enumerate().take(parts - 1) {
-            *r = joined(&starts, i);
-        }
-        loop {
-            let (mut best, mut at) = (NONE, 0);
-            for (i, &r) in ranks.iter().enumerate().take(parts - 1) {
-                if r < best {
-                    (best, at) = (r, i);
-                }
-            }
-            if best == NONE {
-                return parts;
-            }
-            // Join parts `at` and `at + 1`: drop the boundary between them; the pairs after
-            // `at` move down one, and the two pairs that include the joined part are re-ranked.
-            starts.copy_within(at + 2..=parts, at + 1);
-            ranks.copy_within(at + 1..parts - 1, at);
-            parts -= 1;
-            ranks[at] = if at + 1 < parts {
-                joined(&starts, at)
-            } else {
-                NONE
-            };
-            if at > 0 {
-                ranks[at - 1] = joined(&starts, at - 1);
-            }
-        }
     }
 }
 
@@ -360,8 +307,8 @@ mod tests {
             "!?".repeat(MAX_PIECE / 2),
             " ".repeat(MAX_PIECE - 1) + "x",
             "z".repeat(150),
-            "xy".repeat(SMALL_PIECE / 2),
-            "xyz".repeat(SMALL_PIECE / 3 + 1),
+            "xy".repeat(32),
+            "xyz".repeat(22),
             "9".repeat(5000),
         ] {
             assert_eq!(count(&text), reference(&text), "{}", text.len());
