@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     std::fs::write(out.join("o200k_tokens.bin"), &tokens)?;
     std::fs::write(out.join("o200k_ends.bin"), &ends)?;
-    std::fs::write(out.join("o200k_pattern.txt"), tiktoken_rs::O200K_BASE_PAT_STR)?;
+    std::fs::write(
+        out.join("o200k_pattern.txt"),
+        tiktoken_rs::O200K_BASE_PAT_STR,
+    )?;
     Ok(())
 }
