@@ -158,7 +158,9 @@ fn vocabulary() -> Option<&'static Vocabulary> {
         .get_or_init(|| {
             let v = Vocabulary::o200k_base();
             if v.is_none() {
-                tracing::error!("the o200k_base tokenizer failed to build; counting ~4 bytes a token");
+                tracing::error!(
+                    "the o200k_base tokenizer failed to build; counting ~4 bytes a token"
+                );
             }
             v
         })
@@ -265,10 +267,18 @@ mod tests {
         assert_eq!(v.ends.len(), 199_998);
         let bpe = tiktoken_rs::o200k_base_singleton();
         for word in ["hello", " world", "\n\n", " the"] {
-            assert_eq!(bpe.encode_ordinary(word), [v.rank(word.as_bytes())], "{word:?}");
+            assert_eq!(
+                bpe.encode_ordinary(word),
+                [v.rank(word.as_bytes())],
+                "{word:?}"
+            );
         }
         assert_eq!(v.token(v.rank(b" the")), b" the");
-        assert_eq!(v.rank(b"<|endoftext|>"), NONE, "special tokens are not merged into");
+        assert_eq!(
+            v.rank(b"<|endoftext|>"),
+            NONE,
+            "special tokens are not merged into"
+        );
     }
 
     #[test]
@@ -292,7 +302,12 @@ mod tests {
             "e\u{301}te\u{301} combining marks, ZWJ\u{200d}and NBSP\u{a0}here",
         ];
         for text in docs.iter().chain(samples.iter()) {
-            assert_eq!(count(text), reference(text), "{}", &text[..text.len().min(60)]);
+            assert_eq!(
+                count(text),
+                reference(text),
+                "{}",
+                &text[..text.len().min(60)]
+            );
             for line in text.lines() {
                 assert_eq!(count(line), reference(line), "{line}");
             }

@@ -149,9 +149,11 @@ async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work()
         assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     }
     assert_eq!(h2.stats().requests, 8);
+    // The first call learned by ALPN that the upstream speaks HTTP/2 (its connection); every
+    // later one shares one HTTP/2 connection, opened by prior knowledge.
     assert_eq!(
         h2.stats().connections,
-        1,
+        2,
         "h2 multiplexes over one pooled connection"
     );
     assert!(h1.stats().connections > 1, "{:?}", h1.stats());
@@ -277,9 +279,73 @@ async fn more_streams_than_one_h2_connection_allows_all_start_at_once() {
     let stats = mock.stats();
     assert_eq!(stats.streams_completed, N as u64);
     assert!(versions(&mock).iter().all(|v| v == "HTTP/2.0"));
-    // A connection per 100 streams in flight (a few more if calls race to open a pool).
-    assert!(
-        (N.div_ceil(100) as u64..=8).contains(&stats.connections),
-        "{stats:?}"
-    );
+    // A connection per 100 streams in flight, and the first call's, which learned the protocol.
+    assert_eq!(stats.connections, N.div_ceil(100) as u64 + 1, "{stats:?}");
+}
+
+/// A burst of calls to a cold upstream: a client offering h2 and http/1.1 by ALPN cannot know the
+/// upstream speaks HTTP/2 before a connection is up, so each call used to open its own TLS
+/// connection (thousands in a big burst; all but one per pool closed again once one had
+/// negotiated h2). The first call now learns the protocol and the rest wait for its connection:
+/// one connection per 100 calls, and the learning call's. An upstream offering only http/1.1
+/// still gets a connection per call in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_opens_a_connection_per_pool_not_per_call() {
+    let (ca_h2, tls_h2) = private_ca(&["h2", "http/1.1"]);
+    let (ca_h1, tls_h1) = private_ca(&["http/1.1"]);
+    let h2 = https_mock(Flavor::OpenAi, tls_h2).await;
+    let h1 = https_mock(Flavor::DeepSeek, tls_h1).await;
+    let bundle = format!("{ca_h2}{ca_h1}");
+    let srv = start(
+        vec![
+            (ProviderKind::OpenAi, h2.base_url()),
+            (ProviderKind::DeepSeek, h1.base_url()),
+        ],
+        Some(&bundle),
+    )
+    .await;
+    for mock in [&h2, &h1] {
+        mock.register_scenario(
+            "burst",
+            Script::text("a b c")
+                .with_chunks(3)
+                .with_chunk_delay_ms(300),
+        );
+    }
+    const N: usize = 150;
+    const N1: usize = 20;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(N + N1)
+        .build()
+        .unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..N + N1 {
+        let (client, base) = (client.clone(), srv.base.clone());
+        let model = if i < N { "openai/burst" } else { "deepseek/burst" };
+        calls.spawn(async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"model": model, "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        let (status, body) = r.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    }
+    let stats = h2.stats();
+    assert_eq!(stats.streams_completed, N as u64, "{stats:?}");
+    assert!(versions(&h2).iter().all(|v| v == "HTTP/2.0"));
+    assert_eq!(stats.connections, N.div_ceil(100) as u64 + 1, "{stats:?}");
+    let stats = h1.stats();
+    assert_eq!(stats.streams_completed, N1 as u64, "{stats:?}");
+    assert!(versions(&h1).iter().all(|v| v == "HTTP/1.1"));
+    assert!(stats.connections > 1, "{stats:?}");
 }

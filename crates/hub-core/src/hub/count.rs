@@ -77,7 +77,7 @@ impl Hub {
             else {
                 continue;
             };
-            let http = self.client(inst.kind, &inst.base_url);
+            let http = self.client(inst.kind, &inst.base_url).await;
             let up = Upstream {
                 http: &http,
                 base_url: &inst.base_url,

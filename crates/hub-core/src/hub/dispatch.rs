@@ -197,7 +197,7 @@ impl Hub {
                 attempted.provider = Some(inst.kind);
                 attempted.credential = Some(cred.id.clone());
                 attempted.upstream_model = Some(upstream_model.clone());
-                let http = self.client(inst.kind, &inst.base_url);
+                let http = self.client(inst.kind, &inst.base_url).await;
                 let up = Upstream {
                     http: &http,
                     base_url: &inst.base_url,

@@ -10,6 +10,7 @@ mod budgets; // per-key spend budgets: live counters, admission, settlement
 mod count;
 mod dispatch;
 mod meter;
+mod pools; // upstream connection pools: per provider, per HTTPS origin
 mod probe; // testing one credential against its provider
 mod resilience;
 mod snapshot;

@@ -112,7 +112,7 @@ impl Hub {
             max_tokens: Some(16),
             ..ChatRequest::default()
         };
-        let http = self.client(kind, &base_url);
+        let http = self.client(kind, &base_url).await;
         let up = Upstream {
             http: &http,
             base_url: &base_url,

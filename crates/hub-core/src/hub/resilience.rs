@@ -1,4 +1,4 @@
-//! The hub's side of resilience: one pooled HTTP client per provider, per-provider timeouts, the
+//! The hub's side of resilience: the providers' connection pools, per-provider timeouts, the
 //! background re-check of credentials a provider rejected, the stream guard (idle timeout, total
 //! deadline, in-flight gauge, health after the first byte), and the health/metrics views.
 
@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use arc_swap::ArcSwap;
 
+use super::pools::{Lease, Pools};
 use super::snapshot::Snapshot;
 use super::{Hub, OpenError};
 use crate::error::{ErrorClass, ProviderError};
@@ -18,157 +19,17 @@ use crate::providers::{CredentialSecret, EventStream, ProviderKind, Upstream};
 use crate::store::UsageRecord;
 use crate::timeouts::{TimeoutSettings, Timeouts};
 
-/// The upstream clients: connection pools per provider, each with the provider's connect
-/// timeout. HTTP/2 is negotiated by ALPN over TLS where the upstream speaks it (HTTP/1.1
-/// otherwise); TLS by rustls with the built-in web roots plus `HUB_EXTRA_CA_FILE`. Proxies come
-/// from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as reqwest reads
-/// them. A provider's pools are rebuilt only when its connect timeout changes (stored timeouts).
-///
-/// An HTTP/2 upstream caps the streams open at once on one connection
-/// (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 to 256 at the big providers), and a pooled client keeps
-/// every call to a host on its one HTTP/2 connection: calls past the cap wait, without an error,
-/// until an earlier stream ends, which for long streams means minutes before a first byte. So an
-/// HTTPS provider gets a pool per [`STREAMS_PER_POOL`] calls in flight (a `Lease` counts a call
-/// until its response or stream is dropped), each with its own connection. Plain-HTTP upstreams
-/// never speak HTTP/2 here (no prior knowledge), and HTTP/1.1 opens a connection per call in
-/// flight anyway: they keep one pool.
+/// The upstream clients: connection pools per provider (see [`super::pools`]), each with the
+/// provider's connect timeout. HTTP/2 is negotiated by ALPN over TLS where the upstream speaks it
+/// (HTTP/1.1 otherwise); TLS by rustls with the built-in web roots plus `HUB_EXTRA_CA_FILE`.
+/// Proxies come from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as
+/// reqwest reads them. A provider's pools are rebuilt only when its connect timeout changes
+/// (stored timeouts).
 pub(crate) struct Clients {
     extra_roots: Vec<reqwest::Certificate>,
     pools: ArcSwap<HashMap<ProviderKind, Arc<Pools>>>,
     /// For a kind without pools of its own (every kind has them; this keeps `lease` total).
     fallback: Arc<Pools>,
-}
-
-/// Calls in flight per pool of an HTTPS provider: the least `SETTINGS_MAX_CONCURRENT_STREAMS`
-/// RFC 9113 (§6.5.2) asks servers to allow.
-pub(crate) const STREAMS_PER_POOL: usize = 100;
-
-/// One provider's pools, all with the same connect timeout. The first serves plain-HTTP base
-/// URLs; HTTPS calls take the first pool with room, and a new one when all are full.
-pub(crate) struct Pools {
-    connect: Duration,
-    shards: parking_lot::RwLock<Vec<Arc<Shard>>>,
-}
-
-struct Shard {
-    client: reqwest::Client,
-    in_flight: std::sync::atomic::AtomicUsize,
-}
-
-/// A provider's client for one call. Over HTTPS it holds a place in its pool until dropped: keep
-/// it as long as the upstream response (or stream) is read.
-pub(crate) struct Lease {
-    shard: Arc<Shard>,
-    counted: bool,
-}
-
-impl std::ops::Deref for Lease {
-    type Target = reqwest::Client;
-    fn deref(&self) -> &reqwest::Client {
-        &self.shard.client
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.counted {
-            self.shard
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-impl Shard {
-    /// Takes a place if the pool has one.
-    fn try_take(self: &Arc<Shard>) -> Option<Lease> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.in_flight
-            .fetch_update(Relaxed, Relaxed, |n| {
-                (n < STREAMS_PER_POOL).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Lease {
-                shard: self.clone(),
-                counted: true,
-            })
-    }
-}
-
-impl Pools {
-    fn new(connect: Duration, extra_roots: &[reqwest::Certificate]) -> Result<Pools, OpenError> {
-        let first = Arc::new(Shard {
-            client: build_client(connect, extra_roots)?,
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-        });
-        Ok(Pools {
-            connect,
-            shards: parking_lot::RwLock::new(vec![first]),
-        })
-    }
-
-    /// The client for a call to `base_url` (see [`Clients`]).
-    pub(crate) fn lease(&self, base_url: &str, extra_roots: &[reqwest::Certificate]) -> Lease {
-        let shards = self.shards.read();
-        if !is_https(base_url) {
-            return Lease {
-                shard: shards[0].clone(),
-                counted: false,
-            };
-        }
-        if let Some(l) = shards.iter().find_map(Shard::try_take) {
-            return l;
-        }
-        drop(shards);
-        let mut shards = self.shards.write();
-        // Another call may have added a pool meanwhile.
-        if let Some(l) = shards.iter().find_map(Shard::try_take) {
-            return l;
-        }
-        match build_client(self.connect, extra_roots) {
-            Ok(client) => {
-                let shard = Arc::new(Shard {
-                    client,
-                    in_flight: std::sync::atomic::AtomicUsize::new(1),
-                });
-                shards.push(shard.clone());
-                tracing::debug!(pools = shards.len(), "another upstream connection pool");
-                Lease {
-                    shard,
-                    counted: true,
-                }
-            }
-            // Built the same way as the first pool, so this does not happen; if it did, the call
-            // shares a full pool (and may wait for a stream) rather than fail.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build another upstream client");
-                let shard = shards[0].clone();
-                shard
-                    .in_flight
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Lease {
-                    shard,
-                    counted: true,
-                }
-            }
-        }
-    }
-
-    /// Pools in use, and calls in flight on each (for tests and diagnostics).
-    #[cfg(test)]
-    fn in_flight(&self) -> Vec<usize> {
-        self.shards
-            .read()
-            .iter()
-            .map(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed))
-            .collect()
-    }
-}
-
-fn is_https(base_url: &str) -> bool {
-    base_url
-        .get(..8)
-        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
 }
 
 impl Clients {
@@ -206,11 +67,12 @@ impl Clients {
     }
 
     /// The client for one call to `kind` at `base_url`; hold it while the response is read.
-    pub(crate) fn lease(&self, kind: ProviderKind, base_url: &str) -> Lease {
-        match self.pools.load().get(&kind) {
-            Some(p) => p.lease(base_url, &self.extra_roots),
-            None => self.fallback.lease(base_url, &self.extra_roots),
-        }
+    pub(crate) async fn lease(&self, kind: ProviderKind, base_url: &str) -> Lease {
+        let pools = match self.pools.load().get(&kind) {
+            Some(p) => p.clone(),
+            None => self.fallback.clone(),
+        };
+        pools.lease(base_url).await
     }
 
     /// Rebuilds the pools whose connect timeout changed.
@@ -219,17 +81,18 @@ impl Clients {
         connect: impl Fn(ProviderKind) -> Duration,
     ) -> Result<(), OpenError> {
         let current = self.pools.load();
-        if ProviderKind::ALL
-            .iter()
-            .all(|k| current.get(k).is_some_and(|p| p.connect == connect(*k)))
-        {
+        if ProviderKind::ALL.iter().all(|k| {
+            current
+                .get(k)
+                .is_some_and(|p| p.connect_timeout() == connect(*k))
+        }) {
             return Ok(());
         }
         let mut next = HashMap::new();
         for kind in ProviderKind::ALL {
             let c = connect(kind);
             let pools = match current.get(&kind) {
-                Some(p) if p.connect == c => p.clone(),
+                Some(p) if p.connect_timeout() == c => p.clone(),
                 _ => Arc::new(Pools::new(c, &self.extra_roots)?),
             };
             next.insert(kind, pools);
@@ -239,27 +102,11 @@ impl Clients {
     }
 }
 
-fn build_client(
-    connect: Duration,
-    extra_roots: &[reqwest::Certificate],
-) -> Result<reqwest::Client, OpenError> {
-    let mut b = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .http2_adaptive_window(true);
-    for c in extra_roots {
-        b = b.add_root_certificate(c.clone());
-    }
-    b.build().map_err(|e| OpenError::Http(e.to_string()))
-}
-
 impl Hub {
     /// The client for one call to `kind` at `base_url` (see [`Clients`]): hold it while the
     /// response is read.
-    pub(crate) fn client(&self, kind: ProviderKind, base_url: &str) -> Lease {
-        self.inner.clients.lease(kind, base_url)
+    pub(crate) async fn client(&self, kind: ProviderKind, base_url: &str) -> Lease {
+        self.inner.clients.lease(kind, base_url).await
     }
 
     /// Timeouts for calls to `kind`, field by field: stored (admin API / CLI) > the provider's
@@ -391,7 +238,7 @@ impl Hub {
         let inst = snap.providers.get(&kind)?.clone();
         let cred = inst.creds.iter().find(|c| c.id == cred_id)?;
         let model = ch.probe_model.lock().clone().unwrap_or_default();
-        let http = self.client(kind, &inst.base_url);
+        let http = self.client(kind, &inst.base_url).await;
         let up = Upstream {
             http: &http,
             base_url: &inst.base_url,
@@ -543,73 +390,4 @@ pub(crate) fn guard_stream(mut upstream: EventStream, g: StreamGuard) -> EventSt
             return;
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pools() -> Result<Pools, String> {
-        Pools::new(Duration::from_secs(1), &[]).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn https_calls_past_a_pools_share_open_another_pool_and_return_their_place()
-    -> Result<(), String> {
-        let p = pools()?;
-        let url = "https://api.example.com/v1";
-        let first: Vec<Lease> = (0..STREAMS_PER_POOL).map(|_| p.lease(url, &[])).collect();
-        assert_eq!(p.in_flight(), vec![STREAMS_PER_POOL]);
-        let extra = p.lease(url, &[]);
-        assert_eq!(p.in_flight(), vec![STREAMS_PER_POOL, 1]);
-        // Two leases of different pools are different clients (each its own connections).
-        assert!(!Arc::ptr_eq(&first[0].shard, &extra.shard));
-        drop(first);
-        assert_eq!(p.in_flight(), vec![0, 1]);
-        // A freed place is taken before a later pool's.
-        let again = p.lease("HTTPS://api.example.com/v1", &[]);
-        assert_eq!(p.in_flight(), vec![1, 1]);
-        drop((extra, again));
-        assert_eq!(p.in_flight(), vec![0, 0]);
-        Ok(())
-    }
-
-    #[test]
-    fn plain_http_calls_share_one_pool_uncounted() -> Result<(), String> {
-        let p = pools()?;
-        let leases: Vec<Lease> = (0..STREAMS_PER_POOL * 2)
-            .map(|_| p.lease("http://127.0.0.1:11434", &[]))
-            .collect();
-        assert_eq!(p.in_flight(), vec![0]);
-        drop(leases);
-        assert_eq!(p.in_flight(), vec![0]);
-        Ok(())
-    }
-
-    #[test]
-    fn concurrent_leases_never_overfill_a_pool() -> Result<(), String> {
-        let p = Arc::new(pools()?);
-        let held = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8)
-                .map(|_| {
-                    let p = p.clone();
-                    s.spawn(move || {
-                        (0..60)
-                            .map(|_| p.lease("https://x.example", &[]))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect::<Vec<_>>()
-        });
-        let counts = p.in_flight();
-        assert_eq!(counts.iter().sum::<usize>(), 480);
-        assert!(counts.iter().all(|&n| n <= STREAMS_PER_POOL), "{counts:?}");
-        assert_eq!(counts.len(), 5, "{counts:?}");
-        drop(held);
-        assert!(p.in_flight().iter().all(|&n| n == 0));
-        Ok(())
-    }
 }
