@@ -6,8 +6,8 @@ pub mod aigne; // AIGNE Hub ingress (`/api/v2/*`, `/api/ai/models`, `/api/user/i
 pub mod anthropic; // Anthropic-compatible ingress (/v1/messages)
 pub mod cli; // `aigne-hub` command line: serve, admin
 pub mod errors; // HubError -> the caller's error format
-mod listen; // the accept loop: HTTP/1.1 or HTTP/2 per connection, graceful shutdown
 pub mod ledger_cli; // `ledger verify`, `admin credits|billing|price`, usage report/export
+mod listen; // the accept loop: HTTP/1.1 or HTTP/2 per connection, graceful shutdown
 pub mod observability; // admin health report, Prometheus metrics
 pub mod openai; // OpenAI-compatible ingress
 pub mod request; // bearer token, call context, body limits

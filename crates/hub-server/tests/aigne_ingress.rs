@@ -2,7 +2,6 @@
 //! hub-testkit OpenAI mock. Golden request/response shapes of every AIGNE route (aigne-hub.md §2,
 //! aigne-client-wire.md), and what each call leaves in the usage records.
 
-
 use hub_core::Hub;
 use hub_core::config::{EnvProvider, HubOptions};
 use hub_core::hub::{BillingDefaults, now_ms};

@@ -1,7 +1,6 @@
 //! The Anthropic ingress in-process: the real router and hub (temp data dir) on port 0, fed by a
 //! hub-testkit OpenAI mock. Checks the wire shapes an Anthropic client sees and what is recorded.
 
-
 use futures::StreamExt;
 use hub_core::auth::Role;
 use hub_core::config::{EnvProvider, HubOptions};

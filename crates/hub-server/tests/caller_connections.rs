@@ -65,7 +65,10 @@ async fn http1_and_http2_with_prior_knowledge_share_the_port() {
     let resp = h1.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["status"],
+        "ok"
+    );
 
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -75,7 +78,10 @@ async fn http1_and_http2_with_prior_knowledge_share_the_port() {
         let resp = h2.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-        assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap()["status"],
+            "ok"
+        );
     }
 }
 
@@ -85,7 +91,8 @@ async fn an_http1_head_whose_first_byte_arrives_alone_is_served() {
     let s = start().await;
     let mut tcp = TcpStream::connect(s.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let head = b"POST /healthz HTTP/1.1\r\nHost: hub\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let head =
+        b"POST /healthz HTTP/1.1\r\nHost: hub\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     tcp.write_all(&head[..1]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     tcp.write_all(&head[1..]).await.unwrap();
@@ -197,7 +204,10 @@ async fn shutdown_lets_streams_in_flight_finish_on_both_kinds() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     s.served.stop();
     for stream in streams {
-        let text = stream.await.unwrap().expect("the stream is delivered whole");
+        let text = stream
+            .await
+            .unwrap()
+            .expect("the stream is delivered whole");
         assert!(text.contains("six"), "{text}");
         assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     }

@@ -322,7 +322,11 @@ async fn a_cold_burst_opens_a_connection_per_pool_not_per_call() {
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..N + N1 {
         let (client, base) = (client.clone(), srv.base.clone());
-        let model = if i < N { "openai/burst" } else { "deepseek/burst" };
+        let model = if i < N {
+            "openai/burst"
+        } else {
+            "deepseek/burst"
+        };
         calls.spawn(async move {
             let r = client
                 .post(format!("{base}/v1/chat/completions"))
