@@ -75,6 +75,10 @@ pub fn call_context(
 }
 
 /// A body the server refused to read.
+///
+/// A body that was read is dropped by its handler as soon as it is parsed: its bytes share the
+/// connection's read buffer, and while a call holds them (a stream, until its first upstream
+/// event) hyper must take a second buffer for its next read, 8 KB more per call in flight.
 pub fn body_error(rej: &BytesRejection) -> HubError {
     if rej.status().as_u16() == 413 {
         HubError::new(

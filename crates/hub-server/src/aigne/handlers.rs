@@ -109,6 +109,7 @@ pub async fn chat(
             return error(&st, &e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     if !call.streaming {
         return match st.hub.chat(&ctx, call.request).await {
             Ok(resp) => with_request_id(
@@ -200,6 +201,7 @@ pub async fn completions(
             return render(&st, &e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     if !sse && !call.stream {
         return match st.hub.chat(&ctx, call.request).await {
             Ok(resp) => with_request_id(
@@ -281,6 +283,7 @@ async fn image(
             return error(&st, &e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     match st.hub.images(&ctx, call.request.clone()).await {
         Ok(resp) => {
             let credits = credits_for(&st, resp.cost);
@@ -330,6 +333,7 @@ pub async fn embeddings(
             return error(&st, &e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     match st.hub.embeddings(&ctx, call.request.clone()).await {
         Ok(resp) => with_request_id(
             Json(media::render_embeddings(

@@ -77,6 +77,7 @@ pub async fn messages(
             return error(e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     if !req.stream {
         return match st.hub.chat(&ctx, req).await {
             Ok(resp) => {
@@ -141,6 +142,7 @@ pub async fn count_tokens(
             return error(e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     match st.hub.count_tokens(&ctx, req).await {
         Ok(count) => {
             let mut resp = with_request_id(

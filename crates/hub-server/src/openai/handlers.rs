@@ -70,6 +70,7 @@ pub async fn chat_completions(
             return error(e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     if !req.stream {
         return match st.hub.chat(&ctx, req).await {
             Ok(resp) => match codec::render_chat_bytes(&resp) {
@@ -151,6 +152,7 @@ pub async fn embeddings(
             return error(e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     match st.hub.embeddings(&ctx, req).await {
         Ok(resp) => with_request_id(Json(codec::render_embeddings(&resp)).into_response(), &ctx),
         Err(e) => error(e, Some(&ctx)),
@@ -175,6 +177,7 @@ pub async fn images(
             return error(e, Some(&ctx));
         }
     };
+    drop(body); // as soon as it is parsed (see `request::body_error`)
     match st.hub.images(&ctx, req).await {
         Ok(resp) => with_request_id(Json(codec::render_images(&resp)).into_response(), &ctx),
         Err(e) => error(e, Some(&ctx)),
