@@ -200,7 +200,13 @@ mod tests {
         let h2 = std::mem::size_of::<
             hyper::server::conn::http2::Connection<TokioIo<TcpStream>, Service, TokioExecutor>,
         >();
-        assert!(task < h1 + 512, "connection task {task} B, HTTP/1.1 connection {h1} B");
-        assert!(task < h2, "connection task {task} B, HTTP/2 connection {h2} B");
+        assert!(
+            task < h1 + 512,
+            "connection task {task} B, HTTP/1.1 connection {h1} B"
+        );
+        assert!(
+            task < h2,
+            "connection task {task} B, HTTP/2 connection {h2} B"
+        );
     }
 }

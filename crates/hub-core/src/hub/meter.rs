@@ -74,17 +74,22 @@ impl Hub {
     }
 
     /// Records a call that failed before reaching a provider (e.g. a body the ingress rejected).
-    pub async fn record_rejected(
-        &self,
-        ctx: &CallContext,
-        endpoint: &str,
-        model: &str,
+    ///
+    /// Boxed: an error path, but inline its commit (~3.5 KB) would sit in the state of every
+    /// call that might take it (a handler, `chat_stream`) while the call runs.
+    pub fn record_rejected<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        endpoint: &'a str,
+        model: &'a str,
         stream: bool,
-        err: &HubError,
-    ) {
-        let mut rec = self.record(ctx, endpoint, model, stream);
-        fail(&mut rec, err);
-        let _ = self.commit(rec).await;
+        err: &'a HubError,
+    ) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut rec = self.record(ctx, endpoint, model, stream);
+            fail(&mut rec, err);
+            let _ = self.commit(rec).await;
+        })
     }
 }
 

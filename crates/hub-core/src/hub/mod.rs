@@ -634,7 +634,8 @@ impl Hub {
             Err(e) => {
                 fail(&mut rec, &e);
                 self.charge(&mut rec, &mut hold, &Usage::default());
-                self.commit(rec).await?;
+                // Boxed, as `record_rejected`: inline it would size every stream's handler state.
+                Box::pin(self.commit(rec)).await?;
                 return Err(e);
             }
         };

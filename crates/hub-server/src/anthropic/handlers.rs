@@ -79,7 +79,8 @@ pub async fn messages(
     };
     drop(body); // as soon as it is parsed (see `request::body_error`)
     if !req.stream {
-        return match st.hub.chat(&ctx, req).await {
+        // Boxed: inline, a non-streaming call's state (~5.8 KB) would size every stream's too.
+        return match Box::pin(st.hub.chat(&ctx, req)).await {
             Ok(resp) => {
                 let id = codec::message_id(&resp.id, &ctx.request_id);
                 with_request_id(
