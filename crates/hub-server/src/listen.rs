@@ -180,11 +180,7 @@ async fn accept_failed(e: std::io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn returned_size<A, R>(_: &impl FnOnce(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
+    use hub_testkit::returned_size;
 
     /// Every open caller connection is a task holding this future's state, 5,000 of them in the
     /// open-streams benchmark (BENCHMARKS.md). It should be an HTTP/1.1 connection and little more:

@@ -91,8 +91,9 @@ fn versions(mock: &MockServer) -> Vec<String> {
     mock.requests().into_iter().map(|r| r.version).collect()
 }
 
-#[tokio::test]
-async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work() {
+/// A hub with OpenAI at an HTTPS mock offering h2 (and http/1.1) and DeepSeek at one offering
+/// only http/1.1: (h2 mock, http/1.1 mock, hub).
+async fn h2_and_http1_upstreams() -> (MockServer, MockServer, Server) {
     let (ca_h2, tls_h2) = private_ca(&["h2", "http/1.1"]);
     let (ca_h1, tls_h1) = private_ca(&["http/1.1"]);
     let h2 = https_mock(Flavor::OpenAi, tls_h2).await;
@@ -106,6 +107,12 @@ async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work()
         Some(&bundle),
     )
     .await;
+    (h2, h1, srv)
+}
+
+#[tokio::test]
+async fn upstreams_that_offer_h2_get_http2_and_http1_only_upstreams_still_work() {
+    let (h2, h1, srv) = h2_and_http1_upstreams().await;
 
     h2.push(Script::text("over h2"));
     let (status, body) = chat(&srv.base, "openai/gpt-4o-mini", false).await;
@@ -291,19 +298,7 @@ async fn more_streams_than_one_h2_connection_allows_all_start_at_once() {
 /// still gets a connection per call in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_opens_a_connection_per_pool_not_per_call() {
-    let (ca_h2, tls_h2) = private_ca(&["h2", "http/1.1"]);
-    let (ca_h1, tls_h1) = private_ca(&["http/1.1"]);
-    let h2 = https_mock(Flavor::OpenAi, tls_h2).await;
-    let h1 = https_mock(Flavor::DeepSeek, tls_h1).await;
-    let bundle = format!("{ca_h2}{ca_h1}");
-    let srv = start(
-        vec![
-            (ProviderKind::OpenAi, h2.base_url()),
-            (ProviderKind::DeepSeek, h1.base_url()),
-        ],
-        Some(&bundle),
-    )
-    .await;
+    let (h2, h1, srv) = h2_and_http1_upstreams().await;
     for mock in [&h2, &h1] {
         mock.register_scenario(
             "burst",

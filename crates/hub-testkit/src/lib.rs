@@ -29,3 +29,9 @@ pub use script::{Script, ScriptError, ToolCall, Usage};
 pub use server::{
     DEFAULT_AWS_SECRET_KEY, MockConfig, MockServer, MockStats, MockTls, RecordedRequest,
 };
+
+/// The size of what `f` returns, without calling it: for tests that bound the state of a future
+/// (`size_of` of an `async fn`'s future, from a closure taking the function's arguments).
+pub fn returned_size<A, R>(_: &impl FnOnce(A) -> R) -> usize {
+    std::mem::size_of::<R>()
+}

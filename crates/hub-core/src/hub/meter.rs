@@ -297,11 +297,7 @@ async fn finish(meter: &mut StreamMeter, err: Option<HubError>) -> StreamItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn returned_size<A, R>(_: &impl FnOnce(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
+    use hub_testkit::returned_size;
 
     /// Every open stream keeps its metered state (the stream's generator, with its meter) for as
     /// long as it is open; 5,000 streams multiply it (BENCHMARKS.md, open streams). Its end is

@@ -202,11 +202,7 @@ pub async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn returned_size<A, R>(_: &impl FnOnce(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
+    use hub_testkit::returned_size;
 
     /// A streaming call holds its handler's state (boxed by axum) until the upstream's first
     /// event: at 5,000 streams opening at once, that state is the surge over what the open
