@@ -64,8 +64,10 @@ pub(crate) struct Pools {
 
 struct Origin {
     proto: ProtoCell,
-    /// Offers `h2` and `http/1.1`; reports what each new connection negotiated.
-    alpn: reqwest::Client,
+    /// Offers `h2` and `http/1.1`; reports what each new connection negotiated. A probe after the
+    /// first gets a fresh one: on this one's pooled connection it would learn nothing.
+    alpn: parking_lot::RwLock<reqwest::Client>,
+    probed: std::sync::atomic::AtomicBool,
     /// HTTP/2 by prior knowledge, a pool per [`STREAMS_PER_POOL`] calls in flight (built as
     /// needed, once the origin is known to speak HTTP/2).
     shards: parking_lot::RwLock<Vec<Arc<Shard>>>,
@@ -191,20 +193,24 @@ impl Pools {
             return Ok(o.clone());
         }
         let proto: ProtoCell = Arc::new(watch::Sender::new(Proto::Unknown));
-        let alpn = builder(self.connect, &self.extra_roots)
+        let o = Arc::new(Origin {
+            alpn: parking_lot::RwLock::new(self.alpn_client(&proto)?),
+            probed: std::sync::atomic::AtomicBool::new(false),
+            proto,
+            shards: parking_lot::RwLock::new(Vec::new()),
+        });
+        origins.insert(origin.into(), o.clone());
+        Ok(o)
+    }
+
+    fn alpn_client(&self, proto: &ProtoCell) -> Result<reqwest::Client, OpenError> {
+        builder(self.connect, &self.extra_roots)
             .connector_layer(ReportProto {
                 proto: proto.clone(),
                 h2_only: false,
             })
             .build()
-            .map_err(http_error)?;
-        let o = Arc::new(Origin {
-            proto,
-            alpn,
-            shards: parking_lot::RwLock::new(Vec::new()),
-        });
-        origins.insert(origin.into(), o.clone());
-        Ok(o)
+            .map_err(http_error)
     }
 
     /// Pools in use for `origin` and calls in flight on each (for tests and diagnostics).
@@ -226,7 +232,7 @@ impl Origin {
             let now = *self.proto.borrow();
             match now {
                 Proto::H2 => return self.h2_lease(pools),
-                Proto::Http1 => return Lease::of(&self.alpn),
+                Proto::Http1 => return Lease::of(&self.alpn.read()),
                 Proto::Unknown => {
                     let became_probe = self.proto.send_if_modified(|p| {
                         let unknown = *p == Proto::Unknown;
@@ -236,8 +242,18 @@ impl Origin {
                         unknown
                     });
                     if became_probe {
+                        // Learning again (an HTTP/2 connection failed): the old ALPN client may
+                        // hold the first probe's connection, which the probe would reuse.
+                        if self.probed.swap(true, Relaxed) {
+                            match pools.alpn_client(&self.proto) {
+                                Ok(fresh) => *self.alpn.write() = fresh,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot build an upstream client")
+                                }
+                            }
+                        }
                         return Lease {
-                            client: self.alpn.clone(),
+                            client: self.alpn.read().clone(),
                             shard: None,
                             probe: Some(self.proto.clone()),
                         };
@@ -252,7 +268,7 @@ impl Origin {
                         // The probe's connection should have been up or failed by now; go out
                         // without waiting longer (each call connects on its own, as before).
                         tracing::debug!("upstream protocol still unknown; not waiting longer");
-                        return Lease::of(&self.alpn);
+                        return Lease::of(&self.alpn.read());
                     }
                 }
             }
@@ -296,7 +312,7 @@ impl Origin {
             // goes out on the ALPN client (its own connection) rather than fail.
             Err(e) => {
                 tracing::error!(error = %e, "cannot build another upstream client");
-                Lease::of(&self.alpn)
+                Lease::of(&self.alpn.read())
             }
         }
     }
@@ -602,6 +618,31 @@ mod tests {
             let proto = *p.origin(origin).map_err(|e| e.to_string())?.proto.borrow();
             assert_eq!(proto, Proto::Http1, "{alpn:?}");
         }
+        Ok(())
+    }
+
+    /// After an HTTP/2 connection failed the origin is learned again, by a probe on a fresh
+    /// client: on the first probe's client it would reuse that probe's idle connection, learn
+    /// nothing, and every call would queue behind it in turn.
+    #[tokio::test]
+    async fn learning_again_connects_afresh() -> Result<(), String> {
+        let (mock, p) = https_upstream(&["h2", "http/1.1"]).await?;
+        let base = mock.base_url();
+        let origin = https_origin(&base).ok_or("an https origin")?;
+        for _ in 0..2 {
+            models(&p, &base).await.map_err(|e| e.to_string())?;
+        }
+        assert_eq!(
+            mock.stats().connections,
+            2,
+            "the probe's and the HTTP/2 pool's"
+        );
+        // As a failed connect on the HTTP/2 client leaves it.
+        learn(&p, origin, Proto::Unknown)?;
+        models(&p, &base).await.map_err(|e| e.to_string())?;
+        let proto = *p.origin(origin).map_err(|e| e.to_string())?.proto.borrow();
+        assert_eq!(proto, Proto::H2);
+        assert_eq!(mock.stats().connections, 3);
         Ok(())
     }
 
