@@ -52,6 +52,17 @@ enum Proto {
 
 type ProtoCell = Arc<watch::Sender<Proto>>;
 
+/// Moves `cell` from `from` to `to`; false (and no change) if it held something else.
+fn shift(cell: &ProtoCell, from: Proto, to: Proto) -> bool {
+    cell.send_if_modified(|p| {
+        let moved = *p == from;
+        if moved {
+            *p = to;
+        }
+        moved
+    })
+}
+
 /// One provider's clients, all with the same connect timeout.
 pub(crate) struct Pools {
     connect: Duration,
@@ -101,13 +112,7 @@ impl Drop for Lease {
         // A probe that ends without a connection (it failed to connect, or was dropped first)
         // hands the probe to the next call.
         if let Some(p) = &self.probe {
-            p.send_if_modified(|p| {
-                let probing = *p == Proto::Probing;
-                if probing {
-                    *p = Proto::Unknown;
-                }
-                probing
-            });
+            shift(p, Proto::Probing, Proto::Unknown);
         }
     }
 }
@@ -194,7 +199,7 @@ impl Pools {
         }
         let proto: ProtoCell = Arc::new(watch::Sender::new(Proto::Unknown));
         let o = Arc::new(Origin {
-            alpn: parking_lot::RwLock::new(self.alpn_client(&proto)?),
+            alpn: parking_lot::RwLock::new(self.origin_client(&proto, false)?),
             probed: std::sync::atomic::AtomicBool::new(false),
             proto,
             shards: parking_lot::RwLock::new(Vec::new()),
@@ -203,14 +208,25 @@ impl Pools {
         Ok(o)
     }
 
-    fn alpn_client(&self, proto: &ProtoCell) -> Result<reqwest::Client, OpenError> {
-        builder(self.connect, &self.extra_roots)
-            .connector_layer(ReportProto {
-                proto: proto.clone(),
-                h2_only: false,
-            })
-            .build()
-            .map_err(http_error)
+    /// A client for one origin whose connections report to `proto`: offering h2 and http/1.1 by
+    /// ALPN, or (`h2_only`) HTTP/2 by prior knowledge.
+    fn origin_client(
+        &self,
+        proto: &ProtoCell,
+        h2_only: bool,
+    ) -> Result<reqwest::Client, OpenError> {
+        let b = builder(self.connect, &self.extra_roots);
+        let b = if h2_only {
+            b.http2_prior_knowledge()
+        } else {
+            b
+        };
+        b.connector_layer(ReportProto {
+            proto: proto.clone(),
+            h2_only,
+        })
+        .build()
+        .map_err(http_error)
     }
 
     /// Pools in use for `origin` and calls in flight on each (for tests and diagnostics).
@@ -234,18 +250,11 @@ impl Origin {
                 Proto::H2 => return self.h2_lease(pools),
                 Proto::Http1 => return Lease::of(&self.alpn.read()),
                 Proto::Unknown => {
-                    let became_probe = self.proto.send_if_modified(|p| {
-                        let unknown = *p == Proto::Unknown;
-                        if unknown {
-                            *p = Proto::Probing;
-                        }
-                        unknown
-                    });
-                    if became_probe {
+                    if shift(&self.proto, Proto::Unknown, Proto::Probing) {
                         // Learning again (an HTTP/2 connection failed): the old ALPN client may
                         // hold the first probe's connection, which the probe would reuse.
                         if self.probed.swap(true, Relaxed) {
-                            match pools.alpn_client(&self.proto) {
+                            match pools.origin_client(&self.proto, false) {
                                 Ok(fresh) => *self.alpn.write() = fresh,
                                 Err(e) => {
                                     tracing::error!(error = %e, "cannot build an upstream client")
@@ -286,14 +295,7 @@ impl Origin {
         if let Some(l) = shards.iter().find_map(Shard::try_take) {
             return l;
         }
-        let built = builder(pools.connect, &pools.extra_roots)
-            .http2_prior_knowledge()
-            .connector_layer(ReportProto {
-                proto: self.proto.clone(),
-                h2_only: true,
-            })
-            .build();
-        match built {
+        match pools.origin_client(&self.proto, true) {
             Ok(client) => {
                 let shard = Arc::new(Shard {
                     client,
@@ -389,13 +391,7 @@ where
                     // An origin that stopped offering h2 may refuse the handshake outright (no
                     // ALPN protocol in common); the next call learns the protocol again.
                     if h2_only {
-                        proto.send_if_modified(|p| {
-                            let h2 = *p == Proto::H2;
-                            if h2 {
-                                *p = Proto::Unknown;
-                            }
-                            h2
-                        });
+                        shift(&proto, Proto::H2, Proto::Unknown);
                     }
                     return Err(e);
                 }
