@@ -55,6 +55,13 @@ struct Target {
     /// Bearer key.
     #[arg(long, default_value = "sk-test")]
     key: String,
+    /// A file of bearer keys, one per line, used in turn instead of `--key` (many users' calls,
+    /// as a shared hub sees them: each user's limits, balance and roll-ups are its own).
+    #[arg(long)]
+    keys_file: Option<std::path::PathBuf>,
+    /// The keys read from `keys_file` (or `key` alone).
+    #[arg(skip)]
+    keys: Vec<String>,
     /// Model to ask for.
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
@@ -121,10 +128,40 @@ fn chat_body(model: &str, stream: bool) -> Vec<u8> {
 }
 
 /// One non-streaming request, read to the end.
-async fn one_plain(http: &reqwest::Client, t: &Target, body: &[u8]) -> Result<(), String> {
+impl Target {
+    /// Reads `keys_file` (when given) into `keys`.
+    fn load_keys(&mut self) -> Result<(), String> {
+        self.keys = match &self.keys_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => vec![self.key.clone()],
+        };
+        if self.keys.is_empty() {
+            return Err("the keys file holds no key".to_string());
+        }
+        Ok(())
+    }
+
+    /// The key of the `n`th request: the keys in turn.
+    fn key(&self, n: usize) -> &str {
+        &self.keys[n % self.keys.len()]
+    }
+}
+
+async fn one_plain(
+    http: &reqwest::Client,
+    t: &Target,
+    n: usize,
+    body: &[u8],
+) -> Result<(), String> {
     let resp = http
         .post(&t.url)
-        .bearer_auth(&t.key)
+        .bearer_auth(t.key(n))
         .header("content-type", "application/json")
         .body(body.to_vec())
         .send()
@@ -156,11 +193,17 @@ async fn run_count(a: CountArgs) -> Result<Value, String> {
         let (n, stream) = (a.requests, a.stream);
         workers.push(tokio::spawn(async move {
             let mut errors = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < n {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
                 let r = if stream {
-                    one_stream(&http, &target, &body, || {}).await.map(|_| ())
+                    one_stream(&http, &target, i, &body, || {})
+                        .await
+                        .map(|_| ())
                 } else {
-                    one_plain(&http, &target, &body).await
+                    one_plain(&http, &target, i, &body).await
                 };
                 if let Err(e) = r {
                     errors.push(e);
@@ -195,13 +238,14 @@ struct Timing {
 async fn one_stream(
     http: &reqwest::Client,
     t: &Target,
+    n: usize,
     body: &[u8],
     on_first_byte: impl FnOnce(),
 ) -> Result<Timing, String> {
     let t0 = Instant::now();
     let resp = http
         .post(&t.url)
-        .bearer_auth(&t.key)
+        .bearer_auth(t.key(n))
         .header("content-type", "application/json")
         .body(body.to_vec())
         .send()
@@ -282,7 +326,7 @@ async fn run_stream(a: StreamArgs) -> Result<Value, String> {
     let target = Arc::new(a.target);
     // Warm-up: one request per worker opens its connection.
     let warm = futures::future::join_all(
-        (0..a.concurrency).map(|_| one_stream(&http, &target, &body, || {})),
+        (0..a.concurrency).map(|w| one_stream(&http, &target, w, &body, || {})),
     )
     .await;
     if let Some(Err(e)) = warm.into_iter().find(Result::is_err) {
@@ -291,13 +335,15 @@ async fn run_stream(a: StreamArgs) -> Result<Value, String> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.duration_s);
     let started = Instant::now();
     let mut workers = Vec::with_capacity(a.concurrency);
+    let next = Arc::new(AtomicUsize::new(0));
     for _ in 0..a.concurrency {
-        let (http, target, body) = (http.clone(), target.clone(), body.clone());
+        let (http, target, body, next) = (http.clone(), target.clone(), body.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut done = Vec::new();
             let mut errors = Vec::new();
             while Instant::now() < deadline {
-                match one_stream(&http, &target, &body, || {}).await {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                match one_stream(&http, &target, i, &body, || {}).await {
                     Ok(t) => done.push(t),
                     Err(e) => errors.push(e),
                 }
@@ -382,11 +428,11 @@ async fn run_hold(a: HoldArgs) -> Result<Value, String> {
     let opened = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(a.streams);
-    for _ in 0..a.streams {
+    for i in 0..a.streams {
         let (http, target, body, opened) =
             (http.clone(), target.clone(), body.clone(), opened.clone());
         tasks.push(tokio::spawn(async move {
-            one_stream(&http, &target, &body, || {
+            one_stream(&http, &target, i, &body, || {
                 opened.fetch_add(1, Ordering::Relaxed);
             })
             .await
@@ -447,11 +493,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
-            Command::Stream(a) => run_stream(a).await,
-            Command::Hold(a) => run_hold(a).await,
-            Command::Count(a) => run_count(a).await,
-        }
+        let result: Result<Value, String> = match cli.command {
+            Command::Stream(mut a) => {
+                a.target.load_keys()?;
+                run_stream(a).await
+            }
+            Command::Hold(mut a) => {
+                a.target.load_keys()?;
+                run_hold(a).await
+            }
+            Command::Count(mut a) => {
+                a.target.load_keys()?;
+                run_count(a).await
+            }
+        };
+        result
     });
     match result {
         Ok(v) => {
