@@ -370,49 +370,65 @@ impl RollupBatch {
         }
     }
 
-    /// Writes the summed rows (same transaction as the records).
+    /// Writes the summed rows (same transaction as the records). Each statement is taken from
+    /// the cache once per batch, not once per row: a cache lookup builds, hashes and compares the
+    /// statement's whole text, and with many users a batch writes a row per call and roll-up.
     pub(super) fn write(self, tx: &Connection, zones: &[ReportZone]) -> Result<(), StoreError> {
-        for (k, s) in self.rows {
-            let (sql, zone): (String, Option<String>) = match k.grain {
-                Grain::Quarter | Grain::UtcDay => {
-                    let table = if k.grain == Grain::Quarter { "usage_rollup" } else { "usage_rollup_day" };
-                    (format!(
-                        "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
-                           prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                         ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
-                    ), None)
-                }
-                Grain::ZoneDay(i) => (
-                    format!(
-                        "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
-                           prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                         ON CONFLICT (zone, day, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
-                    ),
-                    zones.get(i).map(ReportZone::key),
-                ),
-            };
-            let mut st = tx.prepare_cached(&sql).map_err(db_err)?;
-            let mut p: Vec<rusqlite::types::Value> = vec![
-                k.bucket.into(),
-                k.user.into(),
-                k.team.into(),
-                k.app.into(),
-                k.provider.into(),
-                k.model.into(),
-                s.calls.into(),
-                s.success_calls.into(),
-                s.prompt_tokens.into(),
-                s.completion_tokens.into(),
-                s.images.into(),
-                s.cost_units.into(),
-                s.provider_cost_units.into(),
+        let upsert = |table: &str| {
+            format!(
+                "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
+                   prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+            )
+        };
+        let (quarter, day) = (upsert("usage_rollup"), upsert("usage_rollup_day"));
+        let zone_day = format!(
+            "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
+               prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (zone, day, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+        );
+        let zone_keys: Vec<String> = zones.iter().map(ReportZone::key).collect();
+        let mut quarter = tx.prepare_cached(&quarter).map_err(db_err)?;
+        let mut day = tx.prepare_cached(&day).map_err(db_err)?;
+        let mut zone_day = if zones.is_empty() {
+            None
+        } else {
+            Some(tx.prepare_cached(&zone_day).map_err(db_err)?)
+        };
+        for (k, s) in &self.rows {
+            let row = params![
+                k.bucket,
+                k.user,
+                k.team,
+                k.app,
+                k.provider,
+                k.model,
+                s.calls,
+                s.success_calls,
+                s.prompt_tokens,
+                s.completion_tokens,
+                s.images,
+                s.cost_units,
+                s.provider_cost_units,
             ];
-            if let Some(z) = zone {
-                p.push(z.into());
-            }
-            st.execute(rusqlite::params_from_iter(p)).map_err(db_err)?;
+            let written = match k.grain {
+                Grain::Quarter => quarter.execute(row),
+                Grain::UtcDay => day.execute(row),
+                Grain::ZoneDay(i) => {
+                    // The batch was summed with `zones`, so the index names one of them.
+                    let (Some(zone), Some(st)) = (zone_keys.get(i), zone_day.as_mut()) else {
+                        return Err(StoreError::Db(format!(
+                            "roll-up zone {i} is not configured"
+                        )));
+                    };
+                    let mut with_zone: Vec<&dyn rusqlite::ToSql> = row.to_vec();
+                    with_zone.push(zone);
+                    st.execute(with_zone.as_slice())
+                }
+            };
+            written.map_err(db_err)?;
         }
         Ok(())
     }
