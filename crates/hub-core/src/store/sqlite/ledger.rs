@@ -382,20 +382,20 @@ impl RollupBatch {
                  ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
             )
         };
-        let (quarter, day) = (upsert("usage_rollup"), upsert("usage_rollup_day"));
-        let zone_day = format!(
+        let (quarter_sql, day_sql) = (upsert("usage_rollup"), upsert("usage_rollup_day"));
+        let zone_day_sql = format!(
             "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
                prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (zone, day, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
         );
         let zone_keys: Vec<String> = zones.iter().map(ReportZone::key).collect();
-        let mut quarter = tx.prepare_cached(&quarter).map_err(db_err)?;
-        let mut day = tx.prepare_cached(&day).map_err(db_err)?;
+        let mut quarter = tx.prepare_cached(&quarter_sql).map_err(db_err)?;
+        let mut day = tx.prepare_cached(&day_sql).map_err(db_err)?;
         let mut zone_day = if zones.is_empty() {
             None
         } else {
-            Some(tx.prepare_cached(&zone_day).map_err(db_err)?)
+            Some(tx.prepare_cached(&zone_day_sql).map_err(db_err)?)
         };
         for (k, s) in &self.rows {
             let row = params![
