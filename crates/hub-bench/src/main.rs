@@ -6,6 +6,9 @@
 //! - `hold`: opens N long streams at once, waits until every one has its first byte, then samples
 //!   the hub's RSS and CPU (from /proc/<pid>) for a window while they are all open, and reports.
 //!
+//! - `store`: a billed call's two database writes (reservation, usage record with settlement and
+//!   roll-ups) through hub-core's own writers, without HTTP (`store.rs`).
+//!
 //! Only ever talks to the URL it is given (scripts/bench gives 127.0.0.1).
 
 use std::io::Write as _;
@@ -14,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+
+mod store;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -32,6 +37,8 @@ enum Command {
     Hold(HoldArgs),
     /// Exactly N requests (for instruction counts under callgrind), C at a time.
     Count(CountArgs),
+    /// A billed call's database writes without HTTP: calls/s, CPU and bytes written per call.
+    Store(store::StoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -506,6 +513,7 @@ fn main() -> std::process::ExitCode {
                 a.target.load_keys()?;
                 run_count(a).await
             }
+            Command::Store(a) => store::run_store(a).await,
         };
         result
     });
