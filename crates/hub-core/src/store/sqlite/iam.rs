@@ -97,9 +97,12 @@ impl IamStore for SqliteStore {
     async fn key_spend(&self, key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError> {
         let key_id = key_id.to_string();
         self.read(move |c| {
+            // Through the key's user (`usage_user_created`, migration 9): no index is kept per key.
             c.prepare_cached(
-                "SELECT COALESCE(SUM(cost_units), 0) FROM usage_records
-                 WHERE principal = ?1 AND created_at_ms >= ?2 AND created_at_ms < ?3",
+                "SELECT COALESCE(SUM(u.cost_units), 0) FROM api_keys k JOIN usage_records u
+                   ON u.user_id = k.user_id AND u.created_at_ms >= ?2 AND u.created_at_ms < ?3
+                   AND u.principal = k.id
+                 WHERE k.id = ?1",
             )
             .and_then(|mut st| st.query_row(params![key_id, from_ms, to_ms], |r| r.get(0)))
             .map_err(db_err)
