@@ -323,13 +323,6 @@ struct Sums {
     provider_cost_units: i64,
 }
 
-const SUMS_UPSERT: &str =
-    "calls = calls + excluded.calls, success_calls = success_calls + excluded.success_calls,
-   prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-   completion_tokens = completion_tokens + excluded.completion_tokens,
-   images = images + excluded.images, cost_units = cost_units + excluded.cost_units,
-   provider_cost_units = provider_cost_units + excluded.provider_cost_units";
-
 impl RollupBatch {
     /// Counts a newly inserted record (`zones`: the configured non-UTC report zones).
     pub(super) fn add(&mut self, r: &UsageRecord, zones: &[ReportZone]) {
@@ -370,32 +363,63 @@ impl RollupBatch {
         }
     }
 
-    /// Writes the summed rows (same transaction as the records). Each statement is taken from
-    /// the cache once per batch, not once per row: a cache lookup builds, hashes and compares the
-    /// statement's whole text, and with many users a batch writes a row per call and roll-up.
+    /// Writes the summed rows (same transaction as the records): an `UPDATE` of the row by its
+    /// key, and an `INSERT` only when it touched nothing (the bucket's first call for that user,
+    /// team, app, provider and model). Most rows exist, and an `INSERT ... ON CONFLICT DO UPDATE`
+    /// looks the key up twice (the conflict, then the update) where the `UPDATE` looks it up
+    /// once. The transaction holds the write lock, so no row appears between the two; a plain
+    /// `INSERT` (no `ON CONFLICT`) makes an `UPDATE` that missed its row an error, not a silent
+    /// double cost. Each statement is taken from the cache once per batch, not
+    /// once per row: a cache lookup builds, hashes and compares the statement's whole text, and
+    /// with many users a batch writes a row per call and roll-up.
     pub(super) fn write(self, tx: &Connection, zones: &[ReportZone]) -> Result<(), StoreError> {
-        let upsert = |table: &str| {
+        let sums_set = "calls = calls + ?7, success_calls = success_calls + ?8,
+               prompt_tokens = prompt_tokens + ?9, completion_tokens = completion_tokens + ?10,
+               images = images + ?11, cost_units = cost_units + ?12,
+               provider_cost_units = provider_cost_units + ?13";
+        let update = |table: &str, bucket: &str, zone: &str| {
+            format!(
+                "UPDATE {table} SET {sums_set}
+                 WHERE {bucket} = ?1 AND user_id = ?2 AND team_id = ?3 AND app = ?4 AND provider = ?5
+                   AND model = ?6{zone}"
+            )
+        };
+        let insert = |table: &str| {
             format!(
                 "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
                    prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT (bucket_ms, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             )
         };
-        let (quarter_sql, day_sql) = (upsert("usage_rollup"), upsert("usage_rollup_day"));
-        let zone_day_sql = format!(
+        let zone_day_insert_sql =
             "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
                prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT (zone, day, user_id, team_id, app, provider, model) DO UPDATE SET {SUMS_UPSERT}"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+        let (quarter_update_sql, quarter_insert_sql) = (
+            update("usage_rollup", "bucket_ms", ""),
+            insert("usage_rollup"),
         );
+        let (day_update_sql, day_insert_sql) = (
+            update("usage_rollup_day", "bucket_ms", ""),
+            insert("usage_rollup_day"),
+        );
+        let zone_day_update_sql = update("usage_rollup_zone_day", "day", " AND zone = ?14");
         let zone_keys: Vec<String> = zones.iter().map(ReportZone::key).collect();
-        let mut quarter = tx.prepare_cached(&quarter_sql).map_err(db_err)?;
-        let mut day = tx.prepare_cached(&day_sql).map_err(db_err)?;
+        let mut quarter = (
+            tx.prepare_cached(&quarter_update_sql).map_err(db_err)?,
+            tx.prepare_cached(&quarter_insert_sql).map_err(db_err)?,
+        );
+        let mut day = (
+            tx.prepare_cached(&day_update_sql).map_err(db_err)?,
+            tx.prepare_cached(&day_insert_sql).map_err(db_err)?,
+        );
         let mut zone_day = if zones.is_empty() {
             None
         } else {
-            Some(tx.prepare_cached(&zone_day_sql).map_err(db_err)?)
+            Some((
+                tx.prepare_cached(&zone_day_update_sql).map_err(db_err)?,
+                tx.prepare_cached(zone_day_insert_sql).map_err(db_err)?,
+            ))
         };
         for (k, s) in &self.rows {
             let row = params![
@@ -413,9 +437,10 @@ impl RollupBatch {
                 s.cost_units,
                 s.provider_cost_units,
             ];
-            let written = match k.grain {
-                Grain::Quarter => quarter.execute(row),
-                Grain::UtcDay => day.execute(row),
+            let mut with_zone: Vec<&dyn rusqlite::ToSql>;
+            let (statements, row) = match k.grain {
+                Grain::Quarter => (&mut quarter, row),
+                Grain::UtcDay => (&mut day, row),
                 Grain::ZoneDay(i) => {
                     // The batch was summed with `zones`, so the index names one of them.
                     let (Some(zone), Some(st)) = (zone_keys.get(i), zone_day.as_mut()) else {
@@ -423,12 +448,14 @@ impl RollupBatch {
                             "roll-up zone {i} is not configured"
                         )));
                     };
-                    let mut with_zone: Vec<&dyn rusqlite::ToSql> = row.to_vec();
+                    with_zone = row.to_vec();
                     with_zone.push(zone);
-                    st.execute(with_zone.as_slice())
+                    (st, with_zone.as_slice())
                 }
             };
-            written.map_err(db_err)?;
+            if statements.0.execute(row).map_err(db_err)? == 0 {
+                statements.1.execute(row).map_err(db_err)?;
+            }
         }
         Ok(())
     }
