@@ -309,10 +309,10 @@ DROP INDEX IF EXISTS ledger_entries_request;
     // records are among its user's: a key's spend in a period (its budget's seed, read when the
     // key is loaded or shown, never per call) is read through `usage_user_created` and filtered
     // by key. With many users every per-user index costs each call a b-tree page of its own (a
-    // WAL frame at commit, a page to checkpoint): dropping this one cut the store's CPU per call
-    // by ~23 % and its bytes written by a quarter at 1,000 users (BENCHMARKS.md, "The store
-    // alone"). The price: a user with several keys has a key's spend summed over all of the
-    // user's records of the period, not just that key's.
+    // WAL frame at commit, a page to checkpoint): dropping this one cut the bytes the store
+    // writes per call by a quarter (21.2 to 15.9 KB) and its CPU per call by 9-23 % (two sets of
+    // alternating runs) at 1,000 users (BENCHMARKS.md, "The store alone"). The price: a key's
+    // spend reads all of its user's records of the period, not just that key's.
     r#"
 DROP INDEX IF EXISTS usage_principal_created;
 "#,
@@ -1205,10 +1205,10 @@ mod tests {
         )?;
         assert!(by_app.contains("usage_app_created"), "{by_app}");
         let by_key = plan(
-            "SELECT COALESCE(SUM(u.cost_units), 0) FROM api_keys k JOIN usage_records u
-               ON u.user_id = k.user_id AND u.created_at_ms >= 1 AND u.created_at_ms < 2
-               AND u.principal = k.id
-             WHERE k.id = 'k'",
+            &iam::KEY_SPEND_SQL
+                .replace("?1", "'k'")
+                .replace("?2", "1")
+                .replace("?3", "2"),
         )?;
         assert!(
             by_key.contains("USING INDEX usage_user_created"),

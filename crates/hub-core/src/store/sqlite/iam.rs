@@ -14,6 +14,14 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Db(format!("stored JSON is invalid: {e}"))
 }
 
+/// A key's spend in `[?2, ?3)`: read through the key's user (`usage_user_created`, migration 9),
+/// as no index is kept per key.
+pub(super) const KEY_SPEND_SQL: &str =
+    "SELECT COALESCE(SUM(u.cost_units), 0) FROM api_keys k JOIN usage_records u
+       ON u.user_id = k.user_id AND u.created_at_ms >= ?2 AND u.created_at_ms < ?3
+       AND u.principal = k.id
+     WHERE k.id = ?1";
+
 #[async_trait]
 impl IamStore for SqliteStore {
     async fn insert_team(&self, row: &TeamRow) -> Result<(), StoreError> {
@@ -97,15 +105,9 @@ impl IamStore for SqliteStore {
     async fn key_spend(&self, key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError> {
         let key_id = key_id.to_string();
         self.read(move |c| {
-            // Through the key's user (`usage_user_created`, migration 9): no index is kept per key.
-            c.prepare_cached(
-                "SELECT COALESCE(SUM(u.cost_units), 0) FROM api_keys k JOIN usage_records u
-                   ON u.user_id = k.user_id AND u.created_at_ms >= ?2 AND u.created_at_ms < ?3
-                   AND u.principal = k.id
-                 WHERE k.id = ?1",
-            )
-            .and_then(|mut st| st.query_row(params![key_id, from_ms, to_ms], |r| r.get(0)))
-            .map_err(db_err)
+            c.prepare_cached(KEY_SPEND_SQL)
+                .and_then(|mut st| st.query_row(params![key_id, from_ms, to_ms], |r| r.get(0)))
+                .map_err(db_err)
         })
         .await
     }
