@@ -316,6 +316,14 @@ DROP INDEX IF EXISTS ledger_entries_request;
     r#"
 DROP INDEX IF EXISTS usage_principal_created;
 "#,
+    // 10: the per-app index holds the records that have an app. Calls from the OpenAI and
+    // Anthropic SDKs name none (`x-aigne-hub-client-did` is AIGNE's), and their NULL entries only
+    // cost each of those calls a b-tree insert; the per-app export asks `app = ?`, which a
+    // partial index on `app IS NOT NULL` serves.
+    r#"
+DROP INDEX IF EXISTS usage_app_created;
+CREATE INDEX usage_app_created ON usage_records (app, created_at_ms) WHERE app IS NOT NULL;
+"#,
 ];
 
 /// The SQLite store.
@@ -1175,7 +1183,8 @@ mod tests {
 
     /// Every usage write pays one b-tree insert (and a WAL page at commit) per index on
     /// usage_records, so each index must have a reader: newest-first lists (`usage_created`),
-    /// per-user and per-app exports (`usage_user_created`, `usage_app_created`), and a key's
+    /// per-user and per-app exports (`usage_user_created`, `usage_app_created`, which holds only
+    /// records with an app; migration 10), and a key's
     /// budget period, read through its user's index (`usage_user_created`; migration 9). The
     /// planner shows them in use, and no index beyond them exists.
     #[tokio::test]
@@ -1204,6 +1213,15 @@ mod tests {
             "SELECT id FROM usage_records WHERE created_at_ms >= 1 AND created_at_ms < 2 AND app = 'a' ORDER BY created_at_ms, rowid",
         )?;
         assert!(by_app.contains("usage_app_created"), "{by_app}");
+        // Records without an app (the OpenAI and Anthropic SDKs' calls) stay out of it.
+        let app_index: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'usage_app_created'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        assert!(app_index.ends_with("WHERE app IS NOT NULL"), "{app_index}");
         let by_key = plan(
             &iam::KEY_SPEND_SQL
                 .replace("?1", "'k'")
@@ -1214,6 +1232,44 @@ mod tests {
             by_key.contains("USING INDEX usage_user_created"),
             "{by_key}"
         );
+        Ok(())
+    }
+
+    /// The per-app export reads the partial per-app index (migration 10): records of that app,
+    /// in order, and none of another app's or of calls that named no app.
+    #[tokio::test]
+    async fn app_export_finds_the_apps_records_only() -> Result<(), StoreError> {
+        use crate::ledger::{LedgerStore as _, report::UsageFilter};
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let rec = |id: &str, app: Option<&str>, at: i64| {
+            let mut r = record(id);
+            r.app = app.map(str::to_string);
+            r.created_at_ms = at;
+            r
+        };
+        store
+            .insert_usage(&[
+                rec("r1", Some("a"), 10),
+                rec("r2", None, 11),
+                rec("r3", Some("b"), 12),
+                rec("r4", Some("a"), 13),
+                rec("r5", None, 14),
+            ])
+            .await?;
+        let filter = UsageFilter {
+            since_ms: Some(0),
+            until_ms: Some(100),
+            app: Some("a".into()),
+            ..UsageFilter::default()
+        };
+        let ids: Vec<String> = store
+            .usage_records(&filter)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["r1", "r4"]);
         Ok(())
     }
 
