@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-
-mod store;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+
+mod store;
 
 #[derive(Parser, Debug)]
 #[command(name = "hub-bench", about = "Streaming load clients for scripts/bench")]

@@ -51,66 +51,46 @@ const FUNDING: i64 = 1 << 60;
 const HOLD: i64 = 25_087_410;
 const COST: i64 = 29_070;
 
-struct Cpu {
-    ticks: u64,
-    wchar: u64,
-}
-
-fn cpu_now() -> Result<Cpu, String> {
-    let stat =
-        std::fs::read_to_string("/proc/self/stat").map_err(|e| format!("/proc/self/stat: {e}"))?;
-    let after = stat
-        .rsplit_once(") ")
-        .map(|(_, s)| s)
-        .ok_or("/proc/self/stat: no command")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let num = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or("/proc/self/stat: short")
-    };
+/// The process's CPU so far (utime+stime, through `proc_sample`) and bytes written (`wchar`).
+fn cpu_now() -> Result<(u64, u64), String> {
+    let ticks = crate::proc_sample(std::process::id())?.cpu_ticks;
     let io = std::fs::read_to_string("/proc/self/io").map_err(|e| format!("/proc/self/io: {e}"))?;
     let wchar = io
         .lines()
         .find_map(|l| l.strip_prefix("wchar: "))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .ok_or("/proc/self/io: no wchar")?;
-    Ok(Cpu {
-        ticks: num(14 - 3)? + num(15 - 3)?,
-        wchar,
-    })
+    Ok((ticks, wchar))
 }
 
-struct Users {
-    ids: Vec<(String, String, String)>, // user id, key id, account
+/// One user's ids: its key's calls are the user's, settled against its account.
+struct Caller {
+    user: String,
+    key: String,
+    account: String,
 }
 
-impl Users {
-    fn new(n: usize) -> Users {
-        let ids = (0..n.max(1))
-            .map(|_| {
-                let user = format!("user_{}", uuid_simple());
-                let key = format!("key_{}", uuid_simple());
-                let account = format!("user:{user}");
-                (user, key, account)
-            })
-            .collect();
-        Users { ids }
-    }
+fn callers(n: usize) -> Vec<Caller> {
+    let simple = || hub_core::hub::new_request_id().replace('-', "");
+    (0..n.max(1))
+        .map(|_| {
+            let user = format!("user_{}", simple());
+            Caller {
+                key: format!("key_{}", simple()),
+                account: format!("user:{user}"),
+                user,
+            }
+        })
+        .collect()
 }
 
-fn uuid_simple() -> String {
-    hub_core::hub::new_request_id().replace('-', "")
-}
-
-fn record(user: &(String, String, String), id: String, started_ms: i64) -> UsageRecord {
+fn record(c: &Caller, id: String, started_ms: i64) -> UsageRecord {
     UsageRecord {
         id,
         created_at_ms: started_ms,
         client_request_id: None,
-        principal: user.1.clone(),
-        user_id: user.0.clone(),
+        principal: c.key.clone(),
+        user_id: c.user.clone(),
         team_id: None,
         app: None,
         ingress: "openai".into(),
@@ -140,7 +120,7 @@ fn record(user: &(String, String, String), id: String, started_ms: i64) -> Usage
             price_version: Some(1),
             cost_units: COST,
             provider_cost_units: 28_500,
-            account: Some(user.2.clone()),
+            account: Some(c.account.clone()),
             reserved_units: HOLD,
             shortfall_units: 0,
         },
@@ -151,14 +131,14 @@ fn record(user: &(String, String, String), id: String, started_ms: i64) -> Usage
 async fn call(
     ledger: &hub_core::ledger::LedgerWriter,
     usage: &UsageWriter,
-    user: &(String, String, String),
+    caller: &Caller,
 ) -> Result<(), String> {
     let id = hub_core::hub::new_request_id();
     let started = hub_core::hub::now_ms();
     let held = ledger
         .reserve(ReserveReq {
             request_id: id.clone(),
-            account: user.2.clone(),
+            account: caller.account.clone(),
             amount: HOLD,
             instance: "inst_bench".into(),
             now_ms: started,
@@ -168,29 +148,29 @@ async fn call(
     if held != ReserveOutcome::Reserved {
         return Err(format!("reservation refused: {held:?}"));
     }
-    usage.commit(record(user, id, started)).await
+    usage.commit(record(caller, id, started)).await
 }
 
 async fn run_calls(
     ledger: Arc<hub_core::ledger::LedgerWriter>,
     usage: Arc<UsageWriter>,
-    users: Arc<Users>,
+    callers: Arc<Vec<Caller>>,
     concurrency: usize,
     calls: u64,
 ) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency.max(1) {
-        let (ledger, usage, users, next) =
-            (ledger.clone(), usage.clone(), users.clone(), next.clone());
+        let (ledger, usage, callers, next) =
+            (ledger.clone(), usage.clone(), callers.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= calls {
                     return Ok::<(), String>(());
                 }
-                let user = &users.ids[n as usize % users.ids.len()];
-                call(&ledger, &usage, user).await?;
+                let caller = &callers[n as usize % callers.len()];
+                call(&ledger, &usage, caller).await?;
             }
         }));
     }
@@ -218,14 +198,14 @@ pub async fn run_store(a: StoreArgs) -> Result<Value, String> {
             .and_then(|c| c.execute_batch(sql))
             .map_err(|e| format!("--sql: {e}"))?;
     }
-    let users = Arc::new(Users::new(a.users));
-    for (user, _, account) in &users.ids {
+    let callers = Arc::new(callers(a.users));
+    for c in callers.iter() {
         store
             .grant(&hub_core::ledger::GrantReq {
-                account: account.clone(),
+                account: c.account.clone(),
                 kind: hub_core::ledger::GrantKind::Grant,
                 amount: FUNDING,
-                idem_key: format!("bench-funding:{user}"),
+                idem_key: format!("bench-funding:{}", c.user),
                 expires_at_ms: None,
                 note: None,
                 now_ms: hub_core::hub::now_ms(),
@@ -240,16 +220,16 @@ pub async fn run_store(a: StoreArgs) -> Result<Value, String> {
     run_calls(
         ledger.clone(),
         usage.clone(),
-        users.clone(),
+        callers.clone(),
         a.concurrency,
         a.warmup,
     )
     .await?;
-    let c0 = cpu_now()?;
+    let (ticks0, written0) = cpu_now()?;
     let t0 = Instant::now();
-    run_calls(ledger, usage, users, a.concurrency, a.calls).await?;
+    run_calls(ledger, usage, callers, a.concurrency, a.calls).await?;
     let secs = t0.elapsed().as_secs_f64();
-    let c1 = cpu_now()?;
+    let (ticks1, written1) = cpu_now()?;
     let calls = a.calls.max(1) as f64;
     Ok(json!({
         "users": a.users,
@@ -258,8 +238,8 @@ pub async fn run_store(a: StoreArgs) -> Result<Value, String> {
         "calls": a.calls,
         "seconds": secs,
         "calls_per_s": calls / secs,
-        "cpu_us_per_call": (c1.ticks - c0.ticks) as f64 * 10_000.0 / calls,
-        "written_bytes_per_call": (c1.wchar - c0.wchar) as f64 / calls,
+        "cpu_us_per_call": (ticks1 - ticks0) as f64 / crate::TICKS_PER_S * 1e6 / calls,
+        "written_bytes_per_call": (written1 - written0) as f64 / calls,
         "sql": a.sql,
     }))
 }

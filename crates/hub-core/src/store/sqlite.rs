@@ -1184,9 +1184,9 @@ mod tests {
     /// Every usage write pays one b-tree insert (and a WAL page at commit) per index on
     /// usage_records, so each index must have a reader: newest-first lists (`usage_created`),
     /// per-user and per-app exports (`usage_user_created`, `usage_app_created`, which holds only
-    /// records with an app; migration 10), and a key's
-    /// budget period, read through its user's index (`usage_user_created`; migration 9). The
-    /// planner shows them in use, and no index beyond them exists.
+    /// records with an app; migration 10), and a key's budget period, read through its user's
+    /// index (`usage_user_created`; migration 9). The planner shows them in use, and no index
+    /// beyond them exists.
     #[tokio::test]
     async fn usage_indexes_are_the_ones_queries_use() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;

@@ -369,9 +369,9 @@ impl RollupBatch {
     /// looks the key up twice (the conflict, then the update) where the `UPDATE` looks it up
     /// once. The transaction holds the write lock, so no row appears between the two; a plain
     /// `INSERT` (no `ON CONFLICT`) makes an `UPDATE` that missed its row an error, not a silent
-    /// double cost. Each statement is taken from the cache once per batch, not
-    /// once per row: a cache lookup builds, hashes and compares the statement's whole text, and
-    /// with many users a batch writes a row per call and roll-up.
+    /// double cost. Each statement is taken from the cache once per batch, not once per row: a
+    /// cache lookup builds, hashes and compares the statement's whole text, and with many users
+    /// a batch writes a row per call and roll-up.
     pub(super) fn write(self, tx: &Connection, zones: &[ReportZone]) -> Result<(), StoreError> {
         let sums_set = "calls = calls + ?7, success_calls = success_calls + ?8,
                prompt_tokens = prompt_tokens + ?9, completion_tokens = completion_tokens + ?10,
