@@ -5,7 +5,7 @@
 //! would cost every request). Lookup is an in-memory hash map from digest to principal: no database
 //! round trip on the hot path.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use rand::Rng;
@@ -85,7 +85,7 @@ pub fn key_prefix(key: &str) -> String {
 /// In-memory index of active keys.
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
-    by_digest: HashMap<KeyDigest, Arc<Principal>>,
+    by_digest: FastMap<KeyDigest, Arc<Principal>>,
 }
 
 impl KeyIndex {

@@ -10,7 +10,7 @@
 //!
 //! The counters are in this process, like the rate-limit windows (ARCHITECTURE.md: scale-out gap).
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -226,7 +226,7 @@ struct State {
     /// the period rolled.
     prev: Option<Slot>,
     /// Calls admitted and not yet settled: request id -> (their period's start, worst case).
-    calls: HashMap<String, (i64, i64)>,
+    calls: FastMap<String, (i64, i64)>,
 }
 
 impl State {
@@ -314,7 +314,7 @@ impl KeyBudget {
                 tz,
                 cur: Slot::new(period, spent),
                 prev: None,
-                calls: HashMap::new(),
+                calls: FastMap::default(),
             }),
         }
     }

@@ -5,7 +5,7 @@
 //! The hot path only reads atomics (`admit`, `on_success`); locks are taken on failures and for the
 //! last-error text. State is in memory per process (see ARCHITECTURE.md for the scale-out gap).
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -234,7 +234,7 @@ impl Stats {
 pub(crate) struct Cooldowns {
     /// The latest end of any cool-down (ms since epoch).
     any_until: AtomicU64,
-    by_model: Mutex<HashMap<String, u64>>,
+    by_model: Mutex<FastMap<String, u64>>,
 }
 
 impl Cooldowns {
@@ -332,9 +332,9 @@ const MAX_MODELS: usize = 2048;
 pub struct Health {
     pub(crate) cfg: HealthConfig,
     epoch: Instant,
-    creds: RwLock<HashMap<String, Arc<CredHealth>>>,
-    providers: RwLock<HashMap<ProviderKind, Arc<ProviderHealth>>>,
-    models: RwLock<HashMap<(ProviderKind, String), Arc<Stats>>>,
+    creds: RwLock<FastMap<String, Arc<CredHealth>>>,
+    providers: RwLock<FastMap<ProviderKind, Arc<ProviderHealth>>>,
+    models: RwLock<FastMap<(ProviderKind, String), Arc<Stats>>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -415,9 +415,9 @@ impl Health {
         Health {
             cfg,
             epoch: Instant::now(),
-            creds: RwLock::new(HashMap::new()),
-            providers: RwLock::new(HashMap::new()),
-            models: RwLock::new(HashMap::new()),
+            creds: RwLock::new(FastMap::default()),
+            providers: RwLock::new(FastMap::default()),
+            models: RwLock::new(FastMap::default()),
         }
     }
 

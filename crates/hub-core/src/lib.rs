@@ -26,3 +26,10 @@ pub mod vault; // AES-256-GCM envelope for provider credentials
 
 pub use error::{ErrorClass, ErrorKind, HubError, ProviderError};
 pub use hub::{CallContext, Hub, HubStream, Opened, StreamItem};
+
+/// The maps a call looks things up in (keys, gates, prices, routes, limits, health, the store's
+/// per-batch sums): std's `HashMap` hashed with foldhash instead of SipHash. A call makes ~20
+/// such lookups, and SipHash took ~4.8k instructions of each call at concurrency 64 (1.7 %;
+/// BENCHMARKS.md, twelfth session). foldhash is seeded per process, so a caller still cannot aim
+/// keys at one bucket.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -7,7 +7,9 @@
 //! overshoot the limit by more than the estimates undershoot. With several instances each keeps
 //! its own windows (see ARCHITECTURE.md: shared limits are a scale-out gap).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,7 +190,7 @@ impl Window {
 /// Rate-limit windows of every key, in this process.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    windows: Mutex<HashMap<String, Arc<Mutex<Window>>>>,
+    windows: Mutex<FastMap<String, Arc<Mutex<Window>>>>,
 }
 
 /// A call admitted under a token limit: holds its reservation until `settle` (or drop, which

@@ -9,7 +9,9 @@
 //! canonical `prompt_tokens` includes cache reads and writes, so they are taken out before the
 //! input rate applies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::FastMap;
 use std::sync::Arc;
 
 use rust_decimal::prelude::ToPrimitive;
@@ -247,7 +249,7 @@ impl Default for PricingSettings {
 
 #[derive(Deserialize)]
 struct PriceFile {
-    providers: HashMap<String, Vec<PriceFileEntry>>,
+    providers: FastMap<String, Vec<PriceFileEntry>>,
 }
 
 /// A built-in price: USD per 1M tokens (as providers publish them), per image in USD.
@@ -311,31 +313,40 @@ pub fn prices_from_json(text: &str, settings: &PricingSettings) -> Result<Vec<Pr
 }
 
 /// The current price of every (provider, model, type), in memory (no reads on the hot path).
+/// Keyed by (provider, type), then by model, so a call looks its price up by the model's `&str`
+/// (a single key of all three would need an owned `String` built for every lookup).
 #[derive(Debug, Clone, Default)]
 pub struct PriceBook {
-    current: HashMap<(ProviderKind, String, ModelType), Arc<Price>>,
+    current: FastMap<(ProviderKind, ModelType), FastMap<String, Arc<Price>>>,
 }
 
 impl PriceBook {
     pub fn new(prices: impl IntoIterator<Item = Price>) -> PriceBook {
-        let mut current: HashMap<(ProviderKind, String, ModelType), Arc<Price>> = HashMap::new();
+        let mut current: FastMap<(ProviderKind, ModelType), FastMap<String, Arc<Price>>> =
+            FastMap::default();
         for p in prices {
-            let k = p.key();
-            if current.get(&k).is_none_or(|old| old.version <= p.version) {
-                current.insert(k, Arc::new(p));
+            let models = current.entry((p.provider, p.model_type)).or_default();
+            if models
+                .get(&p.model)
+                .is_none_or(|old| old.version <= p.version)
+            {
+                models.insert(p.model.clone(), Arc::new(p));
             }
         }
         // A disabled current version means no price.
-        current.retain(|_, p| !p.disabled);
+        for models in current.values_mut() {
+            models.retain(|_, p| !p.disabled);
+        }
+        current.retain(|_, models| !models.is_empty());
         PriceBook { current }
     }
 
     pub fn get(&self, provider: ProviderKind, model: &str, ty: ModelType) -> Option<&Arc<Price>> {
-        self.current.get(&(provider, model.to_string(), ty))
+        self.current.get(&(provider, ty))?.get(model)
     }
 
     pub fn len(&self) -> usize {
-        self.current.len()
+        self.current.values().map(FastMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -344,7 +355,11 @@ impl PriceBook {
 
     /// Every current price, sorted by key.
     pub fn all(&self) -> Vec<Arc<Price>> {
-        let mut v: Vec<Arc<Price>> = self.current.values().cloned().collect();
+        let mut v: Vec<Arc<Price>> = self
+            .current
+            .values()
+            .flat_map(|models| models.values().cloned())
+            .collect();
         v.sort_by_key(|p| p.key());
         v
     }
@@ -555,6 +570,80 @@ mod tests {
         let p = p.map(|p| (p.rates.input, p.unit.as_ref().map(|u| u.input)));
         // $0.15 / 1M tokens, +2 % margin
         assert_eq!(p, Some((dec("0.000000153"), Some(dec("0.00000015")))));
+    }
+
+    #[test]
+    fn the_book_holds_each_models_latest_version_and_drops_disabled_ones() {
+        let prices = builtin_prices(&PricingSettings::default());
+        let base = prices
+            .iter()
+            .find(|p| p.provider == ProviderKind::OpenAi && p.model == "gpt-4o-mini")
+            .cloned();
+        assert!(base.is_some(), "gpt-4o-mini is in the built-in book");
+        let Some(base) = base else { return };
+        let version = |v: i64, rate: &str, disabled: bool| Price {
+            version: v,
+            rates: Rates {
+                input: dec(rate),
+                ..base.rates.clone()
+            },
+            disabled,
+            ..base.clone()
+        };
+        let other_type = Price {
+            model_type: ModelType::Embedding,
+            ..version(9, "0.9", false)
+        };
+        let other_provider = Price {
+            provider: ProviderKind::OpenRouter,
+            ..version(9, "0.8", false)
+        };
+        let gone = Price {
+            model: "retired".into(),
+            ..version(1, "0.1", false)
+        };
+        let gone_disabled = Price {
+            model: "retired".into(),
+            ..version(2, "0.1", true)
+        };
+        // Versions arrive in any order; the highest wins.
+        let book = PriceBook::new([
+            version(3, "0.3", false),
+            version(1, "0.1", false),
+            version(2, "0.2", false),
+            other_type,
+            other_provider,
+            gone_disabled,
+            gone,
+        ]);
+        let input =
+            |p: ProviderKind, m: &str, t: ModelType| book.get(p, m, t).map(|p| p.rates.input);
+        assert_eq!(
+            input(ProviderKind::OpenAi, "gpt-4o-mini", ModelType::Chat),
+            Some(dec("0.3"))
+        );
+        assert_eq!(
+            input(ProviderKind::OpenAi, "gpt-4o-mini", ModelType::Embedding),
+            Some(dec("0.9"))
+        );
+        assert_eq!(
+            input(ProviderKind::OpenRouter, "gpt-4o-mini", ModelType::Chat),
+            Some(dec("0.8"))
+        );
+        // A disabled latest version hides the model, even with an older enabled one.
+        assert_eq!(
+            input(ProviderKind::OpenAi, "retired", ModelType::Chat),
+            None
+        );
+        assert_eq!(input(ProviderKind::OpenAi, "gpt-4o", ModelType::Chat), None);
+        assert_eq!(book.len(), 3);
+        let keys: Vec<_> = book.all().iter().map(|p| p.key()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 3);
+        assert!(!book.is_empty());
+        assert!(PriceBook::new([version(5, "0.5", true)]).is_empty());
     }
 
     #[test]

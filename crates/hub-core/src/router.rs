@@ -6,7 +6,7 @@
 //! direct providers first, then Bedrock, then aggregators, then local (as the original ranks them),
 //! with the id mapped per provider (OpenRouter `openai/gpt-4o`).
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use serde::Deserialize;
 
@@ -49,7 +49,7 @@ pub struct Candidate {
 
 #[derive(Deserialize)]
 struct CatalogFile {
-    providers: HashMap<String, Vec<CatalogEntry>>,
+    providers: FastMap<String, Vec<CatalogEntry>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -64,7 +64,7 @@ struct CatalogEntry {
 /// Built-in knowledge of which provider serves which model (data/catalog.json).
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    by_provider: HashMap<ProviderKind, Vec<(String, ModelType, Option<String>)>>,
+    by_provider: FastMap<ProviderKind, Vec<(String, ModelType, Option<String>)>>,
 }
 
 impl Catalog {
@@ -75,7 +75,7 @@ impl Catalog {
 
     pub fn from_json(text: &str) -> Result<Catalog, String> {
         let file: CatalogFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let mut by_provider = HashMap::new();
+        let mut by_provider = FastMap::default();
         for (name, entries) in file.providers {
             let kind = ProviderKind::from_name(&name)
                 .ok_or_else(|| format!("unknown provider {name} in catalog"))?;

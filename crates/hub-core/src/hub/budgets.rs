@@ -2,7 +2,7 @@
 //! (seeded from the store when the key loads), admission at reservation time, settlement when a
 //! usage record is committed. The rules are `budget.rs`'s.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
@@ -14,7 +14,7 @@ use crate::policy::KeyGate;
 use crate::store::{Store, StoreError, UsageRecord};
 
 /// Live budgets by key id; only keys that have one.
-pub(crate) type Budgets = HashMap<String, Arc<KeyBudget>>;
+pub(crate) type Budgets = FastMap<String, Arc<KeyBudget>>;
 
 /// The budgets of the keys in `gates`: a key already live keeps its counter (a changed amount is
 /// taken in place); a key new to this process is seeded with what its usage records of the
@@ -23,10 +23,10 @@ pub(crate) type Budgets = HashMap<String, Arc<KeyBudget>>;
 pub(crate) async fn load_budgets(
     store: &dyn Store,
     old: &Budgets,
-    gates: &HashMap<String, Arc<KeyGate>>,
+    gates: &FastMap<String, Arc<KeyGate>>,
     now_ms: i64,
 ) -> Result<Budgets, StoreError> {
-    let mut out = Budgets::new();
+    let mut out = Budgets::default();
     for (key_id, gate) in gates {
         let Some(b) = &gate.policy.budget else {
             continue;

@@ -15,7 +15,7 @@ mod probe; // testing one credential against its provider
 mod resilience;
 mod snapshot;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -184,7 +184,7 @@ struct Inner {
     identity: Option<Arc<dyn IdentityResolver>>,
     identity_cache: IdentityCache,
     timeouts: Timeouts,
-    provider_timeouts: HashMap<ProviderKind, TimeoutOverrides>,
+    provider_timeouts: FastMap<ProviderKind, TimeoutOverrides>,
     health: Health,
     metrics: Arc<Metrics>,
     billing: ArcSwap<billing::BillingConfig>,
@@ -194,7 +194,7 @@ struct Inner {
     upkeep: Mutex<Option<JoinHandle<()>>>,
     /// Streams holding a reservation, by request id: the heartbeat persists what each has
     /// delivered (billing.rs).
-    in_flight: Mutex<HashMap<String, Arc<billing::InFlight>>>,
+    in_flight: Mutex<FastMap<String, Arc<billing::InFlight>>>,
     /// This process's id in the ledger (its reservations are released if it stops beating).
     instance: String,
     /// `Some` only when auth is switched off for a benchmark (`HUB_BENCH_DISABLE=auth`): every
@@ -249,7 +249,7 @@ impl Hub {
         let unauthenticated_as = unauthenticated_principal(&opts, &snapshot)?;
         let key_budgets = budgets::load_budgets(
             store.as_ref(),
-            &budgets::Budgets::new(),
+            &budgets::Budgets::default(),
             &snapshot.gates,
             now_ms(),
         )
@@ -301,7 +301,7 @@ impl Hub {
                 opts.hooks.identity_negative_ttl,
             ),
             timeouts: opts.timeouts,
-            provider_timeouts: opts.provider_timeouts,
+            provider_timeouts: opts.provider_timeouts.into_iter().collect(),
             health: Health::new(opts.health),
             metrics,
             billing: ArcSwap::from_pointee(billing_cfg),
@@ -309,7 +309,7 @@ impl Hub {
             ledger,
             ledger_task: Mutex::new(Some(ledger_task)),
             upkeep: Mutex::new(None),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(FastMap::default()),
             instance: format!("inst_{}", uuid::Uuid::new_v4().simple()),
             unauthenticated_as,
             switches: opts.switches,

@@ -22,7 +22,7 @@
 //! HTTP/2 origin gets a pool per [`STREAMS_PER_POOL`] calls in flight (a `Lease` counts a call
 //! until its response or stream is dropped), each with its own connection.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ pub(crate) struct Pools {
     /// Plain-HTTP base URLs: HTTP/1.1, a connection per call in flight.
     plain: reqwest::Client,
     /// HTTPS origins (`scheme://authority` of a base URL).
-    origins: parking_lot::RwLock<HashMap<Box<str>, Arc<Origin>>>,
+    origins: parking_lot::RwLock<FastMap<Box<str>, Arc<Origin>>>,
 }
 
 struct Origin {
@@ -164,7 +164,7 @@ impl Pools {
             connect,
             extra_roots: extra_roots.to_vec(),
             plain: builder(connect, extra_roots).build().map_err(http_error)?,
-            origins: parking_lot::RwLock::new(HashMap::new()),
+            origins: parking_lot::RwLock::new(FastMap::default()),
         })
     }
 

@@ -2,7 +2,7 @@
 //! background re-check of credentials a provider rejected, the stream guard (idle timeout, total
 //! deadline, in-flight gauge, health after the first byte), and the health/metrics views.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::timeouts::{TimeoutSettings, Timeouts};
 /// (stored timeouts).
 pub(crate) struct Clients {
     extra_roots: Vec<reqwest::Certificate>,
-    pools: ArcSwap<HashMap<ProviderKind, Arc<Pools>>>,
+    pools: ArcSwap<FastMap<ProviderKind, Arc<Pools>>>,
     /// For a kind without pools of its own (every kind has them; this keeps `lease` total).
     fallback: Arc<Pools>,
 }
@@ -55,7 +55,7 @@ impl Clients {
                 certs
             }
         };
-        let mut pools = HashMap::new();
+        let mut pools = FastMap::default();
         for kind in ProviderKind::ALL {
             pools.insert(kind, Arc::new(Pools::new(connect(kind), &extra_roots)?));
         }
@@ -88,7 +88,7 @@ impl Clients {
         }) {
             return Ok(());
         }
-        let mut next = HashMap::new();
+        let mut next = FastMap::default();
         for kind in ProviderKind::ALL {
             let c = connect(kind);
             let pools = match current.get(&kind) {

@@ -1,7 +1,7 @@
 //! The in-memory configuration: providers with decrypted credentials and smooth weighted round
 //! robin, the API-key index, and start-up bootstrap (owner user and key).
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -76,12 +76,12 @@ impl ProviderInstance {
 
 /// Everything the hot path reads, swapped atomically on reload.
 pub(crate) struct Snapshot {
-    pub(crate) providers: HashMap<ProviderKind, Arc<ProviderInstance>>,
+    pub(crate) providers: FastMap<ProviderKind, Arc<ProviderInstance>>,
     pub(crate) keys: KeyIndex,
     /// Expiry and policy of every key in `keys`, by key id.
-    pub(crate) gates: HashMap<String, Arc<KeyGate>>,
+    pub(crate) gates: FastMap<String, Arc<KeyGate>>,
     /// Per-provider timeouts stored by an administrator (`provider.<name>.timeouts`).
-    pub(crate) stored_timeouts: HashMap<ProviderKind, crate::timeouts::TimeoutOverrides>,
+    pub(crate) stored_timeouts: FastMap<ProviderKind, crate::timeouts::TimeoutOverrides>,
 }
 
 /// Opens the store and vault of a data dir without starting a hub (admin CLI).
@@ -155,7 +155,7 @@ pub(crate) async fn load_snapshot(
 ) -> Result<Snapshot, OpenError> {
     let provider_rows = store.list_providers().await?;
     let cred_rows = store.list_credentials().await?;
-    let mut creds_by: HashMap<ProviderKind, Vec<CredEntry>> = HashMap::new();
+    let mut creds_by: FastMap<ProviderKind, Vec<CredEntry>> = FastMap::default();
     for row in &cred_rows {
         let secret = open_credential(vault, row).map_err(|source| OpenError::Undecryptable {
             id: row.id.clone(),
@@ -170,7 +170,7 @@ pub(crate) async fn load_snapshot(
             });
         }
     }
-    let mut providers = HashMap::new();
+    let mut providers = FastMap::default();
     let mut consider = |kind: ProviderKind,
                         base: Option<String>,
                         region: Option<String>,
@@ -256,15 +256,15 @@ pub(crate) async fn load_snapshot(
     }
 
     let now = now_ms();
-    let users: HashMap<String, UserRow> = store
+    let users: FastMap<String, UserRow> = store
         .list_users()
         .await?
         .into_iter()
         .map(|u| (u.id.clone(), u))
         .collect();
-    let mut policies: HashMap<String, crate::policy::KeyPolicy> =
+    let mut policies: FastMap<String, crate::policy::KeyPolicy> =
         store.list_key_policies().await?.into_iter().collect();
-    let mut gates = HashMap::new();
+    let mut gates = FastMap::default();
     let mut keys = KeyIndex::default();
     for k in store.list_api_keys().await? {
         if k.revoked_at_ms.is_some() || k.expires_at_ms.is_some_and(|e| e <= now) {
@@ -308,8 +308,8 @@ pub(crate) async fn load_snapshot(
 /// the database) is ignored with a warning: the environment's timeouts apply.
 pub(crate) async fn load_stored_timeouts(
     store: &dyn Store,
-) -> Result<HashMap<ProviderKind, crate::timeouts::TimeoutOverrides>, OpenError> {
-    let mut out = HashMap::new();
+) -> Result<FastMap<ProviderKind, crate::timeouts::TimeoutOverrides>, OpenError> {
+    let mut out = FastMap::default();
     for kind in ProviderKind::ALL {
         let Some(text) = store.get_setting(&TimeoutSettings::key(kind)).await? else {
             continue;

@@ -224,10 +224,10 @@ pub(crate) async fn send_post(
 /// parsed once and cloned after (looked up by the string itself: no allocation when cached).
 /// Bounded: when full, the cache starts over.
 pub(crate) fn endpoint_url(url: &str) -> Result<reqwest::Url, ProviderError> {
-    use std::collections::HashMap;
+    use crate::FastMap;
     use std::sync::LazyLock;
     const MAX: usize = 1024;
-    static URLS: LazyLock<parking_lot::RwLock<HashMap<String, reqwest::Url>>> =
+    static URLS: LazyLock<parking_lot::RwLock<FastMap<String, reqwest::Url>>> =
         LazyLock::new(Default::default);
     if let Some(parsed) = URLS.read().get(url) {
         return Ok(parsed.clone());

@@ -3,7 +3,7 @@
 //! NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
 //! processes sharing the file, PostgreSQL's row locks would serialise instances.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -126,7 +126,7 @@ fn move_money(
 /// at most what was read as available), so their sum does too.
 #[derive(Default)]
 pub(super) struct AccountDeltas {
-    pending: HashMap<String, (i64, i64)>,
+    pending: FastMap<String, (i64, i64)>,
 }
 
 impl AccountDeltas {
@@ -289,7 +289,7 @@ pub(super) fn settle_in_tx(
 /// and the day in each configured report time zone.
 #[derive(Default)]
 pub(super) struct RollupBatch {
-    rows: HashMap<RollKey, Sums>,
+    rows: FastMap<RollKey, Sums>,
 }
 
 /// Which roll-up a row belongs to: 15-minute, UTC day, or a zone's day (its index).
