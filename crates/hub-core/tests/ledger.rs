@@ -326,6 +326,43 @@ async fn starter_credits_once_under_concurrent_first_requests() -> R {
     assert_consistent(&store).await
 }
 
+/// The stale-hold scan reads only holds older than the dead-instance cutoff (an index range,
+/// not every open hold). A hold a dead instance made after that cutoff, in its last moments, is
+/// released by a later reconcile, once the cutoff has passed it; a live instance's never is.
+#[tokio::test]
+async fn a_dead_instances_newest_hold_is_released_once_past_the_cutoff() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 100, "g")).await?;
+    store.heartbeat("dead", 1_000, &[]).await?;
+    let mut late = reserve("late", &acct, 30);
+    late.instance = "dead".into();
+    late.now_ms = 6_000;
+    let mut live = reserve("live", &acct, 20);
+    live.instance = "alive".into();
+    live.now_ms = 2_000;
+    store.reserve(&[late, live]).await?;
+    store.heartbeat("alive", 10_000, &[]).await?;
+    // 'dead' last beat at 1 s: dead for a cutoff of 5 s, but its hold is from 6 s.
+    let rep = store
+        .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
+        .await?;
+    assert_eq!(rep.released, 0);
+    // Two seconds later the cutoff (7 s) has passed it.
+    let rep = store
+        .reconcile("me", 12_000, 7_000, 12_000 - 60_000)
+        .await?;
+    assert_eq!((rep.released, rep.released_units), (1, 30));
+    store.heartbeat("alive", 12_000, &[]).await?;
+    let rep = store
+        .reconcile("me", 14_000, 9_000, 14_000 - 60_000)
+        .await?;
+    assert_eq!(rep.released, 0, "a live instance's hold stays");
+    let bal = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((bal.available, bal.reserved), (80, 20));
+    assert_consistent(&store).await
+}
+
 #[tokio::test]
 async fn reconcile_releases_what_a_dead_instance_held() -> R {
     let (_d, store) = open()?;

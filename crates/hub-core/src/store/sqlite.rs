@@ -1235,6 +1235,27 @@ mod tests {
         Ok(())
     }
 
+    /// `reconcile` runs every heartbeat under the writer's lock. Its query for stale holds reads
+    /// only the holds older than the dead-instance cutoff, as a range of the open-holds index; it
+    /// used to read every open hold (each call in flight, or with the usage log switched off for
+    /// a benchmark, every call so far: BENCHMARKS.md, twelfth session).
+    #[test]
+    fn the_stale_hold_scan_is_a_range_over_old_holds() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let c = store.reader.lock();
+        let sql = ledger::STALE_HOLDS_SQL
+            .replace("?1", "'me'")
+            .replace("?2", "5000")
+            .replace("?3", "1");
+        let plan = query_plan(&c, &sql)?;
+        assert!(
+            plan.contains("SEARCH r USING INDEX reservations_open (created_at_ms<?)"),
+            "{plan}"
+        );
+        Ok(())
+    }
+
     /// The per-app export reads the partial per-app index (migration 10): records of that app,
     /// in order, and none of another app's or of calls that named no app.
     #[tokio::test]

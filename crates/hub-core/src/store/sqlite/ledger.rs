@@ -499,6 +499,18 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
     Ok(n as u64)
 }
 
+/// The open holds `reconcile` releases: older than the window (`?3`), or held by another instance
+/// that is dead (no heartbeat since `?2`, or unknown). Runs every heartbeat under the writer's
+/// lock, so it must not read every open hold: `created_at_ms < MAX(?2, ?3)` lets the partial
+/// index `reservations_open` serve it as a range over the old holds only. That bound loses
+/// nothing: a dead instance's holds were made before its last heartbeat (older than `?2`) or
+/// within one beat after it, and those are older than `?2` one reconcile later.
+pub(super) const STALE_HOLDS_SQL: &str =
+    "SELECT r.request_id, r.account, r.amount, r.delivered FROM reservations r
+     LEFT JOIN instances i ON i.id = r.instance
+     WHERE r.status = 'open' AND r.created_at_ms < MAX(?2, ?3) AND (r.created_at_ms < ?3 OR
+       (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2)))";
+
 /// Holds each reservation of a batch (one conditional UPDATE each), in the caller's transaction.
 pub(super) fn reserve_in_tx(
     tx: &Connection,
@@ -1017,14 +1029,7 @@ impl LedgerStore for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             let stale: Vec<(String, String, i64, Option<String>)> = {
-                let mut st = tx
-                    .prepare(
-                        "SELECT r.request_id, r.account, r.amount, r.delivered FROM reservations r
-                         LEFT JOIN instances i ON i.id = r.instance
-                         WHERE r.status = 'open' AND (r.created_at_ms < ?3 OR
-                           (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2)))",
-                    )
-                    .map_err(db_err)?;
+                let mut st = tx.prepare(STALE_HOLDS_SQL).map_err(db_err)?;
                 let rows = st
                     .query_map(params![me, stale_before_ms, older_than_ms], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
