@@ -5,12 +5,13 @@
 //! would cost every request). Lookup is an in-memory hash map from digest to principal: no database
 //! round trip on the hot path.
 
-use crate::FastMap;
 use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::FastMap;
 
 /// Roles, as Blocklet Server passports name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,6 @@
 //!
 //! The counters are in this process, like the rate-limit windows (ARCHITECTURE.md: scale-out gap).
 
-use crate::FastMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -20,6 +19,7 @@ use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::FastMap;
 use crate::error::{ErrorKind, HubError};
 use crate::pricing::{from_units, parse_amount, to_units};
 

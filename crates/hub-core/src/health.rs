@@ -5,7 +5,6 @@
 //! The hot path only reads atomics (`admit`, `on_success`); locks are taken on failures and for the
 //! last-error text. State is in memory per process (see ARCHITECTURE.md for the scale-out gap).
 
-use crate::FastMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
+use crate::FastMap;
 use crate::error::{ErrorClass, ProviderError};
 use crate::providers::ProviderKind;
 

@@ -8,14 +8,13 @@
 //! its own windows (see ARCHITECTURE.md: shared limits are a scale-out gap).
 
 use std::collections::VecDeque;
-
-use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::FastMap;
 use crate::error::{ErrorKind, HubError};
 use crate::providers::ProviderKind;
 use crate::router::{self, Catalog, ModelRef};

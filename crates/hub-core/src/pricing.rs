@@ -10,14 +10,13 @@
 //! input rate applies.
 
 use std::collections::BTreeMap;
-
-use crate::FastMap;
 use std::sync::Arc;
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
+use crate::FastMap;
 use crate::providers::ProviderKind;
 use crate::types::{ModelType, Usage};
 

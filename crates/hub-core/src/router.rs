@@ -6,10 +6,9 @@
 //! direct providers first, then Bedrock, then aggregators, then local (as the original ranks them),
 //! with the id mapped per provider (OpenRouter `openai/gpt-4o`).
 
-use crate::FastMap;
-
 use serde::Deserialize;
 
+use crate::FastMap;
 use crate::providers::ProviderKind;
 use crate::types::{ModelInfo, ModelType};
 

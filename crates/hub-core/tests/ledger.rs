@@ -68,6 +68,15 @@ fn reserve(req: &str, account: &str, amount: i64) -> ReserveReq {
     }
 }
 
+/// A hold made by another instance at `at` (for reconcile's dead-instance cases).
+fn held_by(req: &str, account: &str, amount: i64, instance: &str, at: i64) -> ReserveReq {
+    ReserveReq {
+        instance: instance.into(),
+        now_ms: at,
+        ..reserve(req, account, amount)
+    }
+}
+
 fn grant(account: &str, amount: i64, key: &str) -> GrantReq {
     GrantReq {
         account: account.into(),
@@ -335,13 +344,12 @@ async fn a_dead_instances_newest_hold_is_released_once_past_the_cutoff() -> R {
     let acct = user_account("u");
     store.grant(&grant(&acct, 100, "g")).await?;
     store.heartbeat("dead", 1_000, &[]).await?;
-    let mut late = reserve("late", &acct, 30);
-    late.instance = "dead".into();
-    late.now_ms = 6_000;
-    let mut live = reserve("live", &acct, 20);
-    live.instance = "alive".into();
-    live.now_ms = 2_000;
-    store.reserve(&[late, live]).await?;
+    store
+        .reserve(&[
+            held_by("late", &acct, 30, "dead", 6_000),
+            held_by("live", &acct, 20, "alive", 2_000),
+        ])
+        .await?;
     store.heartbeat("alive", 10_000, &[]).await?;
     // 'dead' last beat at 1 s: dead for a cutoff of 5 s, but its hold is from 6 s.
     let rep = store
@@ -370,13 +378,12 @@ async fn reconcile_releases_what_a_dead_instance_held() -> R {
     store.grant(&grant(&acct, 100, "g")).await?;
     store.heartbeat("dead", 1_000, &[]).await?;
     store.heartbeat("alive", 10_000, &[]).await?;
-    let mut a = reserve("a", &acct, 30);
-    a.instance = "dead".into();
-    a.now_ms = 1_000;
-    let mut b = reserve("b", &acct, 20);
-    b.instance = "alive".into();
-    b.now_ms = 9_000;
-    store.reserve(&[a, b]).await?;
+    store
+        .reserve(&[
+            held_by("a", &acct, 30, "dead", 1_000),
+            held_by("b", &acct, 20, "alive", 9_000),
+        ])
+        .await?;
     // Window of 60 s; 'dead' last beat at 1 s, stale before 5 s.
     let rep = store
         .reconcile("me", 10_000, 5_000, 10_000 - 60_000)

@@ -2,12 +2,12 @@
 //! (seeded from the store when the key loads), admission at reservation time, settlement when a
 //! usage record is committed. The rules are `budget.rs`'s.
 
-use crate::FastMap;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
 use super::{CallContext, Hub};
+use crate::FastMap;
 use crate::budget::{BudgetPermit, KeyBudget, period_at};
 use crate::error::HubError;
 use crate::policy::KeyGate;

@@ -15,7 +15,6 @@ mod probe; // testing one credential against its provider
 mod resilience;
 mod snapshot;
 
-use crate::FastMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -26,6 +25,7 @@ use futures::Stream;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::FastMap;
 use crate::auth::Principal;
 use crate::config::{EnvProvider, HubOptions};
 use crate::error::HubError;

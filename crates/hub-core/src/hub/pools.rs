@@ -22,7 +22,6 @@
 //! HTTP/2 origin gets a pool per [`STREAMS_PER_POOL`] calls in flight (a `Lease` counts a call
 //! until its response or stream is dropped), each with its own connection.
 
-use crate::FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +33,7 @@ use hyper_util::client::legacy::connect::Connection;
 use tokio::sync::watch;
 
 use super::OpenError;
+use crate::FastMap;
 
 /// Calls in flight per HTTP/2 pool: the least `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113
 /// (§6.5.2) asks servers to allow.

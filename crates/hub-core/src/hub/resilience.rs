@@ -2,7 +2,6 @@
 //! background re-check of credentials a provider rejected, the stream guard (idle timeout, total
 //! deadline, in-flight gauge, health after the first byte), and the health/metrics views.
 
-use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use arc_swap::ArcSwap;
 use super::pools::{Lease, Pools};
 use super::snapshot::Snapshot;
 use super::{Hub, OpenError};
+use crate::FastMap;
 use crate::error::{ErrorClass, ProviderError};
 use crate::health::{CredHealth, Effect, HealthReport, ProviderHealth};
 use crate::providers::{CredentialSecret, EventStream, ProviderKind, Upstream};

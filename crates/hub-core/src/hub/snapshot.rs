@@ -1,13 +1,13 @@
 //! The in-memory configuration: providers with decrypted credentials and smooth weighted round
 //! robin, the API-key index, and start-up bootstrap (owner user and key).
 
-use crate::FastMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::{OpenError, now_ms};
+use crate::FastMap;
 use crate::auth::{self, KeyIndex, Principal, Role};
 use crate::config::{EnvProvider, HubOptions};
 use crate::policy::KeyGate;

@@ -3,13 +3,13 @@
 //! NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
 //! processes sharing the file, PostgreSQL's row locks would serialise instances.
 
-use crate::FastMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{SqliteStore, USAGE_COLUMNS, db_err, kind_of, usage_from_row};
+use crate::FastMap;
 use crate::ledger::report::{BUCKET_MS, DAY_MS, Period, ReportZone, offset_sql};
 use crate::ledger::{
     AccountBalance, GrantKind, GrantOutcome, GrantReq, LedgerEntry, LedgerStore, ReconcileReport,
