@@ -116,28 +116,17 @@ impl ProviderError {
         self
     }
 
-    /// Classifies a transport error from reqwest.
-    pub fn from_transport(err: &reqwest::Error) -> ProviderError {
-        let class = if err.is_timeout() {
-            ErrorClass::Timeout
-        } else if err.is_connect() {
-            ErrorClass::Connect
-        } else if err.is_body() || err.is_decode() {
-            ErrorClass::StreamInterrupted
-        } else {
-            ErrorClass::Connect
+    /// Classifies a transport error of the upstream client.
+    pub fn from_transport(err: &crate::upstream_http::TransportError) -> ProviderError {
+        use crate::upstream_http::TransportKind;
+        let class = match err.kind() {
+            TransportKind::Timeout => ErrorClass::Timeout,
+            TransportKind::Connect | TransportKind::Request => ErrorClass::Connect,
+            TransportKind::Body => ErrorClass::StreamInterrupted,
         };
-        // reqwest's Display includes the URL, never headers, so no credential can leak here.
-        ProviderError::new(class, format!("transport error: {}", without_url(err)))
+        // The client's errors name neither the URL nor a header, so no credential can leak here.
+        ProviderError::new(class, format!("transport error: {err}"))
     }
-}
-
-fn without_url(err: &reqwest::Error) -> String {
-    let mut s = err.to_string();
-    if let Some(url) = err.url() {
-        s = s.replace(url.as_str(), "<upstream>");
-    }
-    s
 }
 
 /// What the caller is told. One status per kind, decided in `status()`.

@@ -21,6 +21,7 @@ pub mod switches; // HUB_BENCH_DISABLE: benchmarking switches (all on by default
 pub mod timeouts; // upstream timeouts and health tunables from env
 pub mod tokenize; // real-tokenizer estimates when a provider reports no usage
 pub mod types; // canonical request/response/stream/usage types
+pub mod upstream_http; // the upstream client: hyper-util's pool, rustls, proxies from the environment
 pub mod usage; // durable usage writer with group commit
 pub mod vault; // AES-256-GCM envelope for provider credentials
 

@@ -53,7 +53,7 @@ const TINY_PNG: &str =
 
 struct Fixture {
     mock: MockServer,
-    http: reqwest::Client,
+    http: hub_core::upstream_http::Client,
     base_url: String,
     credential: CredentialSecret,
     settings: ProviderSettings,
@@ -74,7 +74,8 @@ impl Fixture {
         Fixture {
             base_url: mock.base_url(),
             mock,
-            http: reqwest::Client::new(),
+            http: hub_core::upstream_http::Client::new(Default::default())
+                .unwrap_or_else(|e| unreachable!("the default client builds: {e}")),
             credential,
             settings: ProviderSettings {
                 region: Some("us-west-2".into()),

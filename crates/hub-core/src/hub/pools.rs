@@ -9,8 +9,8 @@
 //!
 //! So an origin learns its protocol once, from one call: the first call to a cold origin (the
 //! probe) goes out on a client offering both protocols by ALPN, and the calls arriving meanwhile
-//! wait until the probe's connection is up, which is when the protocol is known (a connector
-//! layer reports what each new connection negotiated). An origin that speaks HTTP/2 is then called
+//! wait until the probe's connection is up, which is when the protocol is known (the client
+//! reports what each new connection negotiated). An origin that speaks HTTP/2 is then called
 //! with HTTP/2 by prior knowledge, where the pool opens one connection and every other call waits
 //! for it; an origin that speaks only HTTP/1.1 keeps the ALPN client, a connection per call in
 //! flight, as HTTP/1.1 needs. Plain-HTTP base URLs never speak HTTP/2 here and have one client.
@@ -22,18 +22,16 @@
 //! HTTP/2 origin gets a pool per [`STREAMS_PER_POOL`] calls in flight (a `Lease` counts a call
 //! until its response or stream is dropped), each with its own connection.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::Connection;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
 use super::OpenError;
 use crate::FastMap;
+use crate::upstream_http::{Client, ClientOptions, OnConnect};
 
 /// Calls in flight per HTTP/2 pool: the least `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113
 /// (§6.5.2) asks servers to allow.
@@ -66,9 +64,9 @@ fn shift(cell: &ProtoCell, from: Proto, to: Proto) -> bool {
 /// One provider's clients, all with the same connect timeout.
 pub(crate) struct Pools {
     connect: Duration,
-    extra_roots: Vec<reqwest::Certificate>,
+    extra_roots: Vec<CertificateDer<'static>>,
     /// Plain-HTTP base URLs: HTTP/1.1, a connection per call in flight.
-    plain: reqwest::Client,
+    plain: Client,
     /// HTTPS origins (`scheme://authority` of a base URL).
     origins: parking_lot::RwLock<FastMap<Box<str>, Arc<Origin>>>,
 }
@@ -77,7 +75,7 @@ struct Origin {
     proto: ProtoCell,
     /// Offers `h2` and `http/1.1`; reports what each new connection negotiated. A probe after the
     /// first gets a fresh one: on this one's pooled connection it would learn nothing.
-    alpn: parking_lot::RwLock<reqwest::Client>,
+    alpn: parking_lot::RwLock<Client>,
     probed: std::sync::atomic::AtomicBool,
     /// HTTP/2 by prior knowledge, a pool per [`STREAMS_PER_POOL`] calls in flight (built as
     /// needed, once the origin is known to speak HTTP/2).
@@ -85,21 +83,37 @@ struct Origin {
 }
 
 struct Shard {
-    client: reqwest::Client,
+    client: Client,
     in_flight: AtomicUsize,
+}
+
+fn client(
+    connect: Duration,
+    extra_roots: &[CertificateDer<'static>],
+    h2_only: bool,
+    on_connect: Option<OnConnect>,
+) -> Result<Client, OpenError> {
+    Client::new(ClientOptions {
+        connect_timeout: connect,
+        extra_roots: extra_roots.to_vec(),
+        h2_only,
+        on_connect,
+        proxies: Default::default(),
+    })
+    .map_err(OpenError::Http)
 }
 
 /// A provider's client for one call. It may hold a place in an HTTP/2 pool, or the origin's probe:
 /// keep it as long as the upstream response (or stream) is read.
 pub(crate) struct Lease {
-    client: reqwest::Client,
+    client: Client,
     shard: Option<Arc<Shard>>,
     probe: Option<ProtoCell>,
 }
 
 impl std::ops::Deref for Lease {
-    type Target = reqwest::Client;
-    fn deref(&self) -> &reqwest::Client {
+    type Target = Client;
+    fn deref(&self) -> &Client {
         &self.client
     }
 }
@@ -118,7 +132,7 @@ impl Drop for Lease {
 }
 
 impl Lease {
-    fn of(client: &reqwest::Client) -> Lease {
+    fn of(client: &Client) -> Lease {
         Lease {
             client: client.clone(),
             shard: None,
@@ -158,12 +172,12 @@ fn https_origin(base_url: &str) -> Option<&str> {
 impl Pools {
     pub(crate) fn new(
         connect: Duration,
-        extra_roots: &[reqwest::Certificate],
+        extra_roots: &[CertificateDer<'static>],
     ) -> Result<Pools, OpenError> {
         Ok(Pools {
             connect,
             extra_roots: extra_roots.to_vec(),
-            plain: builder(connect, extra_roots).build().map_err(http_error)?,
+            plain: client(connect, extra_roots, false, None)?,
             origins: parking_lot::RwLock::new(FastMap::default()),
         })
     }
@@ -210,23 +224,13 @@ impl Pools {
 
     /// A client for one origin whose connections report to `proto`: offering h2 and http/1.1 by
     /// ALPN, or (`h2_only`) HTTP/2 by prior knowledge.
-    fn origin_client(
-        &self,
-        proto: &ProtoCell,
-        h2_only: bool,
-    ) -> Result<reqwest::Client, OpenError> {
-        let b = builder(self.connect, &self.extra_roots);
-        let b = if h2_only {
-            b.http2_prior_knowledge()
-        } else {
-            b
-        };
-        b.connector_layer(ReportProto {
-            proto: proto.clone(),
+    fn origin_client(&self, proto: &ProtoCell, h2_only: bool) -> Result<Client, OpenError> {
+        client(
+            self.connect,
+            &self.extra_roots,
             h2_only,
-        })
-        .build()
-        .map_err(http_error)
+            Some(report_proto(proto.clone(), h2_only)),
+        )
     }
 
     /// Pools in use for `origin` and calls in flight on each (for tests and diagnostics).
@@ -320,100 +324,31 @@ impl Origin {
     }
 }
 
-fn builder(connect: Duration, extra_roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
-    let mut b = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .http2_adaptive_window(true);
-    for c in extra_roots {
-        b = b.add_root_certificate(c.clone());
-    }
-    b
-}
-
-fn http_error(e: reqwest::Error) -> OpenError {
-    OpenError::Http(e.to_string())
-}
-
-/// A connector layer: records what each new connection to the origin negotiated. On the HTTP/2
-/// client (`h2_only`), a connection that did not negotiate `h2` (the origin stopped offering it)
-/// is refused before a byte of HTTP is sent and the origin is marked HTTP/1.1-only; a connection
-/// that failed makes the next call learn the protocol again.
-#[derive(Clone)]
-struct ReportProto {
-    proto: ProtoCell,
-    h2_only: bool,
-}
-
-impl<S> tower_layer::Layer<S> for ReportProto {
-    type Service = ReportProtoService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ReportProtoService {
-            inner,
-            proto: self.proto.clone(),
-            h2_only: self.h2_only,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ReportProtoService<S> {
-    inner: S,
-    proto: ProtoCell,
-    h2_only: bool,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<S, R> tower_service::Service<R> for ReportProtoService<S>
-where
-    S: tower_service::Service<R, Error = BoxError>,
-    S::Response: Connection + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        let connecting = self.inner.call(req);
-        let (proto, h2_only) = (self.proto.clone(), self.h2_only);
-        Box::pin(async move {
-            let conn = match connecting.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // An origin that stopped offering h2 may refuse the handshake outright (no
-                    // ALPN protocol in common); the next call learns the protocol again.
-                    if h2_only {
-                        shift(&proto, Proto::H2, Proto::Unknown);
-                    }
-                    return Err(e);
-                }
-            };
-            let learned = if conn.connected().is_negotiated_h2() {
-                Proto::H2
-            } else {
-                Proto::Http1
-            };
-            proto.send_if_modified(|p| {
-                let changed = *p != learned;
-                *p = learned;
-                changed
-            });
-            if h2_only && learned != Proto::H2 {
-                return Err(
-                    "the upstream no longer offers HTTP/2; the next call uses HTTP/1.1".into(),
-                );
+/// What each new connection of an origin's client reports: the protocol it negotiated, into the
+/// origin's cell. On the HTTP/2 client (`h2_only`), a connection that did not negotiate `h2` (the
+/// origin stopped offering it) is refused before a byte of HTTP is sent and the origin is marked
+/// HTTP/1.1-only; a connection that failed makes the next call learn the protocol again.
+fn report_proto(proto: ProtoCell, h2_only: bool) -> OnConnect {
+    Arc::new(move |negotiated: Option<bool>| {
+        let Some(h2) = negotiated else {
+            // An origin that stopped offering h2 may refuse the handshake outright (no ALPN
+            // protocol in common); the next call learns the protocol again.
+            if h2_only {
+                shift(&proto, Proto::H2, Proto::Unknown);
             }
-            Ok(conn)
-        })
-    }
+            return Ok(());
+        };
+        let learned = if h2 { Proto::H2 } else { Proto::Http1 };
+        proto.send_if_modified(|p| {
+            let changed = *p != learned;
+            *p = learned;
+            changed
+        });
+        if h2_only && learned != Proto::H2 {
+            return Err("the upstream no longer offers HTTP/2; the next call uses HTTP/1.1".into());
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -560,22 +495,26 @@ mod tests {
             },
         )
         .await;
-        let root = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| e.to_string())?;
-        let pools = Pools::new(Duration::from_secs(5), &[root]).map_err(|e| e.to_string())?;
+        let roots = crate::upstream_http::roots_from_pem(ca.as_bytes())?;
+        let pools = Pools::new(Duration::from_secs(5), &roots).map_err(|e| e.to_string())?;
         Ok((mock, pools))
     }
 
-    async fn models(p: &Pools, base: &str) -> Result<reqwest::Version, reqwest::Error> {
+    async fn models(
+        p: &Pools,
+        base: &str,
+    ) -> Result<http::Version, crate::upstream_http::TransportError> {
         let l = p.lease(base).await;
-        let r = l.get(format!("{base}/models")).send().await?;
+        let uri = format!("{base}/models").parse().unwrap_or_default();
+        let r = l.get(uri).send().await?;
         Ok(r.version())
     }
 
     #[tokio::test]
     async fn connections_report_what_they_negotiated() -> Result<(), String> {
         for (alpn, learned, version) in [
-            (&["h2", "http/1.1"][..], Proto::H2, reqwest::Version::HTTP_2),
-            (&["http/1.1"][..], Proto::Http1, reqwest::Version::HTTP_11),
+            (&["h2", "http/1.1"][..], Proto::H2, http::Version::HTTP_2),
+            (&["http/1.1"][..], Proto::Http1, http::Version::HTTP_11),
         ] {
             let (mock, p) = https_upstream(alpn).await?;
             let base = mock.base_url();
@@ -609,7 +548,7 @@ mod tests {
             let proto = *p.origin(origin).map_err(|e| e.to_string())?.proto.borrow();
             assert_ne!(proto, Proto::H2, "{alpn:?}");
             let version = models(&p, &base).await.map_err(|e| e.to_string())?;
-            assert_eq!(version, reqwest::Version::HTTP_11, "{alpn:?}");
+            assert_eq!(version, http::Version::HTTP_11, "{alpn:?}");
             assert_eq!(mock.stats().requests, 1, "{alpn:?}");
             let proto = *p.origin(origin).map_err(|e| e.to_string())?.proto.borrow();
             assert_eq!(proto, Proto::Http1, "{alpn:?}");

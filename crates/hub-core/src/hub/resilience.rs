@@ -22,11 +22,11 @@ use crate::timeouts::{TimeoutSettings, Timeouts};
 /// The upstream clients: connection pools per provider (see [`super::pools`]), each with the
 /// provider's connect timeout. HTTP/2 is negotiated by ALPN over TLS where the upstream speaks it
 /// (HTTP/1.1 otherwise); TLS by rustls with the built-in web roots plus `HUB_EXTRA_CA_FILE`.
-/// Proxies come from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), as
-/// reqwest reads them. A provider's pools are rebuilt only when its connect timeout changes
+/// Proxies come from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; see
+/// [`crate::upstream_http`]). A provider's pools are rebuilt only when its connect timeout changes
 /// (stored timeouts).
 pub(crate) struct Clients {
-    extra_roots: Vec<reqwest::Certificate>,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     pools: ArcSwap<FastMap<ProviderKind, Arc<Pools>>>,
     /// For a kind without pools of its own (every kind has them; this keeps `lease` total).
     fallback: Arc<Pools>,
@@ -42,7 +42,7 @@ impl Clients {
         let extra_roots = match extra_ca_pem {
             None => Vec::new(),
             Some(pem) => {
-                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                let certs = crate::upstream_http::roots_from_pem(pem).map_err(|e| {
                     OpenError::Http(format!(
                         "HUB_EXTRA_CA_FILE: not a PEM certificate bundle: {e}"
                     ))

@@ -21,7 +21,7 @@
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -31,6 +31,7 @@ use crate::types::{
     AssistantOutput, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Message,
     ReasoningBlock, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
+use crate::upstream_http::Response;
 
 /// The API version header every request carries.
 pub const API_VERSION: &str = "2023-06-01";
@@ -86,7 +87,7 @@ impl Anthropic {
         Ok(headers)
     }
 
-    async fn post(up: &Upstream<'_>, body: &Value) -> Result<reqwest::Response, ProviderError> {
+    async fn post(up: &Upstream<'_>, body: &Value) -> Result<Response, ProviderError> {
         Self::post_to(up, Self::url(up), body).await
     }
 
@@ -94,7 +95,7 @@ impl Anthropic {
         up: &Upstream<'_>,
         url: String,
         body: &Value,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<Response, ProviderError> {
         let url = super::endpoint_url(&url)?;
         let request = up.http.post(url).headers(Self::headers(up)?);
         super::send_post(request, super::json_bytes(body)?, classify_error).await
@@ -503,7 +504,7 @@ fn index_of(v: &Value) -> usize {
         .unwrap_or(0)
 }
 
-fn decode_stream(resp: reqwest::Response, model: String, json_mode: bool) -> EventStream {
+fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream {
     let events = resp.bytes_stream().eventsource();
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);

@@ -28,8 +28,8 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::event_stream::{HeaderValue as EsValue, Message as EsMessage};
 use bytes::BytesMut;
 use futures::StreamExt;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::{EventStream, Provider, Upstream};
@@ -39,6 +39,7 @@ use crate::types::{
     EmbeddingsResponse, FinishReason, GeneratedImage, ImageSource, ImagesRequest, ImagesResponse,
     Message, ReasoningBlock, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
+use crate::upstream_http::Response;
 
 /// The Bedrock provider module.
 #[derive(Debug, Clone, Copy, Default)]
@@ -148,7 +149,7 @@ fn region(up: &Upstream<'_>) -> String {
 /// Signs (or bearer-authenticates) a request; returns the headers to send.
 fn auth_headers(
     up: &Upstream<'_>,
-    url: &reqwest::Url,
+    url: &http::Uri,
     body: &[u8],
     accept: &'static str,
 ) -> Result<HeaderMap, ProviderError> {
@@ -167,9 +168,15 @@ fn auth_headers(
         headers.insert(AUTHORIZATION, v);
         return Ok(headers);
     };
-    let host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
+    // As the client sends `host`: the port only when it is not the scheme's default.
+    let default_port = if url.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let host = match (url.host(), url.port_u16()) {
+        (Some(h), Some(p)) if p != default_port => format!("{h}:{p}"),
+        (Some(h), _) => h.to_string(),
         (None, _) => {
             return Err(ProviderError::new(
                 ErrorClass::Connect,
@@ -202,9 +209,10 @@ fn auth_headers(
         ("content-type", "application/json"),
         ("host", host.as_str()),
     ];
+    let uri = url.to_string();
     let signable = SignableRequest::new(
         "POST",
-        url.as_str(),
+        &uri,
         signed_headers.into_iter(),
         SignableBody::Bytes(body),
     )
@@ -232,7 +240,7 @@ impl Bedrock {
         op: &str,
         body: &Value,
         accept: &'static str,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<Response, ProviderError> {
         let url = format!(
             "{}/model/{}/{op}",
             up.base_url.trim_end_matches('/'),
@@ -802,7 +810,7 @@ impl StreamState {
     }
 }
 
-fn decode_stream(resp: reqwest::Response, model: String, id: Option<String>) -> EventStream {
+fn decode_stream(resp: Response, model: String, id: Option<String>) -> EventStream {
     let mut bytes = resp.bytes_stream();
     let stream = async_stream::stream! {
         let mut state = StreamState { model, id, started: false, tool_blocks: Vec::new(), tools: 0, stop_reason: None, usage: None };

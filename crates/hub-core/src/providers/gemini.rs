@@ -19,7 +19,7 @@
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use crate::types::{
     EmbeddingsResponse, FinishReason, GeneratedImage, ImageSource, ImagesRequest, ImagesResponse,
     Message, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
+use crate::upstream_http::Response;
 
 /// The Gemini provider module.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +63,7 @@ impl Gemini {
         method: &str,
         query: &str,
         body: &Value,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<Response, ProviderError> {
         let url = format!(
             "{}/models/{}:{method}{query}",
             up.base_url.trim_end_matches('/'),
@@ -623,7 +624,7 @@ impl StreamState {
     }
 }
 
-fn decode_stream(resp: reqwest::Response, model: String) -> EventStream {
+fn decode_stream(resp: Response, model: String) -> EventStream {
     let events = resp.bytes_stream().eventsource();
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);

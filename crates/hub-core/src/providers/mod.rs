@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use http::{HeaderMap, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -22,6 +23,7 @@ use crate::types::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImagesRequest,
     ImagesResponse, Message, Role, StreamEvent,
 };
+use crate::upstream_http::{RequestBuilder, Response};
 
 /// The providers the hub knows. The string form is the provider prefix in model strings and the
 /// provider's name everywhere (config, usage records, API).
@@ -200,10 +202,10 @@ impl fmt::Debug for Secret {
 /// read or stream; any other status becomes the provider's own error through `classify`
 /// (status, headers, body), so every module maps failures the same way.
 pub(crate) async fn send_post(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder<'_>,
     body: Vec<u8>,
-    classify: impl FnOnce(u16, &reqwest::header::HeaderMap, &[u8]) -> ProviderError,
-) -> Result<reqwest::Response, ProviderError> {
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ProviderError,
+) -> Result<Response, ProviderError> {
     let resp = request
         .body(body)
         .send()
@@ -218,26 +220,30 @@ pub(crate) async fn send_post(
     Err(classify(status, &headers, &body))
 }
 
-/// The parsed URL of an upstream endpoint. reqwest parses a URL given as a string on every
-/// request (~6.5k instructions, 2 % of a call's CPU at concurrency 64); the endpoints of one hub
-/// are few (base URLs × paths, and the models in Gemini's and Bedrock's paths), so each is
-/// parsed once and cloned after (looked up by the string itself: no allocation when cached).
-/// Bounded: when full, the cache starts over.
-pub(crate) fn endpoint_url(url: &str) -> Result<reqwest::Url, ProviderError> {
+/// The parsed URI of an upstream endpoint (`http://` or `https://`, with a host). The endpoints of
+/// one hub are few (base URLs × paths, and the models in Gemini's and Bedrock's paths), so each is
+/// parsed once and cloned after (a reference count; looked up by the string itself: no
+/// allocation when cached). Bounded: when full, the cache starts over.
+pub(crate) fn endpoint_url(url: &str) -> Result<Uri, ProviderError> {
     use crate::FastMap;
     use std::sync::LazyLock;
     const MAX: usize = 1024;
-    static URLS: LazyLock<parking_lot::RwLock<FastMap<String, reqwest::Url>>> =
+    static URLS: LazyLock<parking_lot::RwLock<FastMap<String, Uri>>> =
         LazyLock::new(Default::default);
     if let Some(parsed) = URLS.read().get(url) {
         return Ok(parsed.clone());
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| {
+    let bad = |why: &dyn std::fmt::Display| {
         ProviderError::new(
             crate::error::ErrorClass::Connect,
-            format!("bad upstream URL: {e}"),
+            format!("bad upstream URL: {why}"),
         )
-    })?;
+    };
+    let parsed: Uri = url.parse().map_err(|e| bad(&e))?;
+    let http = matches!(parsed.scheme_str(), Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+    if !http || parsed.host().is_none_or(str::is_empty) {
+        return Err(bad(&"not an http:// or https:// URL with a host"));
+    }
     let mut urls = URLS.write();
     if urls.len() >= MAX {
         urls.clear();
@@ -320,7 +326,7 @@ pub struct ProviderSettings {
 /// Everything one upstream call needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Upstream<'a> {
-    pub http: &'a reqwest::Client,
+    pub http: &'a crate::upstream_http::Client,
     /// Base URL, without trailing slash.
     pub base_url: &'a str,
     pub credential: &'a CredentialSecret,
@@ -443,11 +449,20 @@ mod tests {
             again.map(|u| u.to_string()).ok().as_deref(),
             Some("http://127.0.0.1:9/v1/chat/completions")
         );
-        let bad = endpoint_url("not a url/chat/completions");
-        assert!(
-            matches!(&bad, Err(e) if e.class == crate::error::ErrorClass::Connect),
-            "{bad:?}"
-        );
+        // Not URLs the client can send to: each is the provider's connect error, never a call.
+        for bad in [
+            "not a url/chat/completions",
+            "/v1/chat/completions",
+            "localhost:8080/v1/chat/completions",
+            "ftp://files.example/v1",
+            "https:///v1/chat/completions",
+        ] {
+            let got = endpoint_url(bad);
+            assert!(
+                matches!(&got, Err(e) if e.class == crate::error::ErrorClass::Connect),
+                "{bad}: {got:?}"
+            );
+        }
     }
 
     #[test]

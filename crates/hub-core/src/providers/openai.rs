@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -20,6 +20,7 @@ use crate::types::{
     EmbeddingsResponse, FinishReason, GeneratedImage, ImagesRequest, ImagesResponse, Message,
     ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, Usage,
 };
+use crate::upstream_http::Response;
 
 /// A provider of the OpenAI family and its quirks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +140,7 @@ impl OpenAiFamily {
         up: &Upstream<'_>,
         path: &str,
         body: &Value,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<Response, ProviderError> {
         let url = super::endpoint_url(&format!("{}{}", up.base_url, path))?;
         let request = up.http.post(url).headers(self.headers(up)?);
         let variant = self.variant;
@@ -543,7 +544,7 @@ pub fn decode_chunk(
     Ok(false)
 }
 
-fn decode_stream(variant: Variant, resp: reqwest::Response, model: String) -> EventStream {
+fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream {
     let events = resp.bytes_stream().eventsource();
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
