@@ -649,6 +649,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_proxy_reached_over_tls_is_refused_with_a_clear_error() {
+        let (port, seen) = server(OK).await;
+        let c = client(through(&format!("https://127.0.0.1:{port}"), ""));
+        let sent = c
+            .get(uri("https://upstream.invalid/v1/models"))
+            .send()
+            .await;
+        let Err(e) = sent else {
+            unreachable!("an https:// proxy is not used");
+        };
+        assert_eq!(e.kind(), TransportKind::Connect, "{e}");
+        assert!(e.to_string().contains("only http:// proxies"), "{e}");
+        assert!(heads(&seen).is_empty(), "nothing was sent to it");
+    }
+
+    #[tokio::test]
     async fn a_host_in_no_proxy_is_called_directly() -> Result<(), TransportError> {
         let (proxy, via_proxy) = server(OK).await;
         let (direct, seen) = server(OK).await;
