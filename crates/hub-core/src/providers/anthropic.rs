@@ -19,7 +19,6 @@
 //!   providers that sign nothing) is not sent: Anthropic rejects it. With thinking off no
 //!   reasoning is sent (Anthropic rejects thinking in a final assistant turn then).
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -505,7 +504,7 @@ fn index_of(v: &Value) -> usize {
 }
 
 fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream {
-    let events = resp.bytes_stream().eventsource();
+    let events = super::sse_events(resp);
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState::new(model, json_mode);
@@ -518,7 +517,7 @@ fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream 
                     return;
                 }
             };
-            let result = state.on_event(&event.event, &event.data, &mut out);
+            let result = state.on_event(super::sse_name(&event), super::sse_data(&event), &mut out);
             for ev in out.drain(..) {
                 yield Ok(ev);
             }

@@ -17,7 +17,6 @@
 //! - Embeddings go through `batchEmbedContents` (100 inputs per call). Gemini reports no token
 //!   usage for them; the usage is marked `estimated`.
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -625,7 +624,7 @@ impl StreamState {
 }
 
 fn decode_stream(resp: Response, model: String) -> EventStream {
-    let events = resp.bytes_stream().eventsource();
+    let events = super::sse_events(resp);
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState { model, started: false, calls: 0, usage: None, finish: None };
@@ -638,7 +637,7 @@ fn decode_stream(resp: Response, model: String) -> EventStream {
                     return;
                 }
             };
-            let result = state.on_chunk(&event.data, &mut out);
+            let result = state.on_chunk(super::sse_data(&event), &mut out);
             for ev in out.drain(..) {
                 yield Ok(ev);
             }

@@ -220,6 +220,40 @@ pub(crate) async fn send_post(
     Err(classify(status, &headers, &body))
 }
 
+/// The events of an upstream's SSE body, as the HTML standard dispatches them: a block without a
+/// `data` field (a comment, or `id:`/`retry:`/`event:` alone) is no event; data lines are joined
+/// with LF; CR, LF and CRLF all end lines; a leading BOM is skipped; a block the body ends inside
+/// is dropped. [`sse_name`] and [`sse_data`] read an event.
+pub(crate) fn sse_events(
+    resp: Response,
+) -> impl Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send + 'static {
+    sse_frames(resp.bytes_stream())
+}
+
+fn sse_frames<S, E>(
+    bytes: S,
+) -> impl Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use futures::TryStreamExt;
+    sse_stream::SseByteStream::new(bytes).try_filter(|ev| std::future::ready(ev.data.is_some()))
+}
+
+/// An SSE event's type: its `event` field, or `message` when it has none (or an empty one).
+pub(crate) fn sse_name(ev: &sse_stream::Sse) -> &str {
+    ev.event
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .unwrap_or("message")
+}
+
+/// An SSE event's data (every event [`sse_events`] yields has some, maybe empty).
+pub(crate) fn sse_data(ev: &sse_stream::Sse) -> &str {
+    ev.data.as_deref().unwrap_or_default()
+}
+
 /// The parsed URI of an upstream endpoint (`http://` or `https://`, with a host). The endpoints of
 /// one hub are few (base URLs × paths, and the models in Gemini's and Bedrock's paths), so each is
 /// parsed once and cloned after (a reference count; looked up by the string itself: no
@@ -463,6 +497,156 @@ mod tests {
                 "{bad}: {got:?}"
             );
         }
+    }
+
+    /// One SSE body: events of 1–3 data lines (any text but CR/LF, `data:` with or without the
+    /// space, or a bare `data` line), some named, some with `id:`/`retry:`; comments and
+    /// metadata-only blocks between them; LF or CRLF line endings; maybe a BOM; maybe cut short
+    /// (at a character).
+    fn sse_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let value = "[^\\r\\n]{0,12}";
+        let data_line = prop_oneof![
+            value.prop_map(|v| format!("data: {v}")),
+            value.prop_map(|v| format!("data:{v}")),
+            Just("data".to_string()),
+        ];
+        let block = prop_oneof![
+            4 => (
+                proptest::option::of("[a-z_]{0,8}"),
+                proptest::collection::vec(data_line, 1..4),
+                any::<bool>(),
+            )
+                .prop_map(|(name, data, meta)| {
+                    let mut lines = Vec::new();
+                    if let Some(n) = name {
+                        lines.push(format!("event: {n}"));
+                    }
+                    if meta {
+                        lines.push("id: 7".to_string());
+                        lines.push("retry: 3000".to_string());
+                    }
+                    lines.extend(data);
+                    lines
+                }),
+            1 => value.prop_map(|v| vec![format!(":{v}")]),
+            1 => Just(vec!["event: ping".to_string()]),
+            1 => Just(vec!["retry: 10".to_string()]),
+        ];
+        (
+            proptest::collection::vec(block, 0..8),
+            // CR alone is left out: at the end of a body the reference waits for the LF of a
+            // CRLF that never comes and drops the last event (CR endings are tested below).
+            prop_oneof![Just("\n"), Just("\r\n")],
+            any::<bool>(),
+            0usize..6,
+        )
+            .prop_map(|(blocks, eol, bom, cut)| {
+                let mut body = String::new();
+                if bom {
+                    body.push('\u{feff}');
+                }
+                for b in &blocks {
+                    for l in b {
+                        body.push_str(l);
+                        body.push_str(eol);
+                    }
+                    body.push_str(eol);
+                }
+                // Cut at a character: cut inside one, the reference fails at the end where
+                // this drops the unfinished block (both end the stream without an event).
+                let mut end = body.len().saturating_sub(cut);
+                while !body.is_char_boundary(end) {
+                    end -= 1;
+                }
+                body.truncate(end);
+                // Nor right after a CR: the reference waits for its LF (see above).
+                if body.ends_with('\r') {
+                    body.pop();
+                }
+                body.into_bytes()
+            })
+    }
+
+    proptest::proptest! {
+        /// The upstream SSE framing yields what eventsource-stream (the reference, reading the
+        /// body whole) does, event by event, however the body reaches it in pieces (cut inside
+        /// lines, line endings and characters).
+        #[test]
+        fn sse_events_match_the_reference_however_the_body_is_split(
+            body in sse_body(),
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+        ) {
+            use eventsource_stream::Eventsource;
+            use futures::StreamExt;
+            let mut at: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            at.push(0);
+            at.push(body.len());
+            at.sort_unstable();
+            let pieces: Vec<bytes::Bytes> = at
+                .windows(2)
+                .map(|w| bytes::Bytes::copy_from_slice(&body[w[0]..w[1]]))
+                .collect();
+            let feed = || futures::stream::iter(
+                pieces.clone().into_iter().map(Ok::<_, std::io::Error>),
+            );
+            let ours: Vec<(String, String)> = futures::executor::block_on(
+                sse_frames(feed())
+                    .map(|e| e.map(|e| (sse_name(&e).to_string(), sse_data(&e).to_string())))
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            // The reference reads the body whole, without the BOM: eventsource-stream 0.2.3
+            // panics on one (it slices the first chunk at byte 1 of the 3-byte BOM).
+            let whole = bytes::Bytes::copy_from_slice(
+                body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&body),
+            );
+            let reference: Vec<(String, String)> = futures::executor::block_on(
+                futures::stream::iter([Ok::<_, std::io::Error>(whole)])
+                    .eventsource()
+                    .map(|e| e.map(|e| (e.event, e.data)))
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(ours, reference, "{:?}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    /// What the reference cannot check: a BOM (it panics), CR line endings (it drops the last
+    /// event), and a body split inside the BOM and inside a CR LF pair.
+    #[test]
+    fn sse_events_skip_a_bom_and_end_lines_at_cr() {
+        use futures::StreamExt;
+        let pieces = [
+            "\u{feff}".as_bytes()[..2].to_vec(),
+            [
+                &"\u{feff}".as_bytes()[2..],
+                b"event: a\rdata: 1\r\rdata: x\r".as_slice(),
+            ]
+            .concat(),
+            b"\ndata: y\r\n\r\n: comment\r\rdata:\r\r".to_vec(),
+        ];
+        let got: Vec<_> = futures::executor::block_on(
+            sse_frames(futures::stream::iter(
+                pieces.map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))),
+            ))
+            .map(|e| e.map(|e| (sse_name(&e).to_string(), sse_data(&e).to_string())))
+            .collect::<Vec<_>>(),
+        );
+        let want: Vec<Result<(String, String), String>> =
+            [("a", "1"), ("message", "x\ny"), ("message", "")]
+                .map(|(n, d)| Ok((n.to_string(), d.to_string())))
+                .into();
+        assert_eq!(
+            got.into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect::<Vec<_>>(),
+            want
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -545,7 +544,7 @@ pub fn decode_chunk(
 }
 
 fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream {
-    let events = resp.bytes_stream().eventsource();
+    let events = super::sse_events(resp);
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut started = false;
@@ -560,7 +559,7 @@ fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream
                     return;
                 }
             };
-            match decode_chunk(variant, &event.data, &mut started, &mut finished, &model, &mut out) {
+            match decode_chunk(variant, super::sse_data(&event), &mut started, &mut finished, &model, &mut out) {
                 Ok(is_done) => {
                     for ev in out.drain(..) {
                         yield Ok(ev);
