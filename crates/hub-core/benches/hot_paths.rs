@@ -63,6 +63,43 @@ fn stream_decoding(c: &mut Criterion) {
     g.finish();
 }
 
+/// An OpenAI stream's body as it arrives: 20 text chunks, the usage chunk and `[DONE]`, in
+/// pieces of 1,400 bytes (a TCP segment's worth), cut wherever they fall.
+fn sse_body_pieces() -> Vec<bytes::Bytes> {
+    let mut body = String::new();
+    for _ in 0..20 {
+        body.push_str(&format!("data: {TEXT_CHUNK}\n\n"));
+    }
+    body.push_str(&format!("data: {USAGE_CHUNK}\n\ndata: [DONE]\n\n"));
+    body.as_bytes()
+        .chunks(1400)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect()
+}
+
+/// SSE framing of one upstream stream (22 events): sse-stream, as the hub frames upstream
+/// streams, and eventsource-stream, which it did before (for comparison).
+fn sse_framing(c: &mut Criterion) {
+    use futures::StreamExt;
+    let pieces = sse_body_pieces();
+    let feed = || futures::stream::iter(pieces.clone().into_iter().map(Ok::<_, std::io::Error>));
+    let mut g = c.benchmark_group("sse_framing_22_events");
+    g.bench_function("sse_stream", |b| {
+        b.iter(|| {
+            futures::executor::block_on(
+                sse_stream::SseByteStream::new(feed())
+                    .filter(|e| std::future::ready(e.as_ref().is_ok_and(|e| e.data.is_some())))
+                    .count(),
+            )
+        })
+    });
+    g.bench_function("eventsource_stream", |b| {
+        use eventsource_stream::Eventsource;
+        b.iter(|| futures::executor::block_on(feed().eventsource().count()))
+    });
+    g.finish();
+}
+
 fn upstream_request_response(c: &mut Criterion) {
     let req = request();
     c.bench_function("openai_build_chat_body_to_vec", |b| {
@@ -143,6 +180,7 @@ fn token_counts(c: &mut Criterion) {
 criterion_group!(
     benches,
     stream_decoding,
+    sse_framing,
     upstream_request_response,
     key_lookup,
     vault,
