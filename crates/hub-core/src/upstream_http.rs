@@ -590,6 +590,16 @@ mod tests {
         seen.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
+    /// The one request head a server saw, lower-cased.
+    fn one_head(seen: &Arc<Mutex<Vec<String>>>) -> String {
+        let h = heads(seen);
+        assert_eq!(h.len(), 1, "{h:?}");
+        h[0].to_ascii_lowercase()
+    }
+
+    /// The proxy credentials of `http://user:pw@...`, as sent (lower-cased): base64("user:pw").
+    const USER_PW: &str = "proxy-authorization: basic dxnlcjpwdw==";
+
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 
     #[tokio::test]
@@ -605,18 +615,12 @@ mod tests {
             .await?;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(&r.bytes().await?[..], b"ok");
-        let h = heads(&seen);
-        assert_eq!(h.len(), 1, "{h:?}");
-        let head = h[0].to_ascii_lowercase();
+        let head = one_head(&seen);
         assert!(
             head.starts_with("post http://upstream.invalid/v1/chat/completions?x=1 http/1.1\r\n"),
             "{head}"
         );
-        // base64("user:pw")
-        assert!(
-            head.contains("proxy-authorization: basic dxnlcjpwdw=="),
-            "{head}"
-        );
+        assert!(head.contains(USER_PW), "{head}");
         assert!(head.contains("host: upstream.invalid\r\n"), "{head}");
         Ok(())
     }
@@ -633,17 +637,12 @@ mod tests {
             unreachable!("a proxy that refuses the tunnel fails the call");
         };
         assert_eq!(e.kind(), TransportKind::Connect, "{e}");
-        let h = heads(&seen);
-        assert_eq!(h.len(), 1, "{h:?}");
-        let head = h[0].to_ascii_lowercase();
+        let head = one_head(&seen);
         assert!(
             head.starts_with("connect upstream.invalid:443 http/1.1\r\n"),
             "{head}"
         );
-        assert!(
-            head.contains("proxy-authorization: basic dxnlcjpwdw=="),
-            "{head}"
-        );
+        assert!(head.contains(USER_PW), "{head}");
         // Nothing of the request itself reaches the proxy.
         assert!(!head.contains("/v1/messages"), "{head}");
     }
