@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use http::header::{HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION};
+use http::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::body::Incoming;
@@ -43,6 +43,9 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The `user-agent` of upstream calls (a module may set its own).
+const AGENT: &str = concat!("aigne-hub/", env!("CARGO_PKG_VERSION"));
 
 /// Told about each new connection: `Some(negotiated h2)` once it is up, `None` if it failed. An
 /// error refuses the connection before a byte of HTTP is written on it.
@@ -238,6 +241,15 @@ impl RequestBuilder<'_> {
         let mut req = http::Request::new(Full::new(self.body));
         *req.method_mut() = self.method;
         *req.headers_mut() = self.headers;
+        // What reqwest sent when a module set none (`accept`), and who is calling: some API edges
+        // refuse a request without a user agent.
+        let h = req.headers_mut();
+        if !h.contains_key(ACCEPT) {
+            h.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        if !h.contains_key(USER_AGENT) {
+            h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        }
         // A request to an http:// upstream through a proxy goes to the proxy in absolute form,
         // with the proxy's credentials (an https:// one is tunnelled; see `ProxyConnector`).
         if let Some(m) = &self.client.0.proxy
@@ -622,6 +634,8 @@ mod tests {
         );
         assert!(head.contains(USER_PW), "{head}");
         assert!(head.contains("host: upstream.invalid\r\n"), "{head}");
+        assert!(head.contains("accept: */*\r\n"), "{head}");
+        assert!(head.contains(&format!("user-agent: {AGENT}\r\n")), "{head}");
         Ok(())
     }
 
@@ -679,6 +693,34 @@ mod tests {
             h.len() == 1 && h[0].starts_with("GET /v1/models HTTP/1.1\r\n"),
             "{h:?}"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_modules_own_accept_and_user_agent_are_sent_as_they_are() -> Result<(), TransportError>
+    {
+        let (port, seen) = server(OK).await;
+        let c = client(direct());
+        let mut own = HeaderMap::new();
+        own.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.amazon.eventstream"),
+        );
+        own.insert(USER_AGENT, HeaderValue::from_static("its-own/1"));
+        c.post(uri(&format!(
+            "http://127.0.0.1:{port}/model/m/converse-stream"
+        )))
+        .headers(own)
+        .send()
+        .await?;
+        let head = one_head(&seen);
+        assert!(
+            head.contains("accept: application/vnd.amazon.eventstream\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("user-agent: its-own/1\r\n"), "{head}");
+        assert_eq!(head.matches("accept:").count(), 1, "{head}");
+        assert_eq!(head.matches("user-agent:").count(), 1, "{head}");
         Ok(())
     }
 
