@@ -34,3 +34,30 @@ pub use hub::{CallContext, Hub, HubStream, Opened, StreamItem};
 /// BENCHMARKS.md, twelfth session). foldhash is seeded per process, so a caller still cannot aim
 /// keys at one bucket.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// `serde_json::from_slice`, with the bytes' UTF-8 checked once up front. `from_slice` checks each
+/// string of the document on its own (~100 instructions a string, ~40 strings in a chat call's
+/// request and response: 1.6 % of a call at concurrency 64); `from_str` trusts a `&str`. Bytes that
+/// are not UTF-8 go to `from_slice`, so the error (and its position) is the same as before.
+pub fn json_from_slice<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::from_str(s),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_from_slice_reads_as_from_slice_does_and_fails_the_same_way() {
+        let v: Result<serde_json::Value, _> = super::json_from_slice(br#"{"a":["b\u00e9",1]}"#);
+        assert_eq!(v.ok(), Some(serde_json::json!({"a": ["bé", 1]})));
+        for bad in [&b"{\"a\":\"\xff\"}"[..], b"{\"a\":", b"{\"a\" 1}", b""] {
+            let ours = super::json_from_slice::<serde_json::Value>(bad).map_err(|e| e.to_string());
+            let theirs =
+                serde_json::from_slice::<serde_json::Value>(bad).map_err(|e| e.to_string());
+            assert!(ours.is_err(), "{bad:?}");
+            assert_eq!(ours, theirs, "{bad:?}");
+        }
+    }
+}

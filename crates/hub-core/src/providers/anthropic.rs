@@ -845,7 +845,7 @@ pub fn parse_response(
     model: &str,
     json_mode: bool,
 ) -> Result<ChatResponse, ProviderError> {
-    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+    let wire: WireResponse = crate::json_from_slice(bytes).map_err(|e| {
         ProviderError::new(ErrorClass::Protocol, format!("malformed response: {e}"))
     })?;
     let mut output = AssistantOutput::default();

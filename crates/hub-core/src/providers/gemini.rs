@@ -428,7 +428,7 @@ fn thought_signature(part: &Value) -> Option<String> {
 }
 
 pub fn parse_response(bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let v: Value = crate::json_from_slice(bytes).map_err(|e| {
         ProviderError::new(ErrorClass::Protocol, format!("malformed response: {e}"))
     })?;
     if let Some(e) = blocked(&v) {

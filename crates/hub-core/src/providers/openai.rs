@@ -908,7 +908,7 @@ pub fn parse_chat_response(
     bytes: &[u8],
     model: &str,
 ) -> Result<ChatResponse, ProviderError> {
-    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+    let wire: WireResponse = crate::json_from_slice(bytes).map_err(|e| {
         ProviderError::new(ErrorClass::Protocol, format!("malformed response: {e}"))
     })?;
     if let Some(err) = &wire.error {

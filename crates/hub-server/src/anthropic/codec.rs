@@ -506,7 +506,7 @@ pub enum Body {
 
 /// Parses an Anthropic Messages body into the canonical request.
 pub fn parse_messages(body: &[u8], kind: Body) -> Result<ChatRequest, HubError> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| bad_json(&e))?;
+    let root: Value = hub_core::json_from_slice(body).map_err(|e| bad_json(&e))?;
     let Value::Object(obj) = root else {
         return Err(HubError::invalid("The request body must be a JSON object."));
     };

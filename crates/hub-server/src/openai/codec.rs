@@ -251,7 +251,7 @@ fn parse_response_format(v: Value) -> Result<ResponseFormat, HubError> {
 
 /// Parses an OpenAI chat body into the canonical request.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, HubError> {
-    let w: WireChatRequest = serde_json::from_slice(body).map_err(bad_json)?;
+    let w: WireChatRequest = hub_core::json_from_slice(body).map_err(bad_json)?;
     if w.model.trim().is_empty() {
         return Err(HubError::invalid_param(
             "model",
