@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use http::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT};
+use http::header::{ACCEPT, HeaderMap, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::body::Incoming;
@@ -213,22 +213,11 @@ impl RequestBuilder<'_> {
     /// Sets these headers (each replaces one of the same name already set).
     pub fn headers(mut self, headers: HeaderMap) -> Self {
         if self.headers.is_empty() {
+            // The usual case (one set of headers per call): moved, not re-inserted.
             self.headers = headers;
         } else {
-            let mut last = None;
-            for (name, value) in headers {
-                let name: Option<HeaderName> = name.or_else(|| last.clone());
-                if let Some(n) = name {
-                    self.headers.insert(n.clone(), value);
-                    last = Some(n);
-                }
-            }
+            self.headers.extend(headers);
         }
-        self
-    }
-
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
         self
     }
 
@@ -334,18 +323,11 @@ impl std::error::Error for ConnectTimedOut {}
 
 impl TransportError {
     fn of_request(e: hyper_util::client::legacy::Error) -> TransportError {
-        let timed_out = {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            let mut found = false;
-            while let Some(c) = cause {
-                if c.is::<ConnectTimedOut>() {
-                    found = true;
-                    break;
-                }
-                cause = c.source();
-            }
-            found
-        };
+        let timed_out =
+            std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |c| {
+                c.source()
+            })
+            .any(|c| c.is::<ConnectTimedOut>());
         let kind = if timed_out {
             TransportKind::Timeout
         } else if e.is_connect() {
@@ -411,19 +393,16 @@ impl Service<Uri> for Connector {
         let connecting = self.https.call(dst);
         let (timeout, on_connect) = (self.timeout, self.on_connect.clone());
         Box::pin(async move {
-            let conn = match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
+            let connected = tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| Err(Box::new(ConnectTimedOut(timeout))));
+            let conn = match connected {
+                Ok(conn) => conn,
+                Err(e) => {
                     if let Some(report) = &on_connect {
                         let _ = report(None);
                     }
                     return Err(e);
-                }
-                Err(_) => {
-                    if let Some(report) = &on_connect {
-                        let _ = report(None);
-                    }
-                    return Err(Box::new(ConnectTimedOut(timeout)));
                 }
             };
             if let Some(report) = &on_connect {
