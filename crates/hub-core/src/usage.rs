@@ -141,7 +141,9 @@ async fn run(
             if records.is_empty() {
                 break;
             }
-            match store.insert_usage(&records).await {
+            let (back, r) = store.insert_usage_owned(std::mem::take(&mut records)).await;
+            records = back;
+            match r {
                 Ok(()) => {
                     result = Ok(());
                     break;

@@ -335,6 +335,56 @@ async fn starter_credits_once_under_concurrent_first_requests() -> R {
     assert_consistent(&store).await
 }
 
+/// The request path's writes: concurrent calls' reservations through the reservation writer
+/// (batched by value into the store: `reserve_owned`) each get their own outcome, the conditional
+/// hold never lets one spend another's credit, a repeated request id is a duplicate, and the held
+/// calls' usage batch (`insert_usage_owned`) settles them and comes back as it went.
+#[tokio::test]
+async fn concurrent_reservations_through_the_writer_hold_exactly_what_is_there() -> R {
+    let (_d, store) = open()?;
+    let acct = user_account("busy");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    let (writer, _task) = hub_core::ledger::LedgerWriter::start(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let w = writer.clone();
+        let q = reserve(&format!("c{i}"), &acct, 30);
+        tasks.push(tokio::spawn(async move { (i, w.reserve(q).await) }));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await? {
+            (i, Ok(ReserveOutcome::Reserved)) => held.push(i),
+            (_, Ok(ReserveOutcome::Insufficient { available })) => {
+                assert!(available < 30, "refused with {available} available");
+                refused += 1;
+            }
+            (i, other) => return Err(format!("call {i}: {other:?}").into()),
+        }
+    }
+    assert_eq!((held.len(), refused), (33, 17));
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (10, 990));
+    assert_eq!(
+        store
+            .reserve_owned(vec![reserve("c0", &acct, 1), reserve("extra", &acct, 10)])
+            .await?,
+        vec![ReserveOutcome::Duplicate, ReserveOutcome::Reserved]
+    );
+    let records: Vec<UsageRecord> = held
+        .iter()
+        .map(|i| record(&format!("c{i}"), &acct, 30, 20))
+        .chain([record("extra", &acct, 10, 10)])
+        .collect();
+    let (back, r) = store.insert_usage_owned(records.clone()).await;
+    r?;
+    assert_eq!(back, records, "the batch comes back as it went");
+    let b = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((b.available, b.reserved), (1_000 - 33 * 20 - 10, 0));
+    assert_consistent(&store).await
+}
+
 /// The stale-hold scan reads only holds older than the dead-instance cutoff (an index range,
 /// not every open hold). A hold a dead instance made after that cutoff, in its last moments, is
 /// released by a later reconcile, once the cutoff has passed it; a live instance's never is.
@@ -577,6 +627,11 @@ async fn a_failing_batch_does_not_fail_its_neighbours() -> R {
     }
     let b = store.balance(&acct).await?.ok_or("no account")?;
     assert_eq!((b.available, b.reserved), (1_001 - 200, 200));
+    // A failed batch taken by value comes back whole: the usage writer retries with it.
+    let poison = vec![record("poison", &acct, 0, 5)];
+    let (back, r) = store.insert_usage_owned(poison.clone()).await;
+    assert!(r.is_err(), "the poisoned batch must fail");
+    assert_eq!(back, poison);
     Ok(())
 }
 

@@ -201,6 +201,14 @@ pub struct ReconcileReport {
 pub trait LedgerStore: Send + Sync {
     /// Holds many reservations in one transaction (group commit); one outcome per request.
     async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError>;
+    /// `reserve` taking the batch by value (the reservation writer's form), so a store that
+    /// passes it to another thread need not copy it. The default borrows it.
+    async fn reserve_owned(
+        &self,
+        batch: Vec<ReserveReq>,
+    ) -> Result<Vec<ReserveOutcome>, StoreError> {
+        self.reserve(&batch).await
+    }
     /// A grant or adjustment, idempotent by key.
     async fn grant(&self, req: &GrantReq) -> Result<GrantOutcome, StoreError>;
     async fn balance(&self, account: &str) -> Result<Option<AccountBalance>, StoreError>;

@@ -60,26 +60,27 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let reqs: Vec<ReserveReq> = batch.iter().map(|j| j.req.clone()).collect();
+        // Moved, not cloned, into the store's batch: the jobs keep only their answer channels.
+        let (reqs, dones): (Vec<ReserveReq>, Vec<_>) =
+            batch.drain(..).map(|j| (j.req, j.done)).unzip();
         // No retry: a failed transaction changed nothing, and each caller gets a clean error
         // before any upstream traffic.
-        match store.reserve(&reqs).await {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                for (job, out) in batch.drain(..).zip(outcomes) {
-                    let _ = job.done.send(Ok(out));
+        let n = reqs.len();
+        match store.reserve_owned(reqs).await {
+            Ok(outcomes) if outcomes.len() == n => {
+                for (done, out) in dones.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(out));
                 }
             }
             Ok(_) => {
-                for job in batch.drain(..) {
-                    let _ = job
-                        .done
-                        .send(Err("reservation batch answered wrongly".to_string()));
+                for done in dones {
+                    let _ = done.send(Err("reservation batch answered wrongly".to_string()));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, n = batch.len(), "reservation batch failed");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Err(e.to_string()));
+                tracing::error!(error = %e, n, "reservation batch failed");
+                for done in dones {
+                    let _ = done.send(Err(e.to_string()));
                 }
             }
         }

@@ -217,6 +217,16 @@ pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'sta
     /// Writes a batch of usage records in one transaction (group commit). Idempotent by id: a
     /// record whose id exists is left as it is.
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+    /// `insert_usage` taking the batch by value and handing it back with the outcome (the usage
+    /// writer keeps its records for the metrics and the observer, and retries with them), so a
+    /// store that passes the batch to another thread need not copy it. The default borrows it.
+    async fn insert_usage_owned(
+        &self,
+        records: Vec<UsageRecord>,
+    ) -> (Vec<UsageRecord>, Result<(), StoreError>) {
+        let r = self.insert_usage(&records).await;
+        (records, r)
+    }
     /// Newest first.
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
 }

@@ -344,7 +344,8 @@ pub struct SqliteStore {
 enum HotOp {
     Usage {
         records: Vec<UsageRecord>,
-        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+        /// Answered with the records, handed back to the usage writer.
+        done: tokio::sync::oneshot::Sender<(Vec<UsageRecord>, Result<(), StoreError>)>,
     },
     Reserve {
         reqs: Vec<crate::ledger::ReserveReq>,
@@ -358,6 +359,13 @@ enum HotOp {
 /// a blocking-pool hop. This thread takes whatever both writers have queued, runs it in ONE
 /// transaction and commits once: fewer, larger commits, and the pages they share (the
 /// accounts row, index edges, roll-up rows) are written to the WAL once per commit.
+///
+/// The writers' tasks are also what makes the batches large. Calls queueing their reservations
+/// here directly (one op each, no task between) was measured and refused: the first call's op
+/// wakes this thread before the other calls of the moment have queued theirs, so rounds shrink
+/// (WAL bytes per call 4.5 → 5.2 KB) and CPU per call grows 10-15 % (`hub-bench store`, c=64,
+/// BENCHMARKS.md, fourteenth session). The writer task runs after the request tasks that woke
+/// it, so its batch already holds them.
 fn run_hot_writer(
     conn: Arc<Mutex<Connection>>,
     zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
@@ -488,8 +496,8 @@ fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
 
 fn answer(op: HotOp, r: Result<HotDone, StoreError>) {
     match op {
-        HotOp::Usage { done, .. } => {
-            let _ = done.send(r.map(drop));
+        HotOp::Usage { records, done } => {
+            let _ = done.send((records, r.map(drop)));
         }
         HotOp::Reserve { done, .. } => {
             let _ = done.send(r.and_then(|d| match d {
@@ -662,11 +670,8 @@ impl SqliteStore {
         op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> HotOp,
     ) -> Result<T, StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.hot
-            .send(op(done))
-            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Db("the writer thread stopped".into()))?
+        self.hot.send(op(done)).map_err(|_| writer_stopped())?;
+        wait.await.map_err(|_| writer_stopped())?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -679,6 +684,10 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
     }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Db("the writer thread stopped".into())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -1049,8 +1058,27 @@ impl Store for SqliteStore {
     }
 
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let records = records.to_vec();
-        self.hot_write(|done| HotOp::Usage { records, done }).await
+        self.insert_usage_owned(records.to_vec()).await.1
+    }
+
+    async fn insert_usage_owned(
+        &self,
+        records: Vec<UsageRecord>,
+    ) -> (Vec<UsageRecord>, Result<(), StoreError>) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if let Err(tokio::sync::mpsc::error::SendError(op)) =
+            self.hot.send(HotOp::Usage { records, done })
+        {
+            let records = match op {
+                HotOp::Usage { records, .. } => records,
+                HotOp::Reserve { .. } => Vec::new(),
+            };
+            return (records, Err(writer_stopped()));
+        }
+        // The writer thread answers every op it takes; without an answer it stopped, and the
+        // records went with it (a caller that retries has nothing left to retry with).
+        wait.await
+            .unwrap_or_else(|_| (Vec::new(), Err(writer_stopped())))
     }
 
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {

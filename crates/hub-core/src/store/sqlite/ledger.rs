@@ -942,7 +942,13 @@ impl SqliteStore {
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn reserve(&self, batch: &[ReserveReq]) -> Result<Vec<ReserveOutcome>, StoreError> {
-        let reqs = batch.to_vec();
+        self.reserve_owned(batch.to_vec()).await
+    }
+
+    async fn reserve_owned(
+        &self,
+        reqs: Vec<ReserveReq>,
+    ) -> Result<Vec<ReserveOutcome>, StoreError> {
         self.hot_write(|done| super::HotOp::Reserve { reqs, done })
             .await
     }
