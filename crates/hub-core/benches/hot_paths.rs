@@ -1,5 +1,6 @@
 //! Criterion benches for hub-core's hot pure code: stream decoding, request building, response
-//! parsing, key lookup, vault, token counting. `cargo bench -p hub-core --bench hot_paths`.
+//! parsing, key lookup, vault, token counting, upstream clients and their TLS handshakes.
+//! `cargo bench -p hub-core --bench hot_paths`.
 //! (Price computation and Bedrock's event-stream decoding are added when those land.)
 
 #![expect(clippy::unwrap_used, reason = "bench fixtures are known-good")]
@@ -177,6 +178,53 @@ fn token_counts(c: &mut Criterion) {
     });
 }
 
+/// Building an upstream client (each provider's pools, each origin, each new HTTP/2 shard builds
+/// one), and a new client's first call to a local HTTPS origin another client reached before:
+/// its TLS handshake (client and server both in this process) and one request.
+fn upstream_clients(c: &mut Criterion) {
+    use hub_core::upstream_http::{Client, ClientOptions, roots_from_pem};
+    c.bench_function("upstream_client_new", |b| {
+        b.iter(|| Client::new(black_box(ClientOptions::default())).unwrap())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ca, tls) = hub_testkit::tls::private_ca(&["h2", "http/1.1"]).unwrap();
+    let mock = rt.block_on(hub_testkit::MockServer::start_with_config(
+        hub_testkit::Flavor::OpenAi,
+        hub_testkit::MockConfig {
+            tls: Some(tls),
+            ..hub_testkit::MockConfig::default()
+        },
+    ));
+    let opts = ClientOptions {
+        extra_roots: roots_from_pem(ca.as_bytes()).unwrap(),
+        ..ClientOptions::default()
+    };
+    let models: http::Uri = format!("{}/models", mock.base_url()).parse().unwrap();
+    let mut auth = http::HeaderMap::new();
+    auth.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer sk-test"),
+    );
+    let call = || {
+        rt.block_on(async {
+            let client = Client::new(opts.clone()).unwrap();
+            let r = client
+                .get(models.clone())
+                .headers(auth.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), http::StatusCode::OK);
+            r.bytes().await.unwrap()
+        })
+    };
+    call();
+    c.bench_function("upstream_new_client_first_https_call", |b| b.iter(call));
+}
+
 criterion_group!(
     benches,
     stream_decoding,
@@ -184,6 +232,7 @@ criterion_group!(
     upstream_request_response,
     key_lookup,
     vault,
-    token_counts
+    token_counts,
+    upstream_clients
 );
 criterion_main!(benches);

@@ -32,7 +32,7 @@ use http::header::{ACCEPT, HeaderMap, HeaderValue, PROXY_AUTHORIZATION, USER_AGE
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 pub use hyper_util::client::proxy::matcher::Matcher;
@@ -128,22 +128,59 @@ fn proxy_from_env() -> Option<Arc<Matcher>> {
     any.then(|| Arc::new(Matcher::from_env()))
 }
 
+/// The rustls configurations the process's clients use: one per set of extra roots and ALPN
+/// offer, built by the first client that asks and shared by every later one. Building one copies
+/// the web roots and sets up the crypto provider, and a new HTTP/2 shard builds its client on the
+/// call path under its origin's lock. Sharing also shares the configuration's TLS session cache:
+/// a new connection to an origin that another client (another shard, pool or hub) already
+/// reached resumes that session instead of running a full handshake and verifying the
+/// certificate chain again. A resumed session was verified against the same roots, since the
+/// roots are part of the key.
+fn tls_config(
+    extra_roots: &[CertificateDer<'static>],
+    h2_only: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    type Built = (
+        Vec<CertificateDer<'static>>,
+        bool,
+        Arc<rustls::ClientConfig>,
+    );
+    // A handful of entries at most (the process's roots, each ALPN offer); tests add a few.
+    static CONFIGS: parking_lot::Mutex<Vec<Built>> = parking_lot::Mutex::new(Vec::new());
+    let mut configs = CONFIGS.lock();
+    if let Some((_, _, c)) = configs
+        .iter()
+        .find(|(roots, h2, _)| roots.as_slice() == extra_roots && *h2 == h2_only)
+    {
+        return Ok(c.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in extra_roots {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("an extra root certificate is not usable: {e}"))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = if h2_only {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
+    let tls = Arc::new(tls);
+    configs.push((extra_roots.to_vec(), h2_only, tls.clone()));
+    Ok(tls)
+}
+
 impl Client {
     pub fn new(opts: ClientOptions) -> Result<Client, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for c in opts.extra_roots {
-            roots
-                .add(c)
-                .map_err(|e| format!("an extra root certificate is not usable: {e}"))?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = tls_config(&opts.extra_roots, opts.h2_only)?;
 
         let proxy = match opts.proxies {
             Proxies::FromEnvironment => proxy_from_env(),
@@ -157,14 +194,8 @@ impl Client {
             tcp,
             proxy: proxy.clone(),
         };
-        let b = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let https = if opts.h2_only {
-            b.enable_http2().wrap_connector(via)
-        } else {
-            b.enable_http1().enable_http2().wrap_connector(via)
-        };
+        // `https://` over TLS, `http://` in the clear; the ALPN offer is the configuration's.
+        let https = HttpsConnector::from((via, tls));
         let connector = Connector {
             https,
             timeout: opts.connect_timeout,
@@ -799,6 +830,57 @@ mod tests {
             .await?;
         assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
         assert!(heads(&followed).is_empty());
+        Ok(())
+    }
+
+    /// Clients built apart (each shard, origin and hub has its own) share their TLS
+    /// configuration and so its session cache: a later client's first connection to an origin an
+    /// earlier one reached resumes that session, with no certificate sent or verified. A client
+    /// that offers other ALPN protocols has a configuration of its own.
+    #[tokio::test]
+    async fn a_later_client_resumes_the_tls_session_of_an_earlier_one() -> Result<(), String> {
+        let (ca, tls) =
+            hub_testkit::tls::private_ca(&["h2", "http/1.1"]).map_err(|e| e.to_string())?;
+        let mock = hub_testkit::MockServer::start_with_config(
+            hub_testkit::Flavor::OpenAi,
+            hub_testkit::MockConfig {
+                tls: Some(tls),
+                ..hub_testkit::MockConfig::default()
+            },
+        )
+        .await;
+        let roots = roots_from_pem(ca.as_bytes())?;
+        let models = uri(&format!("{}/models", mock.base_url()));
+        for (n, h2_only) in [(1, false), (2, false), (3, false), (4, true)] {
+            let c = client(ClientOptions {
+                extra_roots: roots.clone(),
+                h2_only,
+                ..direct()
+            });
+            let mut auth = HeaderMap::new();
+            auth.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer sk-test"),
+            );
+            let r = c
+                .get(models.clone())
+                .headers(auth)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(r.status(), StatusCode::OK);
+            // Read to the end: the session ticket came before the answer.
+            r.bytes().await.map_err(|e| e.to_string())?;
+            let stats = mock.stats();
+            assert_eq!(stats.connections, n, "a new client, a new connection");
+            // The first client ran a full handshake; the next two resumed its session; the
+            // HTTP/2-only client, with a configuration of its own, ran a full handshake again.
+            assert_eq!(
+                stats.tls_resumed,
+                [0, 1, 2, 2][n as usize - 1],
+                "client {n}"
+            );
+        }
         Ok(())
     }
 

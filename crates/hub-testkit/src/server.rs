@@ -121,6 +121,8 @@ pub struct MockStats {
     /// Connections accepted (HTTPS: counted once the TLS handshake completed). With HTTP/2 one
     /// connection carries many concurrent requests.
     pub connections: u64,
+    /// HTTPS connections whose TLS handshake resumed an earlier session (no certificate sent).
+    pub tls_resumed: u64,
 }
 
 pub(crate) struct Shared {
@@ -142,6 +144,7 @@ pub(crate) struct Shared {
     pub(crate) chunks_sent: AtomicU64,
     pub(crate) requests_cancelled: AtomicU64,
     pub(crate) connections: Arc<AtomicU64>,
+    pub(crate) tls_resumed: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -180,6 +183,7 @@ impl Shared {
             chunks_sent: self.chunks_sent.load(Ordering::Relaxed),
             requests_cancelled_by_client: self.requests_cancelled.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            tls_resumed: self.tls_resumed.load(Ordering::Relaxed),
         }
     }
 
@@ -195,6 +199,7 @@ impl Shared {
             &self.chunks_sent,
             &self.requests_cancelled,
             &self.connections,
+            &self.tls_resumed,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -257,6 +262,7 @@ impl MockServer {
         let origin = format!("{scheme}://{addr}");
         let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let connections = Arc::new(AtomicU64::new(0));
+        let tls_resumed = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             flavor,
             accepted_keys: Mutex::new(vec![config.api_key.clone()]),
@@ -274,6 +280,7 @@ impl MockServer {
             chunks_sent: AtomicU64::new(0),
             requests_cancelled: AtomicU64::new(0),
             connections: Arc::clone(&connections),
+            tls_resumed: Arc::clone(&tls_resumed),
         });
         let app = Router::new()
             .fallback(handle)
@@ -289,6 +296,7 @@ impl MockServer {
                     tcp: listener,
                     acceptor,
                     connections,
+                    tls_resumed,
                 };
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app)
@@ -457,6 +465,7 @@ struct TlsListener {
     tcp: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     connections: Arc<AtomicU64>,
+    tls_resumed: Arc<AtomicU64>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -473,6 +482,11 @@ impl axum::serve::Listener for TlsListener {
             // A client that refuses the certificate ends its handshake; wait for the next one.
             if let Ok(tls) = self.acceptor.accept(tcp).await {
                 self.connections.fetch_add(1, Ordering::Relaxed);
+                if tls.get_ref().1.handshake_kind()
+                    == Some(tokio_rustls::rustls::HandshakeKind::Resumed)
+                {
+                    self.tls_resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 return (tls, addr);
             }
         }
