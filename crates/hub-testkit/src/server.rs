@@ -917,9 +917,18 @@ pub(crate) fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -
         let mut guard = StreamGuard::new(Arc::clone(&shared));
         let delay = Duration::from_millis(delay_ms);
         let mut first_data = true;
-        for frame in frames {
+        let n = frames.len();
+        for (i, frame) in frames.into_iter().enumerate() {
+            // The last frame completes the stream when it is handed over: the code between two
+            // suspension points runs in one poll, so the count and the hand-over happen together.
+            // A client that stops reading once it has the last frame (the hub stops at `[DONE]`
+            // and, over HTTP/2, resets the stream) must not count as one that went away early.
+            let last = i + 1 == n;
             match frame {
                 Frame::Comment(text) => {
+                    if last {
+                        guard.complete();
+                    }
                     yield Ok::<Bytes, std::io::Error>(Bytes::from_static(text.as_bytes()));
                 }
                 Frame::Data { bytes, content } => {
@@ -927,6 +936,9 @@ pub(crate) fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -
                         tokio::time::sleep(delay).await;
                     }
                     first_data = false;
+                    if last {
+                        guard.complete();
+                    }
                     yield Ok(bytes);
                     // Polled again: the previous chunk was taken by the connection.
                     if content {
@@ -946,7 +958,9 @@ pub(crate) fn sse_body(shared: Arc<Shared>, frames: Vec<Frame>, delay_ms: u64) -
                 }
             }
         }
-        guard.complete();
+        if !guard.finished {
+            guard.complete();
+        }
     };
     Body::from_stream(stream)
 }
