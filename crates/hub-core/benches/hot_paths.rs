@@ -190,14 +190,12 @@ fn upstream_clients(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (ca, tls) = hub_testkit::tls::private_ca(&["h2", "http/1.1"]).unwrap();
-    let mock = rt.block_on(hub_testkit::MockServer::start_with_config(
-        hub_testkit::Flavor::OpenAi,
-        hub_testkit::MockConfig {
-            tls: Some(tls),
-            ..hub_testkit::MockConfig::default()
-        },
-    ));
+    let (mock, ca) = rt
+        .block_on(hub_testkit::tls::https_mock(
+            hub_testkit::Flavor::OpenAi,
+            &["h2", "http/1.1"],
+        ))
+        .unwrap();
     let opts = ClientOptions {
         extra_roots: roots_from_pem(ca.as_bytes()).unwrap(),
         ..ClientOptions::default()

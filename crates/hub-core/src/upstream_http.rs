@@ -839,16 +839,10 @@ mod tests {
     /// that offers other ALPN protocols has a configuration of its own.
     #[tokio::test]
     async fn a_later_client_resumes_the_tls_session_of_an_earlier_one() -> Result<(), String> {
-        let (ca, tls) =
-            hub_testkit::tls::private_ca(&["h2", "http/1.1"]).map_err(|e| e.to_string())?;
-        let mock = hub_testkit::MockServer::start_with_config(
-            hub_testkit::Flavor::OpenAi,
-            hub_testkit::MockConfig {
-                tls: Some(tls),
-                ..hub_testkit::MockConfig::default()
-            },
-        )
-        .await;
+        let (mock, ca) =
+            hub_testkit::tls::https_mock(hub_testkit::Flavor::OpenAi, &["h2", "http/1.1"])
+                .await
+                .map_err(|e| e.to_string())?;
         let roots = roots_from_pem(ca.as_bytes())?;
         let models = uri(&format!("{}/models", mock.base_url()));
         for (n, h2_only) in [(1, false), (2, false), (3, false), (4, true)] {

@@ -4,7 +4,8 @@
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-use crate::server::MockTls;
+use crate::Flavor;
+use crate::server::{MockConfig, MockServer, MockTls};
 
 /// A fresh private CA and a server certificate it signed, offering `alpn` (in order of
 /// preference): (the CA's PEM, the mock's TLS).
@@ -25,4 +26,22 @@ pub fn private_ca(alpn: &[&str]) -> Result<(String, MockTls), rcgen::Error> {
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
         },
     ))
+}
+
+/// A mock of `flavor` over HTTPS with a fresh private CA, offering `alpn`: (the mock, the CA's
+/// PEM for the client to trust).
+pub async fn https_mock(
+    flavor: Flavor,
+    alpn: &[&str],
+) -> Result<(MockServer, String), rcgen::Error> {
+    let (ca, tls) = private_ca(alpn)?;
+    let mock = MockServer::start_with_config(
+        flavor,
+        MockConfig {
+            tls: Some(tls),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    Ok((mock, ca))
 }

@@ -486,15 +486,9 @@ mod tests {
 
     /// A real HTTPS upstream (the mock) and pools trusting its private CA.
     async fn https_upstream(alpn: &[&str]) -> Result<(hub_testkit::MockServer, Pools), String> {
-        let (ca, tls) = hub_testkit::tls::private_ca(alpn).map_err(|e| e.to_string())?;
-        let mock = hub_testkit::MockServer::start_with_config(
-            hub_testkit::Flavor::OpenAi,
-            hub_testkit::MockConfig {
-                tls: Some(tls),
-                ..hub_testkit::MockConfig::default()
-            },
-        )
-        .await;
+        let (mock, ca) = hub_testkit::tls::https_mock(hub_testkit::Flavor::OpenAi, alpn)
+            .await
+            .map_err(|e| e.to_string())?;
         let roots = crate::upstream_http::roots_from_pem(ca.as_bytes())?;
         let pools = Pools::new(Duration::from_secs(5), &roots).map_err(|e| e.to_string())?;
         Ok((mock, pools))
