@@ -339,6 +339,100 @@ async fn starter_credits_once_under_concurrent_first_requests() -> R {
 /// (batched by value into the store: `reserve_owned`) each get their own outcome, the conditional
 /// hold never lets one spend another's credit, a repeated request id is a duplicate, and the held
 /// calls' usage batch (`insert_usage_owned`) settles them and comes back as it went.
+/// A reservation batch and a usage batch, each one transaction, that take every branch of their
+/// writes twice: the transaction's statements are prepared once and reused (`Stmts`), so each use
+/// must find its statement reset by the one before and bound afresh.
+#[tokio::test]
+async fn one_transaction_takes_every_branch_twice() -> R {
+    let (_d, store) = open()?;
+    let a = user_account("a");
+    store.grant(&grant(&a, 100, "g")).await?;
+    let newcomer = |req: &str, who: &str| ReserveReq {
+        starter: Some(Starter {
+            amount: 50,
+            expires_at_ms: None,
+        }),
+        ..reserve(req, &user_account(who), 20)
+    };
+    let out = store
+        .reserve_owned(vec![
+            reserve("a1", &a, 30),
+            reserve("a2", &a, 30),
+            reserve("a1", &a, 5),
+            reserve("a2", &a, 5),
+            reserve("a3", &a, 50),
+            reserve("a4", &a, 41),
+            newcomer("n1", "n"),
+            newcomer("m1", "m"),
+            reserve("b1", &user_account("b"), 1),
+        ])
+        .await?;
+    let short = |available| ReserveOutcome::Insufficient { available };
+    assert_eq!(
+        out,
+        vec![
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Duplicate,
+            ReserveOutcome::Duplicate,
+            short(40),
+            short(40),
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Reserved,
+            short(0),
+        ]
+    );
+    let bal = |who: &str| {
+        let (store, acct) = (store.clone(), user_account(who));
+        async move {
+            let b = store.balance(&acct).await?.ok_or("no account")?;
+            Ok::<_, Box<dyn std::error::Error>>((b.available, b.reserved))
+        }
+    };
+    assert_eq!(bal("a").await?, (40, 60));
+    assert_eq!(bal("n").await?, (30, 20));
+    assert_eq!(bal("b").await?, (0, 0));
+    // Claimed as reserved (a1), claimed although the record names another amount (a2), no hold
+    // at all (x1, x2: the balance is read), above hold and balance (n1, m1: written off), and a
+    // replayed id (a1 again: skipped).
+    let (_, r) = store
+        .insert_usage_owned(vec![
+            record("a1", &a, 30, 10),
+            record("a2", &a, 5, 3),
+            record("x1", &a, 0, 7),
+            record("x2", &a, 0, 7),
+            record("n1", &user_account("n"), 20, 100),
+            record("m1", &user_account("m"), 20, 100),
+            record("a1", &a, 30, 10),
+        ])
+        .await;
+    r?;
+    assert_eq!(bal("a").await?, (100 - 10 - 3 - 7 - 7, 0));
+    assert_eq!(bal("n").await?, (0, 0));
+    assert_eq!(bal("m").await?, (0, 0));
+    assert_eq!(entries_of_kind(&store, &a, "capture").await?, 4);
+    let mut shortfall: Vec<(String, i64)> = store
+        .list_usage(10)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.billing.shortfall_units))
+        .collect();
+    shortfall.sort();
+    assert_eq!(
+        shortfall,
+        [
+            ("a1", 0),
+            ("a2", 0),
+            ("m1", 50),
+            ("n1", 50),
+            ("x1", 0),
+            ("x2", 0)
+        ]
+        .map(|(id, s)| (id.to_string(), s))
+    );
+    assert_consistent(&store).await
+}
+
 #[tokio::test]
 async fn concurrent_reservations_through_the_writer_hold_exactly_what_is_there() -> R {
     let (_d, store) = open()?;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{SqliteStore, USAGE_COLUMNS, db_err, kind_of, usage_from_row};
+use super::{Q, SqliteStore, Stmts, USAGE_COLUMNS, db_err, kind_of, usage_from_row};
 use crate::FastMap;
 use crate::ledger::report::{BUCKET_MS, DAY_MS, Period, ReportZone, offset_sql};
 use crate::ledger::{
@@ -35,14 +35,9 @@ struct NewEntry<'a> {
 }
 
 /// Inserts an entry unless its idempotency key exists. Returns whether it was inserted.
-fn insert_entry(tx: &Connection, e: &NewEntry<'_>) -> Result<bool, StoreError> {
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key,
-               expires_at_ms, note, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(idem_key) DO NOTHING",
-        )
-        .map_err(db_err)?
+fn insert_entry(s: &mut Stmts<'_>, e: &NewEntry<'_>) -> Result<bool, StoreError> {
+    let n = s
+        .get(Q::InsertEntry)?
         .execute(params![
             e.account,
             e.kind,
@@ -62,17 +57,13 @@ fn insert_entry(tx: &Connection, e: &NewEntry<'_>) -> Result<bool, StoreError> {
 /// Creates the account if missing; a new user account gets its starter credits (once: the
 /// entry's key is `starter:<user>`).
 fn ensure_account(
-    tx: &Connection,
+    tx: &mut Stmts<'_>,
     account: &str,
     starter: Option<&Starter>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     let created = tx
-        .prepare_cached(
-            "INSERT INTO ledger_accounts (id, available, reserved, created_at_ms) VALUES (?1, 0, 0, ?2)
-             ON CONFLICT(id) DO NOTHING",
-        )
-        .map_err(db_err)?
+        .get(Q::EnsureAccount)?
         .execute(params![account, now_ms])
         .map_err(db_err)?;
     if created == 1
@@ -105,17 +96,14 @@ fn ensure_account(
 
 /// Applies deltas to an account (the CHECK constraints refuse anything below zero).
 fn move_money(
-    tx: &Connection,
+    tx: &mut Stmts<'_>,
     account: &str,
     available_delta: i64,
     reserved_delta: i64,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE ledger_accounts SET available = available + ?2, reserved = reserved + ?3 WHERE id = ?1",
-    )
-    .map_err(db_err)?
-    .execute(params![account, available_delta, reserved_delta])
-    .map_err(db_err)?;
+    tx.get(Q::MoveMoney)?
+        .execute(params![account, available_delta, reserved_delta])
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -132,7 +120,7 @@ pub(super) struct AccountDeltas {
 impl AccountDeltas {
     fn add(
         &mut self,
-        tx: &Connection,
+        tx: &mut Stmts<'_>,
         account: &str,
         available: i64,
         reserved: i64,
@@ -151,7 +139,7 @@ impl AccountDeltas {
     }
 
     /// Applies and forgets what is pending.
-    pub(super) fn apply(&mut self, tx: &Connection) -> Result<(), StoreError> {
+    pub(super) fn apply(&mut self, tx: &mut Stmts<'_>) -> Result<(), StoreError> {
         for (account, (available, reserved)) in self.pending.drain() {
             if available != 0 || reserved != 0 {
                 move_money(tx, &account, available, reserved)?;
@@ -161,10 +149,9 @@ impl AccountDeltas {
     }
 }
 
-fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
+fn available_of(tx: &mut Stmts<'_>, account: &str) -> Result<i64, StoreError> {
     Ok(tx
-        .prepare_cached("SELECT available FROM ledger_accounts WHERE id = ?1")
-        .map_err(db_err)?
+        .get(Q::AvailableOf)?
         .query_row([account], |r| r.get::<_, i64>(0))
         .optional()
         .map_err(db_err)?
@@ -183,34 +170,26 @@ fn available_of(tx: &Connection, account: &str) -> Result<i64, StoreError> {
 /// one statement, but SQLite runs it through an ephemeral table: BENCHMARKS.md, "Instruction
 /// counts".)
 fn claim_reservation(
-    tx: &Connection,
+    tx: &mut Stmts<'_>,
     r: &UsageRecord,
     now_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
     let claimed = tx
-        .prepare_cached(
-            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
-             WHERE request_id = ?1 AND status = 'open' AND amount = ?3",
-        )
-        .map_err(db_err)?
+        .get(Q::ClaimReservation)?
         .execute(params![r.id, now_ms, r.billing.reserved_units])
         .map_err(db_err)?;
     if claimed == 1 {
         return Ok(Some(r.billing.reserved_units));
     }
     let held: Option<i64> = tx
-        .prepare_cached("SELECT amount FROM reservations WHERE request_id = ?1 AND status = 'open'")
-        .map_err(db_err)?
+        .get(Q::HeldAmount)?
         .query_row([&r.id], |row| row.get(0))
         .optional()
         .map_err(db_err)?;
     if held.is_some() {
-        tx.prepare_cached(
-            "UPDATE reservations SET status = 'settled', settled_at_ms = ?2 WHERE request_id = ?1",
-        )
-        .map_err(db_err)?
-        .execute(params![r.id, now_ms])
-        .map_err(db_err)?;
+        tx.get(Q::SettleReservation)?
+            .execute(params![r.id, now_ms])
+            .map_err(db_err)?;
     }
     Ok(held)
 }
@@ -218,7 +197,7 @@ fn claim_reservation(
 /// Settles a just-inserted usage record (same transaction): claims its open reservation,
 /// charges the cost, returns the rest; exactly one `capture` entry per settled call.
 pub(super) fn settle_in_tx(
-    tx: &Connection,
+    tx: &mut Stmts<'_>,
     r: &UsageRecord,
     deltas: &mut AccountDeltas,
 ) -> Result<(), StoreError> {
@@ -276,8 +255,7 @@ pub(super) fn settle_in_tx(
     }
     deltas.add(tx, account, reserved - charged, -reserved)?;
     if shortfall > 0 {
-        tx.prepare_cached("UPDATE usage_records SET shortfall_units = ?2 WHERE id = ?1")
-            .map_err(db_err)?
+        tx.get(Q::Shortfall)?
             .execute(params![r.id, shortfall])
             .map_err(db_err)?;
     }
@@ -369,58 +347,11 @@ impl RollupBatch {
     /// looks the key up twice (the conflict, then the update) where the `UPDATE` looks it up
     /// once. The transaction holds the write lock, so no row appears between the two; a plain
     /// `INSERT` (no `ON CONFLICT`) makes an `UPDATE` that missed its row an error, not a silent
-    /// double cost. Each statement is taken from the cache once per batch, not once per row: a
-    /// cache lookup builds, hashes and compares the statement's whole text, and with many users
-    /// a batch writes a row per call and roll-up.
-    pub(super) fn write(self, tx: &Connection, zones: &[ReportZone]) -> Result<(), StoreError> {
-        let sums_set = "calls = calls + ?7, success_calls = success_calls + ?8,
-               prompt_tokens = prompt_tokens + ?9, completion_tokens = completion_tokens + ?10,
-               images = images + ?11, cost_units = cost_units + ?12,
-               provider_cost_units = provider_cost_units + ?13";
-        let update = |table: &str, bucket: &str, zone: &str| {
-            format!(
-                "UPDATE {table} SET {sums_set}
-                 WHERE {bucket} = ?1 AND user_id = ?2 AND team_id = ?3 AND app = ?4 AND provider = ?5
-                   AND model = ?6{zone}"
-            )
-        };
-        let insert = |table: &str| {
-            format!(
-                "INSERT INTO {table} (bucket_ms, user_id, team_id, app, provider, model, calls, success_calls,
-                   prompt_tokens, completion_tokens, images, cost_units, provider_cost_units)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-            )
-        };
-        let zone_day_insert_sql =
-            "INSERT INTO usage_rollup_zone_day (day, user_id, team_id, app, provider, model, calls, success_calls,
-               prompt_tokens, completion_tokens, images, cost_units, provider_cost_units, zone)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
-        let (quarter_update_sql, quarter_insert_sql) = (
-            update("usage_rollup", "bucket_ms", ""),
-            insert("usage_rollup"),
-        );
-        let (day_update_sql, day_insert_sql) = (
-            update("usage_rollup_day", "bucket_ms", ""),
-            insert("usage_rollup_day"),
-        );
-        let zone_day_update_sql = update("usage_rollup_zone_day", "day", " AND zone = ?14");
+    /// double cost. The statements are the transaction's (`Stmts`): with many users a batch
+    /// writes a row per call and roll-up, and each statement is taken from rusqlite's cache once
+    /// per transaction, not once per row.
+    pub(super) fn write(self, tx: &mut Stmts<'_>, zones: &[ReportZone]) -> Result<(), StoreError> {
         let zone_keys: Vec<String> = zones.iter().map(ReportZone::key).collect();
-        let mut quarter = (
-            tx.prepare_cached(&quarter_update_sql).map_err(db_err)?,
-            tx.prepare_cached(&quarter_insert_sql).map_err(db_err)?,
-        );
-        let mut day = (
-            tx.prepare_cached(&day_update_sql).map_err(db_err)?,
-            tx.prepare_cached(&day_insert_sql).map_err(db_err)?,
-        );
-        let mut zone_day = if zones.is_empty() {
-            None
-        } else {
-            Some((
-                tx.prepare_cached(&zone_day_update_sql).map_err(db_err)?,
-                tx.prepare_cached(zone_day_insert_sql).map_err(db_err)?,
-            ))
-        };
         for (k, s) in &self.rows {
             let row = params![
                 k.bucket,
@@ -438,23 +369,23 @@ impl RollupBatch {
                 s.provider_cost_units,
             ];
             let mut with_zone: Vec<&dyn rusqlite::ToSql>;
-            let (statements, row) = match k.grain {
-                Grain::Quarter => (&mut quarter, row),
-                Grain::UtcDay => (&mut day, row),
+            let ((update, insert), row) = match k.grain {
+                Grain::Quarter => ((Q::QuarterUpdate, Q::QuarterInsert), row),
+                Grain::UtcDay => ((Q::DayUpdate, Q::DayInsert), row),
                 Grain::ZoneDay(i) => {
                     // The batch was summed with `zones`, so the index names one of them.
-                    let (Some(zone), Some(st)) = (zone_keys.get(i), zone_day.as_mut()) else {
+                    let Some(zone) = zone_keys.get(i) else {
                         return Err(StoreError::Db(format!(
                             "roll-up zone {i} is not configured"
                         )));
                     };
                     with_zone = row.to_vec();
                     with_zone.push(zone);
-                    (st, with_zone.as_slice())
+                    ((Q::ZoneDayUpdate, Q::ZoneDayInsert), with_zone.as_slice())
                 }
             };
-            if statements.0.execute(row).map_err(db_err)? == 0 {
-                statements.1.execute(row).map_err(db_err)?;
+            if tx.get(update)?.execute(row).map_err(db_err)? == 0 {
+                tx.get(insert)?.execute(row).map_err(db_err)?;
             }
         }
         Ok(())
@@ -513,21 +444,17 @@ pub(super) const STALE_HOLDS_SQL: &str =
 
 /// Holds each reservation of a batch (one conditional UPDATE each), in the caller's transaction.
 pub(super) fn reserve_in_tx(
-    tx: &Connection,
+    tx: &mut Stmts<'_>,
     batch: &[ReserveReq],
 ) -> Result<Vec<ReserveOutcome>, StoreError> {
     batch.iter().map(|q| reserve_one(tx, q)).collect()
 }
 
-fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
+fn reserve_one(tx: &mut Stmts<'_>, q: &ReserveReq) -> Result<ReserveOutcome, StoreError> {
     // The reservation row first: its key refuses a second hold under the same request id, so no
     // separate lookup is needed.
     let inserted = tx
-        .prepare_cached(
-            "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, 'open', ?5) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .map_err(db_err)?
+        .get(Q::InsertReservation)?
         .execute(params![
             q.request_id,
             q.account,
@@ -540,26 +467,21 @@ fn reserve_one(tx: &Connection, q: &ReserveReq) -> Result<ReserveOutcome, StoreE
         return Ok(ReserveOutcome::Duplicate);
     }
     // The one conditional update that keeps available >= 0 under any concurrency.
-    let hold = || -> Result<usize, StoreError> {
-        tx.prepare_cached(
-            "UPDATE ledger_accounts SET available = available - ?2, reserved = reserved + ?2
-             WHERE id = ?1 AND available >= ?2",
-        )
-        .map_err(db_err)?
-        .execute(params![q.account, q.amount])
-        .map_err(db_err)
+    let hold = |tx: &mut Stmts<'_>| -> Result<usize, StoreError> {
+        tx.get(Q::Hold)?
+            .execute(params![q.account, q.amount])
+            .map_err(db_err)
     };
-    let mut n = hold()?;
+    let mut n = hold(tx)?;
     if n == 0 {
         // Not enough, or no account yet: a user's first call creates it, with its starter
         // credits, and tries again. (Creating it up front would be a statement on every call.)
         ensure_account(tx, &q.account, q.starter.as_ref(), q.now_ms)?;
-        n = hold()?;
+        n = hold(tx)?;
     }
     if n == 0 {
         // Refused: the row just inserted goes again, so the request id is free to retry.
-        tx.prepare_cached("DELETE FROM reservations WHERE request_id = ?1")
-            .map_err(db_err)?
+        tx.get(Q::DeleteReservation)?
             .execute([&q.request_id])
             .map_err(db_err)?;
         return Ok(ReserveOutcome::Insufficient {
@@ -829,6 +751,7 @@ pub(super) fn grant_tx(
     tx: &rusqlite::Transaction<'_>,
     req: &GrantReq,
 ) -> Result<Applied, StoreError> {
+    let tx = &mut Stmts::new(tx);
     ensure_account(tx, &req.account, req.starter.as_ref(), req.now_ms)?;
     let available = available_of(tx, &req.account)?;
     let done = |outcome, after| Applied::Grant {
@@ -1055,7 +978,11 @@ impl LedgerStore for SqliteStore {
                 {
                     let mut rec = rec;
                     rec.billing.reserved_units = amount;
-                    super::insert_usage_in_tx(&tx, std::slice::from_ref(&rec), &zones)?;
+                    super::insert_usage_in_tx(
+                        &mut Stmts::new(&tx),
+                        std::slice::from_ref(&rec),
+                        &zones,
+                    )?;
                     let captured: Option<i64> = tx
                         .query_row(
                             "SELECT e.charged FROM reservations r JOIN ledger_entries e ON e.idem_key = 'capture:' || r.request_id
@@ -1087,7 +1014,7 @@ impl LedgerStore for SqliteStore {
                 }
                 // The hold goes back; no ledger entry, as no money moved (the reservation row,
                 // now `reconciled`, records it). The status flip above makes this happen once.
-                move_money(&tx, &account, amount, -amount)?;
+                move_money(&mut Stmts::new(&tx), &account, amount, -amount)?;
                 rep.released += 1;
                 rep.released_units += amount;
             }
@@ -1162,10 +1089,11 @@ impl LedgerStore for SqliteStore {
                 let entries = entries_of(&tx, &account)?;
                 let unused = expiry::unused_of_grant(&entries, grant_id);
                 // What is reserved in flight stays; only available credit can expire.
-                let amount = unused.min(available_of(&tx, &account)?).max(0);
+                let stmts = &mut Stmts::new(&tx);
+                let amount = unused.min(available_of(stmts, &account)?).max(0);
                 let key = format!("expire:{grant_id}");
                 if insert_entry(
-                    &tx,
+                    stmts,
                     &NewEntry {
                         account: &account,
                         kind: "expire",
@@ -1179,7 +1107,7 @@ impl LedgerStore for SqliteStore {
                         now_ms,
                     },
                 )? {
-                    move_money(&tx, &account, -amount, 0)?;
+                    move_money(stmts, &account, -amount, 0)?;
                     n += 1;
                 }
             }
