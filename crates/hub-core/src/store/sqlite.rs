@@ -518,15 +518,23 @@ enum HotDone {
 }
 
 /// How often the checkpoint thread copies committed WAL frames into the database file, unless
-/// `HUB_SQLITE_CHECKPOINT_MS` says otherwise. Short on purpose: the checkpoint's fsync of the
-/// WAL flushes everything written since the last one, and a commit landing meanwhile waits for
-/// it, so the interval sets the tail. Measured at concurrency 1 (BENCHMARKS.md): added p99 8.4 ms
-/// at 20 ms, 45 ms at 200 ms, 222 ms at 1 s (SQLite's own every-1,000-pages checkpoint inside the
-/// commit: 19 ms); throughput at concurrency 64 within noise of each other.
+/// `HUB_SQLITE_CHECKPOINT_MS` says otherwise. Short on purpose: under a steady stream of commits
+/// the WAL starts again only through the writer's own checkpoint (`WRITER_AUTOCHECKPOINT_PAGES`),
+/// whose sync of the WAL runs inside a commit and flushes everything written since this thread's
+/// last sync, so the interval bounds that commit's wait. Measured at concurrency 1 (BENCHMARKS.md,
+/// sixteenth session): p99 1.4-2.6 ms at 20 ms, 6.3-7.6 ms at 100 ms, 27-32 ms at 500 ms, set by
+/// the commits that carry the writer's checkpoint (its sync of the WAL took 6-32 ms at 500 ms).
+/// Throughput at concurrency 64 does not depend on it (fifteenth session).
 const CHECKPOINT_EVERY_MS: u64 = 20;
-/// The writer's own automatic checkpoint, a fallback only (pages of WAL, ~80 MB): if the
-/// checkpoint thread cannot keep up, a commit checkpoints inline rather than letting the WAL grow
-/// without bound.
+/// The writer's own automatic checkpoint (pages of WAL, ~80 MB). SQLite starts the WAL again from
+/// its beginning only when every frame in it has been copied and a write transaction then
+/// begins. With a pause between commits the checkpoint thread gets there and the next commit
+/// starts the WAL again (and syncs its new header, the one fsync a request's commit carries
+/// then). Under a steady stream of commits it never does: frames land while it syncs. Then this
+/// is how the WAL starts again: the commit that crosses it copies the few frames left and syncs
+/// the WAL and the database file, ~2 ms at concurrency 1 with the 20 ms interval, two to four
+/// times a second at ~3,500 calls a second (BENCHMARKS.md, sixteenth session). Higher would make
+/// those commits rarer and the WAL larger.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
 /// Checkpoints the WAL on its own thread and connection. SQLite's automatic checkpoint runs
