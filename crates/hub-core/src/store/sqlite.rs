@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -517,24 +518,37 @@ enum HotDone {
     Reserve(Vec<crate::ledger::ReserveOutcome>),
 }
 
-/// How often the checkpoint thread copies committed WAL frames into the database file, unless
-/// `HUB_SQLITE_CHECKPOINT_MS` says otherwise. Short on purpose: under a steady stream of commits
-/// the WAL starts again only through the writer's own checkpoint (`WRITER_AUTOCHECKPOINT_PAGES`),
-/// whose sync of the WAL runs inside a commit and flushes everything written since this thread's
-/// last sync, so the interval bounds that commit's wait. Measured at concurrency 1 (BENCHMARKS.md,
-/// sixteenth session): p99 1.4-2.6 ms at 20 ms, 6.3-7.6 ms at 100 ms, 27-32 ms at 500 ms, set by
-/// the commits that carry the writer's checkpoint (its sync of the WAL took 6-32 ms at 500 ms).
-/// Throughput at concurrency 64 does not depend on it (fifteenth session).
+/// How often the checkpoint thread looks at the WAL, unless `HUB_SQLITE_CHECKPOINT_MS` says
+/// otherwise. Short on purpose: under a steady stream of commits the WAL starts again only
+/// through the writer's own checkpoint (`WRITER_AUTOCHECKPOINT_PAGES`), whose sync of the WAL runs
+/// inside a commit and flushes everything written since this thread's last sync, so the interval
+/// bounds that commit's wait. Measured at concurrency 1 (BENCHMARKS.md, sixteenth session): p99
+/// 1.4-2.6 ms at 20 ms, 6.3-7.6 ms at 100 ms, 27-32 ms at 500 ms, set by the commits that carry
+/// the writer's checkpoint (its sync of the WAL took 6-32 ms at 500 ms). Throughput at concurrency
+/// 64 does not depend on it (fifteenth session).
 const CHECKPOINT_EVERY_MS: u64 = 20;
-/// The writer's own automatic checkpoint (pages of WAL, ~80 MB). SQLite starts the WAL again from
-/// its beginning only when every frame in it has been copied and a write transaction then
-/// begins. With a pause between commits the checkpoint thread gets there and the next commit
-/// starts the WAL again (and syncs its new header, the one fsync a request's commit carries
-/// then). Under a steady stream of commits it never does: frames land while it syncs. Then this
-/// is how the WAL starts again: the commit that crosses it copies the few frames left and syncs
-/// the WAL and the database file, ~2 ms at concurrency 1 with the 20 ms interval, two to four
-/// times a second at ~3,500 calls a second (BENCHMARKS.md, sixteenth session). Higher would make
-/// those commits rarer and the WAL larger.
+/// At a look, the checkpoint thread copies the WAL once this many frames have been committed
+/// since its last checkpoint (~4 MB of 4 KB pages; `HUB_SQLITE_CHECKPOINT_FRAMES`, 1 = at every
+/// look with anything new, as before the sixteenth session), or `CHECKPOINT_AT_LEAST_EVERY_MS`
+/// after its last checkpoint. A checkpoint that copies the whole WAL makes the next commit start
+/// it again and sync its new header inside that commit (SQLite's guard against a torn restart):
+/// copying at every look made a lightly loaded hub's commits carry up to 50 such syncs a second
+/// (17-23 a second at ~1,000 calls a second; ~2 with this threshold, BENCHMARKS.md, sixteenth
+/// session). Under a steady stream of commits the threshold is crossed at every look, as before.
+const CHECKPOINT_PENDING_FRAMES: u64 = 1_000;
+/// The longest the checkpoint thread goes without a checkpoint: it bounds the WAL a quiet hub
+/// keeps (and how much a power loss can take under `synchronous=NORMAL`, whose WAL is synced at
+/// checkpoints; `HUB_SQLITE_SYNC=full` syncs every commit), and copies frames other processes
+/// (the admin CLI) committed, which the writer's count does not see.
+const CHECKPOINT_AT_LEAST_EVERY_MS: u64 = 1_000;
+/// The writer's own checkpoint (frames of WAL, ~80 MB; `count_wal_frames`). SQLite starts the WAL
+/// again from its beginning only when every frame in it has been copied and a write transaction
+/// then begins. With pauses between commits the checkpoint thread gets there. Under a steady
+/// stream of commits it never does: frames land while it syncs. Then this is how the WAL starts
+/// again: the commit that crosses it copies the few frames left and syncs the WAL and the
+/// database file, ~2 ms at concurrency 1 with the 20 ms look, two to four times a second at
+/// ~3,500 calls a second (BENCHMARKS.md, sixteenth session). Higher would make those commits
+/// rarer and the WAL larger.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
 /// Checkpoints the WAL on its own thread and connection. SQLite's automatic checkpoint runs
@@ -548,28 +562,40 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+    /// `written`: frames the writer has committed since the store opened (its WAL hook counts
+    /// them, `count_wal_frames`).
+    fn start(
+        path: &Path,
+        policy: CheckpointPolicy,
+        written: Arc<AtomicU64>,
+    ) -> Result<Checkpointer, StoreError> {
         let conn = open_conn(path)?;
         let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let every = std::time::Duration::from_millis(
-            std::env::var("HUB_SQLITE_CHECKPOINT_MS")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
-                .unwrap_or(CHECKPOINT_EVERY_MS),
-        );
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                // Every interval, and once more when the store closes (the sender dropped).
+                // Frames written when the last checkpoint began, and when it began. The first
+                // look checkpoints whatever an earlier process left in the WAL.
+                let mut seen = 0u64;
+                let mut last: Option<std::time::Instant> = None;
+                // Every look, and once more when the store closes (the sender dropped).
                 loop {
                     let closing = !matches!(
-                        rx.recv_timeout(every),
+                        rx.recv_timeout(policy.every),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     );
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    let now = written.load(Ordering::Acquire);
+                    let due = closing
+                        || now.saturating_sub(seen) >= policy.pending_frames
+                        || last.is_none_or(|t| t.elapsed() >= policy.at_least_every);
+                    if due {
+                        seen = now;
+                        last = Some(std::time::Instant::now());
+                        if let Err(e) =
+                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                        }
                     }
                     if closing {
                         break;
@@ -582,6 +608,73 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
+}
+
+/// When the checkpoint thread copies the WAL, and when the writer does it itself.
+#[derive(Clone, Copy, Debug)]
+struct CheckpointPolicy {
+    /// How often the checkpoint thread looks (`CHECKPOINT_EVERY_MS`).
+    every: std::time::Duration,
+    /// Frames committed since the last checkpoint that make a look checkpoint
+    /// (`CHECKPOINT_PENDING_FRAMES`).
+    pending_frames: u64,
+    /// The longest between two checkpoints (`CHECKPOINT_AT_LEAST_EVERY_MS`).
+    at_least_every: std::time::Duration,
+    /// Frames in the WAL at which the committing writer checkpoints (`WRITER_AUTOCHECKPOINT_PAGES`).
+    writer_frames: u32,
+}
+
+impl CheckpointPolicy {
+    fn from_env() -> CheckpointPolicy {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        CheckpointPolicy {
+            every: std::time::Duration::from_millis(
+                var("HUB_SQLITE_CHECKPOINT_MS").unwrap_or(CHECKPOINT_EVERY_MS),
+            ),
+            pending_frames: var("HUB_SQLITE_CHECKPOINT_FRAMES")
+                .unwrap_or(CHECKPOINT_PENDING_FRAMES),
+            at_least_every: std::time::Duration::from_millis(CHECKPOINT_AT_LEAST_EVERY_MS),
+            writer_frames: WRITER_AUTOCHECKPOINT_PAGES,
+        }
+    }
+}
+
+/// Replaces SQLite's automatic checkpoint on the writer's connection with a WAL hook that does
+/// the same (a PASSIVE checkpoint by the committing connection once the WAL holds
+/// `writer_frames` frames; an error is logged, not returned, as SQLite's own hook ignores it: the
+/// commit has happened) and also counts the frames each commit adds into `written`, for the
+/// checkpoint thread.
+fn count_wal_frames(
+    conn: &mut Connection,
+    writer_frames: u32,
+    written: Arc<AtomicU64>,
+) -> Result<(), StoreError> {
+    let threshold = i32::try_from(writer_frames).unwrap_or(i32::MAX);
+    let mut after_last = 0i32;
+    conn.wal_hook(Some(
+        move |wal: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+            // Frames in the WAL after this commit; fewer than after the last one: it started again.
+            let added = if frames >= after_last {
+                frames - after_last
+            } else {
+                frames
+            };
+            after_last = frames;
+            written.fetch_add(u64::try_from(added).unwrap_or(0), Ordering::Release);
+            if frames >= threshold
+                && let Err(e) = wal.checkpoint()
+            {
+                tracing::warn!(error = %e, "WAL checkpoint by the writer failed");
+            }
+            Ok(())
+        },
+    ))
+    .map_err(db_err)
 }
 
 impl Drop for Checkpointer {
@@ -645,11 +738,14 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 impl SqliteStore {
     /// Opens (creating and migrating) the database file.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, CheckpointPolicy::from_env())
+    }
+
+    fn open_with(path: &Path, checkpoints: CheckpointPolicy) -> Result<SqliteStore, StoreError> {
         let mut writer = open_conn(path)?;
         migrate(&mut writer)?;
-        writer
-            .pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
-            .map_err(db_err)?;
+        let written = Arc::new(AtomicU64::new(0));
+        count_wal_frames(&mut writer, checkpoints.writer_frames, written.clone())?;
         let reader = open_conn(path)?;
         let writer = Arc::new(Mutex::new(writer));
         let report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>> =
@@ -667,7 +763,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             report_zones,
             hot,
-            _checkpointer: Arc::new(Checkpointer::start(path)?),
+            _checkpointer: Arc::new(Checkpointer::start(path, checkpoints, written)?),
         })
     }
 
@@ -1453,27 +1549,27 @@ mod tests {
     }
 
     /// The WAL is checkpointed by the store's own thread while the store is open, not by the
-    /// commit that crosses SQLite's 1,000-page threshold (the writer's threshold is a far
-    /// fallback).
+    /// commit that crosses SQLite's 1,000-page threshold (the writer's threshold is far above).
     #[tokio::test]
     async fn the_wal_is_checkpointed_beside_the_writer() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let path = dir.path().join("hub.db");
         let store = SqliteStore::open(&path)?;
-        let fallback: i64 = store
+        // SQLite's own automatic checkpoint is replaced by the writer's WAL hook.
+        let sqlite_own: i64 = store
             .writer
             .lock()
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
             .map_err(db_err)?;
-        assert_eq!(fallback, i64::from(WRITER_AUTOCHECKPOINT_PAGES));
+        assert_eq!(sqlite_own, 0);
         let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let before = size();
         for b in 0..20 {
             let batch: Vec<UsageRecord> = (0..100).map(|i| record(&format!("r{b}-{i}"))).collect();
             store.insert_usage(&batch).await?;
         }
-        // ~2,000 records are far below the writer's fallback threshold: only the checkpoint
-        // thread can have copied them into the database file.
+        // ~2,000 records are far below the writer's threshold: only the checkpoint thread can
+        // have copied them into the database file.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while size() < before + 256 * 1024 {
             assert!(
@@ -1484,6 +1580,140 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert_eq!(store.list_usage(5000).await?.len(), 2000);
+        Ok(())
+    }
+
+    /// Opens a store with the given checkpoint policy, lets the checkpoint thread's first look
+    /// (which copies what an earlier process left) pass, writes 2,000 usage records in 20
+    /// commits, and returns how many bytes the database file grew by within `window`.
+    async fn db_growth(
+        policy: CheckpointPolicy,
+        window: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let path = dir.path().join("hub.db");
+        let store = SqliteStore::open_with(&path, policy)?;
+        tokio::time::sleep(policy.every * 5).await;
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        for b in 0..20 {
+            let batch: Vec<UsageRecord> = (0..100).map(|i| record(&format!("r{b}-{i}"))).collect();
+            store.insert_usage(&batch).await?;
+        }
+        let deadline = std::time::Instant::now() + window;
+        while std::time::Instant::now() < deadline && size() < before + 256 * 1024 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let grown = size().saturating_sub(before);
+        assert_eq!(store.list_usage(5000).await?.len(), 2000);
+        Ok(grown)
+    }
+
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// The checkpoint thread copies once enough frames are pending, or when its longest wait is
+    /// up, and not before; the writer copies itself at its own threshold.
+    #[tokio::test]
+    async fn checkpoints_come_from_pending_frames_the_longest_wait_or_the_writer()
+    -> Result<(), StoreError> {
+        let quiet = CheckpointPolicy {
+            every: std::time::Duration::from_millis(10),
+            pending_frames: u64::MAX,
+            at_least_every: NEVER,
+            writer_frames: u32::MAX,
+        };
+        let window = std::time::Duration::from_millis(500);
+        // Nothing asks for a checkpoint: nothing reaches the database file.
+        let none = db_growth(quiet, window).await?;
+        assert!(
+            none < 256 * 1024,
+            "grew {none} bytes with every checkpoint off"
+        );
+        // 2,000 records are far more than 50 frames: the next look copies them.
+        let pending = db_growth(
+            CheckpointPolicy {
+                pending_frames: 50,
+                ..quiet
+            },
+            window,
+        )
+        .await?;
+        assert!(
+            pending >= 256 * 1024,
+            "grew only {pending} bytes with 50 pending frames"
+        );
+        // No frame threshold, but a look at most 200 ms after the last checkpoint.
+        let waited = db_growth(
+            CheckpointPolicy {
+                at_least_every: std::time::Duration::from_millis(200),
+                ..quiet
+            },
+            std::time::Duration::from_secs(3),
+        )
+        .await?;
+        assert!(
+            waited >= 256 * 1024,
+            "grew only {waited} bytes with a 200 ms longest wait"
+        );
+        // The checkpoint thread idle; the committing writer copies once the WAL holds 50 frames.
+        let writer = db_growth(
+            CheckpointPolicy {
+                writer_frames: 50,
+                ..quiet
+            },
+            window,
+        )
+        .await?;
+        assert!(
+            writer >= 256 * 1024,
+            "grew only {writer} bytes with the writer's threshold at 50"
+        );
+        Ok(())
+    }
+
+    /// The writer's WAL hook counts the frames each commit adds, also across the WAL starting
+    /// again from its beginning.
+    #[test]
+    fn the_writer_counts_the_frames_it_commits() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut conn = open_conn(&dir.path().join("hub.db"))?;
+        let written = Arc::new(AtomicU64::new(0));
+        count_wal_frames(&mut conn, u32::MAX, written.clone())?;
+        conn.execute_batch("CREATE TABLE t (x BLOB)")
+            .map_err(db_err)?;
+        let frames = |conn: &Connection| -> Result<(i64, i64), StoreError> {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .map_err(db_err)
+        };
+        for round in 0..3 {
+            let start = written.load(Ordering::Acquire);
+            for i in 0..10 {
+                conn.execute("INSERT INTO t VALUES (zeroblob(?1))", [1000 + i * 3000])
+                    .map_err(db_err)?;
+            }
+            // The WAL holds exactly what was committed since it started (again).
+            let (log, copied) = frames(&conn)?;
+            assert_eq!(
+                log, copied,
+                "round {round}: a checkpoint with no reader copies all"
+            );
+            let log = u64::try_from(log).unwrap_or(0);
+            assert!(
+                log > 10,
+                "round {round}: {log} frames for 10 inserts of up to 28 KB"
+            );
+            let now = written.load(Ordering::Acquire);
+            if round == 0 {
+                // The first WAL also holds the table's creation.
+                assert_eq!(now, log);
+                assert!(now > now - start);
+            } else {
+                // Each later round's first insert started the WAL again.
+                assert_eq!(now - start, log, "round {round}");
+            }
+        }
         Ok(())
     }
 
