@@ -479,11 +479,11 @@ async fn concurrent_reservations_through_the_writer_hold_exactly_what_is_there()
     assert_consistent(&store).await
 }
 
-/// The stale-hold scan reads only holds older than the dead-instance cutoff (an index range,
-/// not every open hold). A hold a dead instance made after that cutoff, in its last moments, is
-/// released by a later reconcile, once the cutoff has passed it; a live instance's never is.
+/// The stale-hold scan reads every open hold (the table holds the calls in flight only,
+/// migration 11): a dead instance's hold is released even when it was made after the instance's
+/// last beat, in its last moments; a live instance's never is.
 #[tokio::test]
-async fn a_dead_instances_newest_hold_is_released_once_past_the_cutoff() -> R {
+async fn a_dead_instances_newest_hold_is_released_and_a_live_ones_never() -> R {
     let (_d, store) = open()?;
     let acct = user_account("u");
     store.grant(&grant(&acct, 100, "g")).await?;
@@ -495,14 +495,9 @@ async fn a_dead_instances_newest_hold_is_released_once_past_the_cutoff() -> R {
         ])
         .await?;
     store.heartbeat("alive", 10_000, &[]).await?;
-    // 'dead' last beat at 1 s: dead for a cutoff of 5 s, but its hold is from 6 s.
+    // 'dead' last beat at 1 s: dead for a cutoff of 5 s, though its hold is from 6 s.
     let rep = store
         .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
-        .await?;
-    assert_eq!(rep.released, 0);
-    // Two seconds later the cutoff (7 s) has passed it.
-    let rep = store
-        .reconcile("me", 12_000, 7_000, 12_000 - 60_000)
         .await?;
     assert_eq!((rep.released, rep.released_units), (1, 30));
     store.heartbeat("alive", 12_000, &[]).await?;
@@ -829,8 +824,15 @@ async fn a_ledger_written_with_hold_entries_still_verifies() -> R {
              WHERE idem_key = 'capture:settled-old'",
             [],
         )?;
+        // Released by reconcile (migration 11 moved such rows to `reconciled_holds`).
         c.execute(
-            "UPDATE reservations SET status = 'reconciled' WHERE request_id = 'released-old'",
+            "INSERT INTO reconciled_holds (request_id, account, amount, instance, created_at_ms, reconciled_at_ms, outcome)
+             SELECT request_id, account, amount, instance, created_at_ms, 1, 'released' FROM reservations
+             WHERE request_id = 'released-old'",
+            [],
+        )?;
+        c.execute(
+            "DELETE FROM reservations WHERE request_id = 'released-old'",
             [],
         )?;
         c.execute(
@@ -857,7 +859,8 @@ async fn a_ledger_written_with_hold_entries_still_verifies() -> R {
 }
 
 /// `verify` finds an account whose balance its entries do not explain, a `reserved` that the
-/// open reservations do not explain, and a settled hold without its capture.
+/// open reservations do not explain, a hold still open for a captured call, and a hold
+/// reconcile captured without its capture.
 #[tokio::test]
 async fn verify_reports_balances_the_entries_and_holds_do_not_explain() -> R {
     let (dir, store) = open()?;
@@ -900,14 +903,30 @@ async fn verify_reports_balances_the_entries_and_holds_do_not_explain() -> R {
     )?;
     assert_consistent(&store).await?;
 
+    // A hold still open for a call already captured (settling deletes the hold).
     c.execute(
-        "DELETE FROM ledger_entries WHERE idem_key = 'capture:a'",
-        [],
+        "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
+         VALUES ('a', ?1, 0, 'me', 'open', 1)",
+        [&acct],
     )?;
     let v = violations(store.clone()).await?;
     assert!(
         v.iter()
-            .any(|m| m.contains("reservation a (settled) has no capture")),
+            .any(|m| m.contains("reservation a is still held but its call was captured")),
+        "{v:#?}"
+    );
+    c.execute("DELETE FROM reservations WHERE request_id = 'a'", [])?;
+    assert_consistent(&store).await?;
+    // A hold reconcile captured, without its capture.
+    c.execute(
+        "INSERT INTO reconciled_holds (request_id, account, amount, instance, created_at_ms, reconciled_at_ms, outcome)
+         VALUES ('gone', ?1, 100, 'dead', 1, 2, 'captured')",
+        [&acct],
+    )?;
+    let v = violations(store.clone()).await?;
+    assert!(
+        v.iter()
+            .any(|m| m.contains("reservation gone (reconciled, captured) has no capture")),
         "{v:#?}"
     );
     Ok(())

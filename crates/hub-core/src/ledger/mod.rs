@@ -8,17 +8,20 @@
 //!   which pins `available` too.
 //! - **Reserve** (before the upstream call): one conditional UPDATE
 //!   `available = available - x, reserved = reserved + x WHERE available >= x` and an open
-//!   reservation keyed by request id (its key refuses a second hold). Atomic on any SQL database
+//!   reservation keyed by request id (its key refuses a second hold while the first is open;
+//!   request ids are the hub's own UUIDv7s, never reused). Atomic on any SQL database
 //!   with any number of instances; no process-local lock involved. No ledger entry: the call's
 //!   capture is its one entry.
 //! - **Capture** (in the transaction that writes the usage record): claims the open reservation
-//!   (`UPDATE ... WHERE status = 'open'`), charges the cost, returns the rest to `available`, one
-//!   `capture` entry of what the call cost (`available_delta = -charged`). A cost above
-//!   reservation + available is written off as `shortfall`, never overdrawn.
+//!   (deletes its row: a reservation row lives while its hold is open), charges the cost,
+//!   returns the rest to `available`, one `capture` entry of what the call cost
+//!   (`available_delta = -charged`). A cost above reservation + available is written off as
+//!   `shortfall`, never overdrawn.
 //! - **Reconcile** (after a crash): an open reservation whose instance died (or older than the
-//!   window) is flagged `reconciled`; if its stream had delivered something by the instance's
-//!   last heartbeat, the heartbeat's record of that part is written and captured (the rest goes
-//!   back), else all of it goes back to `available` (no entry: no money moved).
+//!   window) is reconciled (its row moves to `reconciled_holds`); if its stream had delivered
+//!   something by the instance's last heartbeat, the heartbeat's record of that part is written
+//!   and captured (the rest goes back), else all of it goes back to `available` (no entry: no
+//!   money moved).
 //! - Ledgers written before holds left the entries have `reserve` (-x/+x) and `release` (+x/-x)
 //!   entries, and captures that also returned their hold (+x-cost/-x); each sums to the same
 //!   across the two buckets, so they verify as they are.
@@ -231,7 +234,7 @@ pub trait LedgerStore: Send + Sync {
     }
     /// Checks every invariant; `window_ms`: how old an open reservation may be.
     async fn verify(&self, now_ms: i64, window_ms: i64) -> Result<VerifyReport, StoreError>;
-    /// Reconciles (flagged `reconciled`) every open reservation held by an instance other than
+    /// Reconciles (moves to `reconciled_holds`) every open reservation held by an instance other than
     /// `me` whose heartbeat is older than `stale_before_ms`, and every open reservation created
     /// before `older_than_ms`: one whose stream had delivered something by its last heartbeat is
     /// captured for that part (its record written, the rest released); any other is released.

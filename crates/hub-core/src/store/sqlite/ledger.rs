@@ -1,6 +1,6 @@
 //! `LedgerStore` for SQLite. Every money write runs in an IMMEDIATE transaction of conditional
-//! statements (`... WHERE available >= ?`, `... WHERE status = 'open'`, `ON CONFLICT(idem_key) DO
-//! NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
+//! statements (`... WHERE available >= ?`, `DELETE ... WHERE request_id = ? AND amount = ?`,
+//! `ON CONFLICT(idem_key) DO NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
 //! processes sharing the file, PostgreSQL's row locks would serialise instances.
 
 use std::sync::Arc;
@@ -158,25 +158,21 @@ fn available_of(tx: &mut Stmts<'_>, account: &str) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
-/// Claims a call's reservation for its settlement: only one settlement can flip it from open.
-/// Returns the amount it held, or `None` when there is none open (never held, or released by
-/// reconcile).
+/// Claims a call's reservation for its settlement: deletes its row, so only one settlement can
+/// claim it (a reservation row lives while its hold is open; migration 11). Returns the amount
+/// it held, or `None` when there is none (never held, or released by reconcile).
 ///
-/// The record carries the amount its call reserved, so the usual claim is one conditional update
-/// by key, with that amount in the condition. Only when it touches nothing (no open hold, or one
-/// of another amount, which would be a bug to survive rather than trust) does the claim read the
-/// row: a read, then the update by key. The write transaction holds SQLite's one write lock from
-/// its first statement, so nothing settles the row in between. (`UPDATE ... RETURNING` would be
-/// one statement, but SQLite runs it through an ephemeral table: BENCHMARKS.md, "Instruction
-/// counts".)
-fn claim_reservation(
-    tx: &mut Stmts<'_>,
-    r: &UsageRecord,
-    now_ms: i64,
-) -> Result<Option<i64>, StoreError> {
+/// The record carries the amount its call reserved, so the usual claim is one conditional
+/// delete by key, with that amount in the condition. Only when it touches nothing (no hold, or
+/// one of another amount, which would be a bug to survive rather than trust) does the claim read
+/// the row: a read, then the delete by key. The write transaction holds SQLite's one write lock
+/// from its first statement, so nothing settles the row in between. (`DELETE ... RETURNING`
+/// would be one statement, but SQLite runs it through an ephemeral table: BENCHMARKS.md,
+/// "Instruction counts".)
+fn claim_reservation(tx: &mut Stmts<'_>, r: &UsageRecord) -> Result<Option<i64>, StoreError> {
     let claimed = tx
         .get(Q::ClaimReservation)?
-        .execute(params![r.id, now_ms, r.billing.reserved_units])
+        .execute(params![r.id, r.billing.reserved_units])
         .map_err(db_err)?;
     if claimed == 1 {
         return Ok(Some(r.billing.reserved_units));
@@ -187,8 +183,8 @@ fn claim_reservation(
         .optional()
         .map_err(db_err)?;
     if held.is_some() {
-        tx.get(Q::SettleReservation)?
-            .execute(params![r.id, now_ms])
+        tx.get(Q::DeleteReservation)?
+            .execute([&r.id])
             .map_err(db_err)?;
     }
     Ok(held)
@@ -205,7 +201,7 @@ pub(super) fn settle_in_tx(
         return Ok(());
     };
     let now_ms = crate::hub::now_ms();
-    let held = claim_reservation(tx, r, now_ms)?;
+    let held = claim_reservation(tx, r)?;
     let reserved = held.unwrap_or(0);
     let cost = r.billing.cost_units.max(0);
     if held.is_none() && cost == 0 && r.billing.reserved_units <= 0 {
@@ -432,15 +428,39 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
 
 /// The open holds `reconcile` releases: older than the window (`?3`), or held by another instance
 /// that is dead (no heartbeat since `?2`, or unknown). Runs every heartbeat under the writer's
-/// lock, so it must not read every open hold: `created_at_ms < MAX(?2, ?3)` lets the partial
-/// index `reservations_open` serve it as a range over the old holds only. That bound loses
-/// nothing: a dead instance's holds were made before its last heartbeat (older than `?2`) or
-/// within one beat after it, and those are older than `?2` one reconcile later.
+/// lock and reads `reservations` whole: since migration 11 it holds the calls in flight only
+/// (a settled call's row is deleted), so there is no index of open holds to keep per call.
 pub(super) const STALE_HOLDS_SQL: &str =
-    "SELECT r.request_id, r.account, r.amount, r.delivered FROM reservations r
+    "SELECT r.request_id, r.account, r.amount, r.delivered, r.instance, r.created_at_ms FROM reservations r
      LEFT JOIN instances i ON i.id = r.instance
-     WHERE r.status = 'open' AND r.created_at_ms < MAX(?2, ?3) AND (r.created_at_ms < ?3 OR
-       (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2)))";
+     WHERE r.created_at_ms < ?3 OR (r.instance != ?1 AND (i.id IS NULL OR i.heartbeat_ms < ?2))";
+
+/// An open hold `reconcile` found stale (`STALE_HOLDS_SQL`'s row).
+struct StaleHold {
+    request_id: String,
+    account: String,
+    amount: i64,
+    delivered: Option<String>,
+    instance: String,
+    created_at_ms: i64,
+}
+
+/// Records a hold reconcile settled (`outcome`: `released`, or `captured` for what its stream
+/// had delivered); its row has left `reservations`.
+fn record_reconciled(
+    tx: &rusqlite::Transaction<'_>,
+    h: &StaleHold,
+    now_ms: i64,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO reconciled_holds (request_id, account, amount, instance, created_at_ms, reconciled_at_ms, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (request_id) DO NOTHING",
+        params![h.request_id, h.account, h.amount, h.instance, h.created_at_ms, now_ms, outcome],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
 
 /// Holds each reservation of a batch (one conditional UPDATE each), in the caller's transaction.
 pub(super) fn reserve_in_tx(
@@ -536,9 +556,8 @@ fn verify_in(
     rep.entries = one("SELECT COUNT(*) FROM ledger_entries")? as u64;
     rep.usage_records = one("SELECT COUNT(*) FROM usage_records")? as u64;
     rep.captures = one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'capture'")? as u64;
-    rep.open_reservations = one("SELECT COUNT(*) FROM reservations WHERE status = 'open'")? as u64;
-    rep.reconciled_reservations =
-        one("SELECT COUNT(*) FROM reservations WHERE status = 'reconciled'")? as u64;
+    rep.open_reservations = one("SELECT COUNT(*) FROM reservations")? as u64;
+    rep.reconciled_reservations = one("SELECT COUNT(*) FROM reconciled_holds")? as u64;
     rep.total_available = one("SELECT SUM(available) FROM ledger_accounts")?;
     rep.total_reserved = one("SELECT SUM(reserved) FROM ledger_accounts")?;
     rep.total_granted = one(
@@ -594,7 +613,7 @@ fn verify_in(
     )?;
     // 2. reserved = Σ open reservations.
     q(
-        "SELECT a.id, a.reserved, COALESCE((SELECT SUM(amount) FROM reservations r WHERE r.account = a.id AND r.status = 'open'), 0) AS held
+        "SELECT a.id, a.reserved, COALESCE((SELECT SUM(amount) FROM reservations r WHERE r.account = a.id), 0) AS held
          FROM ledger_accounts a WHERE a.reserved != held",
         &|r| {
             Ok(format!(
@@ -644,22 +663,33 @@ fn verify_in(
             ))
         },
     )?;
-    // 4. reservations: each settled one has its capture, for the same account.
+    // 4. holds: none is still held for a call already captured (settling a call deletes its
+    //    hold in the capture's transaction), and each hold reconcile captured has its capture,
+    //    for the same account.
     q(
-        "SELECT r.request_id, r.status FROM reservations r WHERE
-           r.status = 'settled' AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id AND e.account = r.account)",
+        "SELECT r.request_id FROM reservations r
+         WHERE EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || r.request_id)",
         &|r| {
             Ok(format!(
-                "reservation {} ({}) has no capture",
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?
+                "reservation {} is still held but its call was captured",
+                r.get::<_, String>(0)?
+            ))
+        },
+    )?;
+    q(
+        "SELECT h.request_id FROM reconciled_holds h WHERE h.outcome = 'captured' AND NOT EXISTS
+           (SELECT 1 FROM ledger_entries e WHERE e.idem_key = 'capture:' || h.request_id AND e.account = h.account)",
+        &|r| {
+            Ok(format!(
+                "reservation {} (reconciled, captured) has no capture",
+                r.get::<_, String>(0)?
             ))
         },
     )?;
     // 5. nothing stays reserved past the window.
     let cutoff = now_ms - window_ms;
     let mut st = c
-        .prepare("SELECT request_id, created_at_ms FROM reservations WHERE status = 'open' AND created_at_ms < ?1 LIMIT 1000")
+        .prepare("SELECT request_id, created_at_ms FROM reservations WHERE created_at_ms < ?1 LIMIT 1000")
         .map_err(db_err)?;
     let rows = st
         .query_map([cutoff], |r| {
@@ -957,47 +987,66 @@ impl LedgerStore for SqliteStore {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let stale: Vec<(String, String, i64, Option<String>)> = {
+            let stale: Vec<StaleHold> = {
                 let mut st = tx.prepare(STALE_HOLDS_SQL).map_err(db_err)?;
                 let rows = st
                     .query_map(params![me, stale_before_ms, older_than_ms], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok(StaleHold {
+                            request_id: r.get(0)?,
+                            account: r.get(1)?,
+                            amount: r.get(2)?,
+                            delivered: r.get(3)?,
+                            instance: r.get(4)?,
+                            created_at_ms: r.get(5)?,
+                        })
                     })
                     .map_err(db_err)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
             };
             let mut rep = ReconcileReport::default();
-            for (req, account, amount, delivered) in stale {
+            for h in stale {
                 // A stream that had delivered something by its last heartbeat: its record (as
                 // the heartbeat left it: estimated, flagged `reconciled`) is written and settled
                 // now, which charges the delivered part and returns the rest.
-                if let Some(rec) = delivered
+                if let Some(rec) = h
+                    .delivered
                     .as_deref()
                     .and_then(|j| serde_json::from_str::<UsageRecord>(j).ok())
-                    .filter(|r| r.id == req && r.billing.account.as_deref() == Some(account.as_str()))
+                    .filter(|r| {
+                        r.id == h.request_id
+                            && r.billing.account.as_deref() == Some(h.account.as_str())
+                    })
                 {
                     let mut rec = rec;
-                    rec.billing.reserved_units = amount;
+                    rec.billing.reserved_units = h.amount;
                     super::insert_usage_in_tx(
                         &mut Stmts::new(&tx),
                         std::slice::from_ref(&rec),
                         &zones,
                     )?;
-                    let captured: Option<i64> = tx
+                    // Settling it claimed (deleted) the hold, and captured what was delivered.
+                    let still_held = tx
                         .query_row(
-                            "SELECT e.charged FROM reservations r JOIN ledger_entries e ON e.idem_key = 'capture:' || r.request_id
-                             WHERE r.request_id = ?1 AND r.status = 'settled'",
-                            [&req],
+                            "SELECT 1 FROM reservations WHERE request_id = ?1",
+                            [&h.request_id],
+                            |_| Ok(()),
+                        )
+                        .optional()
+                        .map_err(db_err)?
+                        .is_some();
+                    let captured: Option<i64> = if still_held {
+                        None
+                    } else {
+                        tx.query_row(
+                            "SELECT charged FROM ledger_entries WHERE idem_key = 'capture:' || ?1",
+                            [&h.request_id],
                             |r| r.get(0),
                         )
                         .optional()
-                        .map_err(db_err)?;
+                        .map_err(db_err)?
+                    };
                     if let Some(charged) = captured {
-                        tx.execute(
-                            "UPDATE reservations SET status = 'reconciled' WHERE request_id = ?1",
-                            [&req],
-                        )
-                        .map_err(db_err)?;
+                        record_reconciled(&tx, &h, now_ms, "captured")?;
                         rep.captured += 1;
                         rep.captured_units += charged;
                         continue;
@@ -1005,18 +1054,19 @@ impl LedgerStore for SqliteStore {
                 }
                 let n = tx
                     .execute(
-                        "UPDATE reservations SET status = 'reconciled', settled_at_ms = ?2 WHERE request_id = ?1 AND status = 'open'",
-                        params![req, now_ms],
+                        "DELETE FROM reservations WHERE request_id = ?1",
+                        [&h.request_id],
                     )
                     .map_err(db_err)?;
                 if n == 0 {
                     continue;
                 }
-                // The hold goes back; no ledger entry, as no money moved (the reservation row,
-                // now `reconciled`, records it). The status flip above makes this happen once.
-                move_money(&mut Stmts::new(&tx), &account, amount, -amount)?;
+                // The hold goes back; no ledger entry, as no money moved (`reconciled_holds`
+                // records it). Deleting the row above makes this happen once.
+                record_reconciled(&tx, &h, now_ms, "released")?;
+                move_money(&mut Stmts::new(&tx), &h.account, h.amount, -h.amount)?;
                 rep.released += 1;
-                rep.released_units += amount;
+                rep.released_units += h.amount;
             }
             tx.commit().map_err(db_err)?;
             Ok(rep)
@@ -1046,9 +1096,7 @@ impl LedgerStore for SqliteStore {
             .map_err(db_err)?;
             {
                 let mut st = tx
-                    .prepare_cached(
-                        "UPDATE reservations SET delivered = ?2 WHERE request_id = ?1 AND status = 'open'",
-                    )
+                    .prepare_cached("UPDATE reservations SET delivered = ?2 WHERE request_id = ?1")
                     .map_err(db_err)?;
                 for (req, json) in &progress {
                     st.execute(params![req, json]).map_err(db_err)?;

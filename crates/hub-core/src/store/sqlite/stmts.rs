@@ -36,7 +36,6 @@ pub(super) enum Q {
     AvailableOf,
     ClaimReservation,
     HeldAmount,
-    SettleReservation,
     InsertReservation,
     Hold,
     DeleteReservation,
@@ -77,16 +76,8 @@ impl Q {
                 "UPDATE ledger_accounts SET available = available + ?2, reserved = reserved + ?3 WHERE id = ?1"
             }
             Q::AvailableOf => "SELECT available FROM ledger_accounts WHERE id = ?1",
-            Q::ClaimReservation => {
-                "UPDATE reservations SET status = 'settled', settled_at_ms = ?2
-                 WHERE request_id = ?1 AND status = 'open' AND amount = ?3"
-            }
-            Q::HeldAmount => {
-                "SELECT amount FROM reservations WHERE request_id = ?1 AND status = 'open'"
-            }
-            Q::SettleReservation => {
-                "UPDATE reservations SET status = 'settled', settled_at_ms = ?2 WHERE request_id = ?1"
-            }
+            Q::ClaimReservation => "DELETE FROM reservations WHERE request_id = ?1 AND amount = ?2",
+            Q::HeldAmount => "SELECT amount FROM reservations WHERE request_id = ?1",
             Q::InsertReservation => {
                 "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, 'open', ?5) ON CONFLICT (request_id) DO NOTHING"
