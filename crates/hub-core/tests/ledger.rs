@@ -481,7 +481,8 @@ async fn concurrent_reservations_through_the_writer_hold_exactly_what_is_there()
 
 /// The stale-hold scan reads every open hold (the table holds the calls in flight only,
 /// migration 11): a dead instance's hold is released even when it was made after the instance's
-/// last beat, in its last moments; a live instance's never is.
+/// last beat, in its last moments, and so is the hold of an instance that never beat; a live
+/// instance's never is, nor this instance's own.
 #[tokio::test]
 async fn a_dead_instances_newest_hold_is_released_and_a_live_ones_never() -> R {
     let (_d, store) = open()?;
@@ -492,6 +493,8 @@ async fn a_dead_instances_newest_hold_is_released_and_a_live_ones_never() -> R {
         .reserve(&[
             held_by("late", &acct, 30, "dead", 6_000),
             held_by("live", &acct, 20, "alive", 2_000),
+            held_by("ghost", &acct, 5, "never-beat", 9_000),
+            held_by("mine", &acct, 1, "me", 9_000),
         ])
         .await?;
     store.heartbeat("alive", 10_000, &[]).await?;
@@ -499,14 +502,14 @@ async fn a_dead_instances_newest_hold_is_released_and_a_live_ones_never() -> R {
     let rep = store
         .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
         .await?;
-    assert_eq!((rep.released, rep.released_units), (1, 30));
+    assert_eq!((rep.released, rep.released_units), (2, 35));
     store.heartbeat("alive", 12_000, &[]).await?;
     let rep = store
         .reconcile("me", 14_000, 9_000, 14_000 - 60_000)
         .await?;
     assert_eq!(rep.released, 0, "a live instance's hold stays");
     let bal = store.balance(&acct).await?.ok_or("no account")?;
-    assert_eq!((bal.available, bal.reserved), (80, 20));
+    assert_eq!((bal.available, bal.reserved), (100 - 20 - 1, 20 + 1));
     assert_consistent(&store).await
 }
 

@@ -1391,6 +1391,26 @@ mod tests {
         Ok(())
     }
 
+    /// `reconcile` reads every open hold at every heartbeat, under the writer's lock: the live
+    /// instances are read once for the whole scan, not looked up for each hold.
+    #[test]
+    fn the_stale_hold_scan_reads_the_live_instances_once() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let c = store.reader.lock();
+        let sql = ledger::STALE_HOLDS_SQL
+            .replace("?1", "'me'")
+            .replace("?2", "5000")
+            .replace("?3", "1");
+        let plan = query_plan(&c, &sql)?;
+        assert!(
+            plan.starts_with("SCAN r") && plan.contains("LIST SUBQUERY"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SEARCH"), "{plan}");
+        Ok(())
+    }
+
     /// The first column of a query's rows, read through the store's reader.
     fn strings(store: &SqliteStore, sql: &str) -> Result<Vec<String>, StoreError> {
         let c = store.reader.lock();
