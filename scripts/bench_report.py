@@ -44,6 +44,7 @@ def main() -> None:
 
     wrk = defaultdict(lambda: defaultdict(dict))  # (sc, config, conc) -> run -> target -> row
     streams = defaultdict(lambda: defaultdict(dict))  # conc -> run -> target -> row
+    stream_parts = defaultdict(dict)  # scenario 3's breakdown at c=16: config -> run -> hub row
     hold = None
     upstream = "http1"
     missing = set()
@@ -54,7 +55,10 @@ def main() -> None:
             key = (r["scenario"], r["config"], r["concurrency"])
             wrk[key][r["run"]][r["target"]] = r
         elif "stream" in r:
-            streams[r["concurrency"]][r["run"]][r["target"]] = r
+            if r.get("config", "all_on") == "all_on":
+                streams[r["concurrency"]][r["run"]][r["target"]] = r
+            else:
+                stream_parts[r["config"]][r["run"]] = r
         elif "hold" in r:
             hold = r["hold"]
             upstream = r.get("upstream", "http1")
@@ -228,6 +232,34 @@ def main() -> None:
         a16 = ttfb_added.get(16, {}).get("p50")
         w("")
         w(f"Target: added TTFB p50 ≤ 100 µs at concurrency 16 ({verdict(a16 is not None and a16 <= 100)}).")
+        if stream_parts and 16 in streams:
+            # Each breakdown run against the direct run of the same round.
+            direct16 = {k: v["direct"]["stream"]["ttfb_us"] for k, v in streams[16].items() if "direct" in v}
+            w("")
+            w("Where concurrency 16's added time to first byte comes from (hub minus direct, same round):")
+            w("")
+            w("| configuration | added TTFB p50 µs | added TTFB p99 µs | hub CPU µs/stream |")
+            w("|---|---|---|---|")
+            names = {
+                "all_on": "everything on",
+                "no_reservation": "everything on but the credit reservation",
+                "all_off": "everything off",
+            }
+            parts = {"all_on": {k: v["hub"] for k, v in streams[16].items() if "hub" in v}, **stream_parts}
+            for cfg in ("all_on", "no_reservation", "all_off"):
+                runs = parts.get(cfg, {})
+                added = {
+                    q: med(
+                        r["stream"]["ttfb_us"][q] - direct16[k][q]
+                        for k, r in runs.items()
+                        if k in direct16 and r["stream"]["ttfb_us"] and direct16[k]
+                    )
+                    for q in ("p50", "p99")
+                }
+                cpu = med(
+                    r["hub_cpu_ticks"] * TICK_US / r["stream"]["streams"] for r in runs.values() if r["stream"]["streams"]
+                )
+                w(f"| {names[cfg]} | {fmt(added['p50'])} | {fmt(added['p99'])} | {fmt(cpu, '', 0) if cpu is not None else ''} |")
         w("")
 
     # Scenario 4
