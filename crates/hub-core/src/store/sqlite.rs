@@ -1411,6 +1411,39 @@ mod tests {
         Ok(())
     }
 
+    /// A call of user `u` billed in credits: it reserved 100 and cost `cost`.
+    fn billed(id: &str, cost: i64) -> UsageRecord {
+        let mut r = record(id);
+        r.user_id = "u".into();
+        r.billing = crate::store::Billing {
+            mode: Some("credits".into()),
+            cost_units: cost,
+            account: Some("user:u".into()),
+            reserved_units: 100,
+            ..Default::default()
+        };
+        r
+    }
+
+    /// `user:u`'s (available, reserved), and that `verify` passes with these (open holds,
+    /// captures).
+    async fn assert_ledger(
+        store: &SqliteStore,
+        balance: (i64, i64),
+        open_and_captures: (u64, u64),
+    ) -> Result<(), StoreError> {
+        use crate::ledger::LedgerStore as _;
+        let b = store
+            .balance("user:u")
+            .await?
+            .ok_or_else(|| StoreError::NotFound("account".into()))?;
+        assert_eq!((b.available, b.reserved), balance);
+        let rep = store.verify(10, 1_000_000).await?;
+        assert!(rep.violations.is_empty(), "{rep:#?}");
+        assert_eq!((rep.open_reservations, rep.captures), open_and_captures);
+        Ok(())
+    }
+
     /// The first column of a query's rows, read through the store's reader.
     fn strings(store: &SqliteStore, sql: &str) -> Result<Vec<String>, StoreError> {
         let c = store.reader.lock();
@@ -1455,19 +1488,9 @@ mod tests {
             store.reserve(&[hold("a")]).await?,
             vec![ReserveOutcome::Duplicate]
         );
-        let settled = |id: &str| {
-            let mut r = record(id);
-            r.user_id = "u".into();
-            r.billing = crate::store::Billing {
-                mode: Some("credits".into()),
-                cost_units: 30,
-                account: Some("user:u".into()),
-                reserved_units: 100,
-                ..Default::default()
-            };
-            r
-        };
-        store.insert_usage(&[settled("a"), settled("b")]).await?;
+        store
+            .insert_usage(&[billed("a", 30), billed("b", 30)])
+            .await?;
         assert_eq!(
             strings(&store, "SELECT request_id FROM reservations")?,
             vec!["c".to_string()]
@@ -1478,15 +1501,7 @@ mod tests {
                AND name NOT LIKE 'sqlite_autoindex%'",
         )?;
         assert!(indexes.is_empty(), "no index of open holds: {indexes:?}");
-        let b = store
-            .balance("user:u")
-            .await?
-            .ok_or_else(|| StoreError::NotFound("account".into()))?;
-        assert_eq!((b.available, b.reserved), (1_000 - 60 - 100, 100));
-        let rep = store.verify(1, 1_000_000).await?;
-        assert!(rep.violations.is_empty(), "{rep:#?}");
-        assert_eq!((rep.open_reservations, rep.captures), (1, 2));
-        Ok(())
+        assert_ledger(&store, (1_000 - 60 - 100, 100), (1, 2)).await
     }
 
     /// Migration 11 on a database of migration 10: open holds stay, settled ones leave, and the
@@ -1548,24 +1563,8 @@ mod tests {
             vec!["open".to_string()]
         );
         // The open hold settles as any other.
-        let mut r = record("open");
-        r.billing = crate::store::Billing {
-            mode: Some("credits".into()),
-            cost_units: 40,
-            account: Some("user:u".into()),
-            reserved_units: 100,
-            ..Default::default()
-        };
-        store.insert_usage(&[r]).await?;
-        let b = store
-            .balance("user:u")
-            .await?
-            .ok_or_else(|| StoreError::NotFound("account".into()))?;
-        assert_eq!((b.available, b.reserved), (1_000 - 30 - 20 - 40, 0));
-        let rep = store.verify(10, 1_000_000).await?;
-        assert!(rep.violations.is_empty(), "{rep:#?}");
-        assert_eq!((rep.open_reservations, rep.captures), (0, 3));
-        Ok(())
+        store.insert_usage(&[billed("open", 40)]).await?;
+        assert_ledger(&store, (1_000 - 30 - 20 - 40, 0), (0, 3)).await
     }
 
     /// The per-app export reads the partial per-app index (migration 10): records of that app,
