@@ -1,7 +1,8 @@
 //! `LedgerStore` for SQLite. Every money write runs in an IMMEDIATE transaction of conditional
 //! statements (`... WHERE available >= ?`, `DELETE ... WHERE request_id = ? AND amount = ?`,
-//! `ON CONFLICT(idem_key) DO NOTHING`), the same statements a PostgreSQL backend runs; SQLite's write lock serialises
-//! processes sharing the file, PostgreSQL's row locks would serialise instances.
+//! `ON CONFLICT(idem_key) DO NOTHING`), the same statements a PostgreSQL backend runs; SQLite's
+//! write lock serialises processes sharing the file, PostgreSQL's row locks would serialise
+//! instances.
 
 use std::sync::Arc;
 
