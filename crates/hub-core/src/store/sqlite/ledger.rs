@@ -1028,27 +1028,17 @@ impl LedgerStore for SqliteStore {
                         std::slice::from_ref(&rec),
                         &zones,
                     )?;
-                    // Settling it claimed (deleted) the hold, and captured what was delivered.
-                    let still_held = tx
+                    // Settling it claimed (deleted) the hold and captured what was delivered;
+                    // a hold still there was not settled (the record existed already).
+                    let captured: Option<i64> = tx
                         .query_row(
-                            "SELECT 1 FROM reservations WHERE request_id = ?1",
-                            [&h.request_id],
-                            |_| Ok(()),
-                        )
-                        .optional()
-                        .map_err(db_err)?
-                        .is_some();
-                    let captured: Option<i64> = if still_held {
-                        None
-                    } else {
-                        tx.query_row(
-                            "SELECT charged FROM ledger_entries WHERE idem_key = 'capture:' || ?1",
+                            "SELECT charged FROM ledger_entries WHERE idem_key = 'capture:' || ?1
+                               AND NOT EXISTS (SELECT 1 FROM reservations WHERE request_id = ?1)",
                             [&h.request_id],
                             |r| r.get(0),
                         )
                         .optional()
-                        .map_err(db_err)?
-                    };
+                        .map_err(db_err)?;
                     if let Some(charged) = captured {
                         record_reconciled(&tx, &h, now_ms, "captured")?;
                         rep.captured += 1;
