@@ -432,8 +432,8 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
 /// lock and reads `reservations` whole: since migration 11 it holds the calls in flight only
 /// (a settled call's row is deleted), so there is no index of open holds to keep per call. The
 /// live instances are read once (`NOT IN`), not looked up per hold as a join would: ~85 ns a
-/// hold against ~170 ns, ~0.3 ms a beat with 5,000 calls in flight (BENCHMARKS.md, seventeenth
-/// session).
+/// hold against ~170 ns at 100,000 holds; the join took 0.6 ms at 5,000 (BENCHMARKS.md,
+/// seventeenth session).
 pub(super) const STALE_HOLDS_SQL: &str =
     "SELECT r.request_id, r.account, r.amount, r.delivered, r.instance, r.created_at_ms FROM reservations r
      WHERE r.created_at_ms < ?3 OR (r.instance != ?1 AND r.instance NOT IN
