@@ -261,10 +261,12 @@ pub(super) fn settle_in_tx(
 
 /// Roll-up rows of one group-commit batch, summed in memory and written with one UPSERT per
 /// distinct row, not one per record: the 15-minute bucket (any zone, any range), the UTC day,
-/// and the day in each configured report time zone.
+/// and the day in each configured report time zone. A row's key borrows its names from the
+/// batch's records, which outlive it: summing a record allocates nothing, where an owned key
+/// copied five strings per roll-up for each record (BENCHMARKS.md, eighteenth session).
 #[derive(Default)]
-pub(super) struct RollupBatch {
-    rows: FastMap<RollKey, Sums>,
+pub(super) struct RollupBatch<'r> {
+    rows: FastMap<RollKey<'r>, Sums>,
 }
 
 /// Which roll-up a row belongs to: 15-minute, UTC day, or a zone's day (its index).
@@ -276,15 +278,15 @@ enum Grain {
 }
 
 #[derive(Hash, PartialEq, Eq)]
-struct RollKey {
+struct RollKey<'r> {
     grain: Grain,
     /// Bucket start (ms) for `Quarter` / `UtcDay`; the local date (days since 1970) for `ZoneDay`.
     bucket: i64,
-    user: String,
-    team: String,
-    app: String,
-    provider: String,
-    model: String,
+    user: &'r str,
+    team: &'r str,
+    app: &'r str,
+    provider: &'r str,
+    model: &'r str,
 }
 
 #[derive(Default)]
@@ -298,9 +300,9 @@ struct Sums {
     provider_cost_units: i64,
 }
 
-impl RollupBatch {
+impl<'r> RollupBatch<'r> {
     /// Counts a newly inserted record (`zones`: the configured non-UTC report zones).
-    pub(super) fn add(&mut self, r: &UsageRecord, zones: &[ReportZone]) {
+    pub(super) fn add(&mut self, r: &'r UsageRecord, zones: &[ReportZone]) {
         let model = r.upstream_model.as_deref().unwrap_or(&r.requested_model);
         let success = i64::from(r.status == crate::store::CallStatus::Success);
         let at = r.created_at_ms;
@@ -321,11 +323,11 @@ impl RollupBatch {
                 .entry(RollKey {
                     grain,
                     bucket,
-                    user: r.user_id.clone(),
-                    team: r.team_id.clone().unwrap_or_default(),
-                    app: r.app.clone().unwrap_or_default(),
-                    provider: r.provider.clone().unwrap_or_default(),
-                    model: model.to_string(),
+                    user: &r.user_id,
+                    team: r.team_id.as_deref().unwrap_or_default(),
+                    app: r.app.as_deref().unwrap_or_default(),
+                    provider: r.provider.as_deref().unwrap_or_default(),
+                    model,
                 })
                 .or_default();
             s.calls += 1;
