@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use rust_decimal::Decimal;
 
 use crate::providers::ProviderKind;
+use crate::store::commits::{BATCH_BUCKETS, COMMIT_US_BUCKETS, CommitStats};
 use crate::store::{CallStatus, UsageRecord};
 
 const NP: usize = ProviderKind::ALL.len() + 1;
@@ -472,6 +473,92 @@ impl Metrics {
     }
 }
 
+/// The hot-path writer's group commits (`Store::commit_stats`), appended to the exposition:
+/// commits, the calls and failed batches they carried, and two histograms, calls per commit and
+/// seconds per commit.
+pub fn render_commits(o: &mut String, s: &CommitStats) {
+    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+    };
+    head(
+        o,
+        "aigne_hub_store_commits_total",
+        "counter",
+        "Group commits of the durable usage log and the credit reservations (one transaction each).",
+    );
+    let _ = writeln!(o, "aigne_hub_store_commits_total {}", s.commits);
+    head(
+        o,
+        "aigne_hub_store_committed_total",
+        "counter",
+        "What those commits wrote: usage records, and reservation requests answered.",
+    );
+    let _ = writeln!(
+        o,
+        "aigne_hub_store_committed_total{{kind=\"usage_record\"}} {}",
+        s.usage_records
+    );
+    let _ = writeln!(
+        o,
+        "aigne_hub_store_committed_total{{kind=\"reservation\"}} {}",
+        s.reservations
+    );
+    head(
+        o,
+        "aigne_hub_store_failed_batches_total",
+        "counter",
+        "Batches answered with an error; their transaction rolled back.",
+    );
+    let _ = writeln!(
+        o,
+        "aigne_hub_store_failed_batches_total {}",
+        s.failed_batches
+    );
+    let histogram = |o: &mut String, name: &str, bounds: &[String], counts: &[u64], sum: String| {
+        let mut cum = 0u64;
+        for (b, n) in bounds.iter().zip(counts) {
+            cum += n;
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += counts.get(bounds.len()).copied().unwrap_or(0);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(o, "{name}_sum {sum}");
+        let _ = writeln!(o, "{name}_count {cum}");
+    };
+    head(
+        o,
+        "aigne_hub_store_commit_calls",
+        "histogram",
+        "Calls (usage records plus reservations) per group commit.",
+    );
+    let bounds: Vec<String> = BATCH_BUCKETS.iter().map(u64::to_string).collect();
+    histogram(
+        o,
+        "aigne_hub_store_commit_calls",
+        &bounds,
+        &s.batch,
+        (s.usage_records + s.reservations).to_string(),
+    );
+    head(
+        o,
+        "aigne_hub_store_commit_seconds",
+        "histogram",
+        "Time from a group commit's BEGIN to its COMMIT.",
+    );
+    let bounds: Vec<String> = COMMIT_US_BUCKETS
+        .iter()
+        .map(|us| (*us as f64 / 1e6).to_string())
+        .collect();
+    histogram(
+        o,
+        "aigne_hub_store_commit_seconds",
+        &bounds,
+        &s.commit_us,
+        (s.commit_us_sum as f64 / 1e6).to_string(),
+    );
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct CostKey {
     mode: String,
@@ -606,6 +693,39 @@ mod tests {
             !s.contains("free-model"),
             "a call that cost nothing adds no series: {s}"
         );
+    }
+
+    #[test]
+    fn commit_histograms_are_cumulative_with_their_sums() {
+        let c = crate::store::commits::CommitCounters::default();
+        c.committed(1, 0, 40);
+        c.committed(3, 2, 120);
+        c.committed(10, 6, 3_000);
+        c.failed(1);
+        let mut o = String::new();
+        render_commits(&mut o, &c.read());
+        for line in [
+            "aigne_hub_store_commits_total 3",
+            "aigne_hub_store_committed_total{kind=\"usage_record\"} 14",
+            "aigne_hub_store_committed_total{kind=\"reservation\"} 8",
+            "aigne_hub_store_failed_batches_total 1",
+            "aigne_hub_store_commit_calls_bucket{le=\"1\"} 1",
+            "aigne_hub_store_commit_calls_bucket{le=\"4\"} 1",
+            "aigne_hub_store_commit_calls_bucket{le=\"8\"} 2",
+            "aigne_hub_store_commit_calls_bucket{le=\"16\"} 3",
+            "aigne_hub_store_commit_calls_bucket{le=\"+Inf\"} 3",
+            "aigne_hub_store_commit_calls_sum 22",
+            "aigne_hub_store_commit_calls_count 3",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.00005\"} 1",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.00025\"} 2",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.001\"} 2",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.005\"} 3",
+            "aigne_hub_store_commit_seconds_sum 0.00316",
+            "aigne_hub_store_commit_seconds_count 3",
+            "# TYPE aigne_hub_store_commit_seconds histogram",
+        ] {
+            assert!(o.lines().any(|l| l == line), "no `{line}` in\n{o}");
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub async fn health(
 
 /// Prometheus metrics in the text exposition format (version 0.0.4): requests, errors by class,
 /// latency and time-to-first-token histograms, tokens, cost (`aigne_hub_cost_total`,
-/// `aigne_hub_provider_cost_usd_total`), retries, open circuits, streams in flight. Owner or an
+/// `aigne_hub_provider_cost_usd_total`), retries, open circuits, streams in flight, and the
+/// store's group commits (commits, calls per commit, commit time, failed batches). Owner or an
 /// admin without a team (Prometheus sends the API key as a bearer credential).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),

@@ -399,6 +399,38 @@ async fn cost_counters_equal_the_sum_of_the_usage_records() {
     );
     assert_eq!(want.len(), 5, "{want:?}");
     assert_eq!(got, want, "{text}");
+
+    // The store's group commits: every record the calls wrote went through one, and each credit
+    // call's reservation too (four calls in credits mode; the internal-mode one holds nothing).
+    let records = srv.hub.store().list_usage(100).await.unwrap().len() as u64;
+    assert_eq!(records, 5);
+    let sample = |line: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(
+        sample("aigne_hub_store_committed_total{kind=\"usage_record\"} "),
+        Some(records),
+        "{text}"
+    );
+    assert_eq!(
+        sample("aigne_hub_store_committed_total{kind=\"reservation\"} "),
+        Some(4),
+        "{text}"
+    );
+    let commits = sample("aigne_hub_store_commits_total ").unwrap_or(0);
+    assert!((1..=9).contains(&commits), "{text}");
+    assert_eq!(sample("aigne_hub_store_commit_calls_count "), Some(commits));
+    assert_eq!(
+        sample("aigne_hub_store_commit_calls_sum "),
+        Some(records + 4)
+    );
+    assert_eq!(
+        sample("aigne_hub_store_commit_seconds_count "),
+        Some(commits)
+    );
+    assert_eq!(sample("aigne_hub_store_failed_batches_total "), Some(0));
 }
 
 async fn put_timeouts(srv: &Server, key: &str, provider: &str, body: Value) -> (u16, Value) {

@@ -299,7 +299,11 @@ impl Hub {
 
     /// `GET /metrics` in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        self.inner.metrics.render(self.inner.health.open_circuits())
+        let mut o = self.inner.metrics.render(self.inner.health.open_circuits());
+        if let Some(s) = self.store().commit_stats() {
+            crate::metrics::render_commits(&mut o, &s);
+        }
+        o
     }
 
     /// A settled call: metrics and per-credential token counts.

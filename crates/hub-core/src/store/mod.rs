@@ -2,6 +2,7 @@
 //! the same trait for scale-out. Every operation must hold with several processes on one database:
 //! no process-local lock stands in for atomicity (the admin CLI writes while `serve` runs).
 
+pub mod commits; // the hot-path writer's group commits, for /metrics
 pub mod iam; // teams, key policies, credential updates, audit log
 pub mod sqlite;
 
@@ -229,4 +230,10 @@ pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'sta
     }
     /// Newest first.
     async fn list_usage(&self, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// What the hot-path writer's group commits did so far (`GET /metrics`), for a store that
+    /// group-commits; `None` for one that does not count them.
+    fn commit_stats(&self) -> Option<commits::CommitStats> {
+        None
+    }
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::commits::{CommitCounters, CommitStats};
 use super::iam::{Change, IamStore};
 use super::{
     ApiKeyRow, CallStatus, CredentialRow, ProviderRow, Store, StoreError, UsageRecord, UserRow,
@@ -365,6 +366,8 @@ pub struct SqliteStore {
     report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
     /// The hot-path writes (usage records, reservations), group-committed together by one thread.
     hot: tokio::sync::mpsc::UnboundedSender<HotOp>,
+    /// What that thread's commits did (`commit_stats`).
+    commits: Arc<CommitCounters>,
     /// Stops the checkpoint thread when the last handle is dropped.
     _checkpointer: Arc<Checkpointer>,
 }
@@ -399,6 +402,7 @@ fn run_hot_writer(
     conn: Arc<Mutex<Connection>>,
     zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<HotOp>,
+    counters: Arc<CommitCounters>,
 ) {
     let mut ops: Vec<HotOp> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
@@ -417,20 +421,30 @@ fn run_hot_writer(
         // A batch that fails is answered with its own error and the round runs again without
         // it (the failed transaction changed nothing), so one bad batch never fails another.
         loop {
+            let started = std::time::Instant::now();
             match run_round(&mut guard, &ops, &zones) {
                 Round::Committed(results) => {
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let (records, reservations) =
+                        ops.iter().fold((0u64, 0u64), |(u, r), op| match op {
+                            HotOp::Usage { records, .. } => (u + records.len() as u64, r),
+                            HotOp::Reserve { reqs, .. } => (u, r + reqs.len() as u64),
+                        });
+                    counters.committed(records, reservations, micros);
                     for (op, r) in ops.drain(..).zip(results) {
                         answer(op, Ok(r));
                     }
                     break;
                 }
                 Round::Failed(i, e) => {
+                    counters.failed(1);
                     answer(ops.remove(i), Err(e));
                     if ops.is_empty() {
                         break;
                     }
                 }
                 Round::CommitFailed(e) => {
+                    counters.failed(ops.len() as u64);
                     for op in ops.drain(..) {
                         answer(op, Err(e.clone()));
                     }
@@ -777,11 +791,12 @@ impl SqliteStore {
         let report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>> =
             Arc::default();
         let (hot, hot_rx) = tokio::sync::mpsc::unbounded_channel();
+        let commits = Arc::new(CommitCounters::default());
         {
-            let (conn, zones) = (writer.clone(), report_zones.clone());
+            let (conn, zones, counters) = (writer.clone(), report_zones.clone(), commits.clone());
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || run_hot_writer(conn, zones, hot_rx))
+                .spawn(move || run_hot_writer(conn, zones, hot_rx, counters))
                 .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         }
         Ok(SqliteStore {
@@ -789,6 +804,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             report_zones,
             hot,
+            commits,
             _checkpointer: Arc::new(Checkpointer::start(path, checkpoints, written)?),
         })
     }
@@ -1221,6 +1237,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    fn commit_stats(&self) -> Option<CommitStats> {
+        Some(self.commits.read())
+    }
 }
 
 /// Inserts one `api_keys` row (the key's policy, if any, is the caller's to write).
@@ -1502,6 +1522,64 @@ mod tests {
         )?;
         assert!(indexes.is_empty(), "no index of open holds: {indexes:?}");
         assert_ledger(&store, (1_000 - 60 - 100, 100), (1, 2)).await
+    }
+
+    /// The writer counts what its group commits carried (`commit_stats`, `GET /metrics`), and a
+    /// batch that fails is counted as failed, not as written.
+    #[tokio::test]
+    async fn the_writer_counts_its_commits_and_failed_batches() -> Result<(), StoreError> {
+        use crate::ledger::{LedgerStore as _, ReserveReq};
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let stats = || store.commit_stats().unwrap_or_default();
+        assert_eq!(stats().commits, 0);
+        let grant = |idem_key: &str, amount: i64| crate::ledger::GrantReq {
+            account: "user:u".into(),
+            kind: crate::ledger::GrantKind::Grant,
+            amount,
+            idem_key: idem_key.into(),
+            expires_at_ms: None,
+            note: None,
+            now_ms: 1,
+            starter: None,
+        };
+        store.grant(&grant("g", 1_000)).await?;
+        let hold = |id: &str| ReserveReq {
+            request_id: id.into(),
+            account: "user:u".into(),
+            amount: 100,
+            instance: "me".into(),
+            now_ms: 1,
+            starter: None,
+        };
+        store.reserve(&[hold("a"), hold("b"), hold("c")]).await?;
+        store
+            .insert_usage(&[billed("a", 30), billed("b", 30)])
+            .await?;
+        let s = stats();
+        assert_eq!(
+            (s.usage_records, s.reservations, s.failed_batches),
+            (2, 3, 0)
+        );
+        // Each commit is in one bucket of each histogram, and the calls add up.
+        assert!((1..=2).contains(&s.commits), "{s:?}");
+        assert_eq!(s.batch.iter().sum::<u64>(), s.commits);
+        assert_eq!(s.commit_us.iter().sum::<u64>(), s.commits);
+        assert!(s.commit_us_sum > 0, "{s:?}");
+        // A record whose capture key is taken fails its batch: nothing of it is written.
+        store.grant(&grant("capture:z", 1)).await?;
+        let failed = store.insert_usage(&[billed("z", 10)]).await;
+        assert!(matches!(failed, Err(StoreError::Conflict(_))), "{failed:?}");
+        let after = stats();
+        assert_eq!(
+            (after.commits, after.usage_records, after.failed_batches),
+            (s.commits, 2, 1)
+        );
+        assert_eq!(
+            strings(&store, "SELECT id FROM usage_records WHERE id = 'z'")?.len(),
+            0
+        );
+        Ok(())
     }
 
     /// Migration 11 on a database of migration 10: open holds stay, settled ones leave, and the
