@@ -181,6 +181,15 @@ def main() -> None:
         cpu = med(cpu_us_per_req(r) for r in hub_rs)
         w("")
         w(f"Hub / direct throughput: {fmt(ratio, '', 2)}.")
+        stores = [r["store"] for r in hub_rs if r.get("store") and r["store"]["commits"] > 0]
+        if stores:
+            w(
+                "The store's group commits in the window (from `/metrics`): "
+                f"{fmt(med(x['calls'] / x['commits'] for x in stores), '', 1)} calls "
+                "(usage records plus reservations) per commit, "
+                f"{fmt(med(x['commit_s'] * 1e6 / x['commits'] for x in stores), ' µs', 0)} "
+                "from BEGIN to COMMIT on average (medians of the runs)."
+            )
         if cfg == "all_on":
             w(
                 f"Target: ≥ 20,000 requests/s ({verdict(rps is not None and rps >= 20_000)}); "
