@@ -515,47 +515,37 @@ pub fn render_commits(o: &mut String, s: &CommitStats) {
         "aigne_hub_store_failed_batches_total {}",
         s.failed_batches
     );
-    let histogram = |o: &mut String, name: &str, bounds: &[String], counts: &[u64], sum: String| {
-        let mut cum = 0u64;
-        for (b, n) in bounds.iter().zip(counts) {
-            cum += n;
-            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += counts.get(bounds.len()).copied().unwrap_or(0);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(o, "{name}_sum {sum}");
-        let _ = writeln!(o, "{name}_count {cum}");
-    };
-    head(
+    let histogram =
+        |o: &mut String, name: &str, help: &str, bounds: Vec<String>, counts: &[u64], sum: f64| {
+            head(o, name, "histogram", help);
+            let mut cum = 0u64;
+            for (b, n) in bounds.iter().zip(counts) {
+                cum += n;
+                let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            }
+            cum += counts.get(bounds.len()).copied().unwrap_or(0);
+            let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+            let _ = writeln!(o, "{name}_sum {sum}");
+            let _ = writeln!(o, "{name}_count {cum}");
+        };
+    histogram(
         o,
         "aigne_hub_store_commit_calls",
-        "histogram",
         "Calls (usage records plus reservations) per group commit.",
-    );
-    let bounds: Vec<String> = BATCH_BUCKETS.iter().map(u64::to_string).collect();
-    histogram(
-        o,
-        "aigne_hub_store_commit_calls",
-        &bounds,
+        BATCH_BUCKETS.iter().map(u64::to_string).collect(),
         &s.batch,
-        (s.usage_records + s.reservations).to_string(),
+        (s.usage_records + s.reservations) as f64,
     );
-    head(
-        o,
-        "aigne_hub_store_commit_seconds",
-        "histogram",
-        "Time from a group commit's BEGIN to its COMMIT.",
-    );
-    let bounds: Vec<String> = COMMIT_US_BUCKETS
-        .iter()
-        .map(|us| (*us as f64 / 1e6).to_string())
-        .collect();
     histogram(
         o,
         "aigne_hub_store_commit_seconds",
-        &bounds,
+        "Time from a group commit's BEGIN to its COMMIT.",
+        COMMIT_US_BUCKETS
+            .iter()
+            .map(|us| (*us as f64 / 1e6).to_string())
+            .collect(),
         &s.commit_us,
-        (s.commit_us_sum as f64 / 1e6).to_string(),
+        s.commit_us_sum as f64 / 1e6,
     );
 }
 

@@ -1465,6 +1465,32 @@ mod tests {
     }
 
     /// The first column of a query's rows, read through the store's reader.
+    /// A grant of `amount` to `user:u` under `idem_key`.
+    fn grant(idem_key: &str, amount: i64) -> crate::ledger::GrantReq {
+        crate::ledger::GrantReq {
+            account: "user:u".into(),
+            kind: crate::ledger::GrantKind::Grant,
+            amount,
+            idem_key: idem_key.into(),
+            expires_at_ms: None,
+            note: None,
+            now_ms: 1,
+            starter: None,
+        }
+    }
+
+    /// A hold of 100 on `user:u` for request `id`.
+    fn hold(id: &str) -> crate::ledger::ReserveReq {
+        crate::ledger::ReserveReq {
+            request_id: id.into(),
+            account: "user:u".into(),
+            amount: 100,
+            instance: "me".into(),
+            now_ms: 1,
+            starter: None,
+        }
+    }
+
     fn strings(store: &SqliteStore, sql: &str) -> Result<Vec<String>, StoreError> {
         let c = store.reader.lock();
         let mut st = c.prepare(sql).map_err(db_err)?;
@@ -1478,29 +1504,10 @@ mod tests {
     /// only, and no index of open holds is kept.
     #[tokio::test]
     async fn reservations_hold_the_calls_in_flight_only() -> Result<(), StoreError> {
-        use crate::ledger::{LedgerStore as _, ReserveOutcome, ReserveReq};
+        use crate::ledger::{LedgerStore as _, ReserveOutcome};
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let store = SqliteStore::open(&dir.path().join("hub.db"))?;
-        store
-            .grant(&crate::ledger::GrantReq {
-                account: "user:u".into(),
-                kind: crate::ledger::GrantKind::Grant,
-                amount: 1_000,
-                idem_key: "g".into(),
-                expires_at_ms: None,
-                note: None,
-                now_ms: 1,
-                starter: None,
-            })
-            .await?;
-        let hold = |id: &str| ReserveReq {
-            request_id: id.into(),
-            account: "user:u".into(),
-            amount: 100,
-            instance: "me".into(),
-            now_ms: 1,
-            starter: None,
-        };
+        store.grant(&grant("g", 1_000)).await?;
         let held = store.reserve(&[hold("a"), hold("b"), hold("c")]).await?;
         assert_eq!(held, vec![ReserveOutcome::Reserved; 3]);
         // A second hold under an open one's id is refused.
@@ -1528,30 +1535,12 @@ mod tests {
     /// batch that fails is counted as failed, not as written.
     #[tokio::test]
     async fn the_writer_counts_its_commits_and_failed_batches() -> Result<(), StoreError> {
-        use crate::ledger::{LedgerStore as _, ReserveReq};
+        use crate::ledger::LedgerStore as _;
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let store = SqliteStore::open(&dir.path().join("hub.db"))?;
         let stats = || store.commit_stats().unwrap_or_default();
         assert_eq!(stats().commits, 0);
-        let grant = |idem_key: &str, amount: i64| crate::ledger::GrantReq {
-            account: "user:u".into(),
-            kind: crate::ledger::GrantKind::Grant,
-            amount,
-            idem_key: idem_key.into(),
-            expires_at_ms: None,
-            note: None,
-            now_ms: 1,
-            starter: None,
-        };
         store.grant(&grant("g", 1_000)).await?;
-        let hold = |id: &str| ReserveReq {
-            request_id: id.into(),
-            account: "user:u".into(),
-            amount: 100,
-            instance: "me".into(),
-            now_ms: 1,
-            starter: None,
-        };
         store.reserve(&[hold("a"), hold("b"), hold("c")]).await?;
         store
             .insert_usage(&[billed("a", 30), billed("b", 30)])
