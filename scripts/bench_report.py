@@ -67,6 +67,12 @@ def main() -> None:
         req = r["wrk"]["requests"]
         return (r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]) * TICK_US / req if req else None
 
+    def store_us_per_req(r):
+        # Time the store's writer spent inside group commits in the window, per request (wall
+        # time on the writer's thread: `/metrics` before and after; absent for older builds).
+        st, req = r.get("store"), r["wrk"]["requests"]
+        return st["commit_s"] * 1e6 / req if st and req else None
+
     def busy_pct(r):
         return (r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]) * TICK_US / r["wrk"]["duration_us"] * 100
 
@@ -308,14 +314,17 @@ def main() -> None:
     if any(("5", c, 64) in wrk for c, _ in cfgs):
         w("### 5. What each part costs (plain chat, concurrency 64, SQLite)")
         w("")
-        w("| configuration | requests/s | vs everything off | p99 µs | hub CPU µs/request | hub CPU busy |")
-        w("|---|---|---|---|---|---|")
+        w(
+            "| configuration | requests/s | vs everything off | p99 µs | hub CPU µs/request | hub CPU busy | "
+            "in store transactions µs/request |"
+        )
+        w("|---|---|---|---|---|---|---|")
         base = None
         rps_of = {}
         for c, label in cfgs:
             runs = wrk.get(("5", c, 64))
             if c in missing:
-                w(f"| {label} | not yet implemented (no `{c}` switch in this build) | | | | |")
+                w(f"| {label} | not yet implemented (no `{c}` switch in this build) | | | | | |")
                 continue
             if not runs:
                 continue
@@ -327,12 +336,13 @@ def main() -> None:
             w(
                 f"| {label} | {fmt(rps)} | {fmt(rps / base * 100 if base and rps else None, ' %')} | "
                 f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
-                f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1)} | {fmt(med(busy_pct(r) for r in rs), ' %')} |"
+                f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1)} | {fmt(med(busy_pct(r) for r in rs), ' %')} | "
+                f"{fmt(med(store_us_per_req(r) for r in rs), '', 1)} |"
             )
         runs = wrk.get(("5", "direct", 64))
         if runs:
             rs = [runs[k]["direct"] for k in runs if "direct" in runs[k]]
-            w(f"| direct to the mock | {fmt(med(r['wrk']['rps'] for r in rs))} | | {fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | | |")
+            w(f"| direct to the mock | {fmt(med(r['wrk']['rps'] for r in rs))} | | {fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | | | |")
         w("")
         on = rps_of.get("usage_log")
         before = rps_of.get("limits", rps_of.get("auth"))
