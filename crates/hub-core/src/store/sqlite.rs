@@ -1464,7 +1464,6 @@ mod tests {
         Ok(())
     }
 
-    /// The first column of a query's rows, read through the store's reader.
     /// A grant of `amount` to `user:u` under `idem_key`.
     fn grant(idem_key: &str, amount: i64) -> crate::ledger::GrantReq {
         crate::ledger::GrantReq {
@@ -1491,6 +1490,7 @@ mod tests {
         }
     }
 
+    /// The first column of a query's rows, read through the store's reader.
     fn strings(store: &SqliteStore, sql: &str) -> Result<Vec<String>, StoreError> {
         let c = store.reader.lock();
         let mut st = c.prepare(sql).map_err(db_err)?;
