@@ -122,24 +122,50 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cum = 0;
-        for (i, b) in BUCKETS_MS.iter().enumerate() {
-            cum += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{}\"}} {cum}",
-                *b as f64 / 1000.0
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
+        write_histogram(
             out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            name,
+            labels,
+            BUCKETS_MS.iter().map(|b| *b as f64 / 1000.0),
+            self.buckets.iter().map(|b| b.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+            self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
+}
+
+/// A metric's `# HELP` and `# TYPE` lines.
+fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// A histogram's samples from per-bucket counts (`bounds` in order; what is above the last is
+/// only in `count`): cumulative `_bucket` lines, `+Inf`, `_sum` and `_count`. `labels` is the
+/// series' own labels, possibly empty.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: impl IntoIterator<Item = f64>,
+    per_bucket: impl IntoIterator<Item = u64>,
+    count: u64,
+    sum: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cum = 0;
+    for (b, n) in bounds.into_iter().zip(per_bucket) {
+        cum += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braced = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braced} {sum}");
+    let _ = writeln!(out, "{name}_count{braced} {count}");
 }
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
@@ -278,10 +304,6 @@ impl Metrics {
     /// The text exposition format. `open_circuits` = (providers, credentials) with an open breaker.
     pub fn render(&self, open_circuits: (u64, u64)) -> String {
         let mut o = String::with_capacity(16 * 1024);
-        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-        };
         head(
             &mut o,
             "aigne_hub_requests_total",
@@ -353,7 +375,7 @@ impl Metrics {
                 );
             }
         }
-        self.render_costs(&mut o, &head);
+        self.render_costs(&mut o);
         head(
             &mut o,
             "aigne_hub_retries_total",
@@ -414,7 +436,7 @@ impl Metrics {
         o
     }
 
-    fn render_costs(&self, o: &mut String, head: &impl Fn(&mut String, &str, &str, &str)) {
+    fn render_costs(&self, o: &mut String) {
         let costs = self.costs.lock().clone();
         head(
             o,
@@ -477,10 +499,6 @@ impl Metrics {
 /// commits, the calls and failed batches they carried, and two histograms, calls per commit and
 /// seconds per commit.
 pub fn render_commits(o: &mut String, s: &CommitStats) {
-    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-    };
     head(
         o,
         "aigne_hub_store_commits_total",
@@ -515,36 +533,35 @@ pub fn render_commits(o: &mut String, s: &CommitStats) {
         "aigne_hub_store_failed_batches_total {}",
         s.failed_batches
     );
-    let histogram =
-        |o: &mut String, name: &str, help: &str, bounds: Vec<String>, counts: &[u64], sum: f64| {
-            head(o, name, "histogram", help);
-            let mut cum = 0u64;
-            for (b, n) in bounds.iter().zip(counts) {
-                cum += n;
-                let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
-            }
-            cum += counts.get(bounds.len()).copied().unwrap_or(0);
-            let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-            let _ = writeln!(o, "{name}_sum {sum}");
-            let _ = writeln!(o, "{name}_count {cum}");
-        };
-    histogram(
+    let calls = s.usage_records + s.reservations;
+    head(
         o,
         "aigne_hub_store_commit_calls",
+        "histogram",
         "Calls (usage records plus reservations) per group commit.",
-        BATCH_BUCKETS.iter().map(u64::to_string).collect(),
-        &s.batch,
-        (s.usage_records + s.reservations) as f64,
     );
-    histogram(
+    write_histogram(
+        o,
+        "aigne_hub_store_commit_calls",
+        "",
+        BATCH_BUCKETS.iter().map(|b| *b as f64),
+        s.batch.iter().copied(),
+        s.commits,
+        calls as f64,
+    );
+    head(
         o,
         "aigne_hub_store_commit_seconds",
+        "histogram",
         "Time from a group commit's BEGIN to its COMMIT.",
-        COMMIT_US_BUCKETS
-            .iter()
-            .map(|us| (*us as f64 / 1e6).to_string())
-            .collect(),
-        &s.commit_us,
+    );
+    write_histogram(
+        o,
+        "aigne_hub_store_commit_seconds",
+        "",
+        COMMIT_US_BUCKETS.iter().map(|us| *us as f64 / 1e6),
+        s.commit_us.iter().copied(),
+        s.commits,
         s.commit_us_sum as f64 / 1e6,
     );
 }
