@@ -37,6 +37,32 @@ def verdict(ok: bool | None) -> str:
     return "met" if ok else "**missed**"
 
 
+def added_over_direct(runs, target, quantiles):
+    """Median over runs of (target - direct) per quantile of wrk's latency, or None without the
+    target's runs."""
+    keys = [k for k in runs if {target, "direct"} <= runs[k].keys()]
+    if not keys:
+        return None
+    return {
+        q: med(runs[k][target]["wrk"]["lat_us"][q] - runs[k]["direct"]["wrk"]["lat_us"][q] for k in keys)
+        for q in quantiles
+    }
+
+
+def floor_note(floor, added, p50_target, p99_target) -> str:
+    """What the floor leaves of a latency target, and what the hub adds above the floor."""
+    parts = []
+    for q, target in (("p50", p50_target), ("p99", p99_target)):
+        if target is None or floor.get(q) is None or added.get(q) is None:
+            continue
+        room = "within" if floor[q] <= target else "above"
+        parts.append(
+            f"{q}: the floor alone is {fmt(floor[q])} µs ({room} the {target} µs target); "
+            f"the hub adds {fmt(added[q] - floor[q])} µs above it"
+        )
+    return "Against the floor, which no gateway code on this machine and pinning can go below: " + "; ".join(parts) + "."
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     rows = [json.loads(l) for l in (out / "raw.jsonl").read_text().splitlines() if l.strip()]
@@ -92,8 +118,10 @@ def main() -> None:
         w("")
         w("| | p50 | p99 | p99.9 | requests/s | errors |")
         w("|---|---|---|---|---|---|")
-        for t in ("direct", "hub"):
+        for t in ("direct", "hub", "floor"):
             rs = [runs[k][t] for k in runs if t in runs[k]]
+            if not rs:
+                continue
             w(
                 f"| {t} | {fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
                 f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
@@ -113,19 +141,33 @@ def main() -> None:
             f"| **added by the hub** | **{fmt(added['p50'])}** | **{fmt(added['p99'])}** | "
             f"**{fmt(added['p999'])}** | | |"
         )
+        floor1 = added_over_direct(runs, "floor", ("p50", "p99", "p999"))
+        if floor1:
+            w(
+                f"| added by the floor (hub-floor) | {fmt(floor1['p50'])} | {fmt(floor1['p99'])} | "
+                f"{fmt(floor1['p999'])} | | |"
+            )
         w("")
         w(
             f"Target: added p50 ≤ 50 µs ({verdict(added['p50'] is not None and added['p50'] <= 50)}), "
             f"p99 ≤ 250 µs ({verdict(added['p99'] is not None and added['p99'] <= 250)})."
         )
+        if floor1:
+            w(floor_note(floor1, added, 50, 250))
         w("")
         breakdown = [
             ("all_on", "everything on (the row above)", "0"),
             ("all_off", "everything off", "0"),
             ("all_on_same_cpu", "everything on", "1, with the mock and wrk"),
             ("all_off_same_cpu", "everything off", "1, with the mock and wrk"),
+            ("all_on", "the floor (hub-floor: no gateway logic)", "0"),
+            ("floor_same_cpu", "the floor (hub-floor: no gateway logic)", "1, with the mock and wrk"),
         ]
-        if any(wrk.get(("1", cfg, 1)) for cfg, _, _ in breakdown[1:]):
+        def measured(cfg, name):
+            t = "floor" if "floor" in name else "hub"
+            return any(t in v for v in wrk.get(("1", cfg, 1), {}).values())
+
+        if any(measured(cfg, name) for cfg, name, _ in breakdown[1:]):
             w("Where the added latency comes from (µs; each hub row minus the direct row of its run):")
             w("")
             w("| hub | hub on CPU | hub p50 | added p50 | added p99 | hub CPU µs/request |")
@@ -134,11 +176,14 @@ def main() -> None:
                 hub_runs = wrk.get(("1", cfg, 1))
                 if not hub_runs:
                     continue
+                t = "floor" if "floor" in name else "hub"
                 pairs = [
-                    (hub_runs[k]["hub"], runs[k]["direct"])
+                    (hub_runs[k][t], runs[k]["direct"])
                     for k in hub_runs
-                    if "hub" in hub_runs[k] and k in runs and "direct" in runs[k]
+                    if t in hub_runs[k] and k in runs and "direct" in runs[k]
                 ]
+                if not pairs:
+                    continue
                 add = {
                     q: med(h["wrk"]["lat_us"][q] - d["wrk"]["lat_us"][q] for h, d in pairs)
                     for q in ("p50", "p99")
@@ -165,9 +210,11 @@ def main() -> None:
         w("")
         w("| | requests/s | p50 µs | p99 µs | hub CPU µs/request | hub CPU busy | hub VmHWM | errors |")
         w("|---|---|---|---|---|---|---|---|")
-        for t in ("direct", "hub"):
+        for t in ("direct", "hub", "floor"):
             rs = [runs[k][t] for k in runs if t in runs[k]]
-            hubby = t == "hub"
+            if not rs:
+                continue
+            hubby = t != "direct"
             w(
                 f"| {t} | {fmt(med(r['wrk']['rps'] for r in rs))} | "
                 f"{fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
@@ -201,6 +248,14 @@ def main() -> None:
                 f"Target: ≥ 20,000 requests/s ({verdict(rps is not None and rps >= 20_000)}); "
                 f"hub CPU ≤ 50 µs/request ({verdict(cpu is not None and cpu <= 50)})."
             )
+            floor_rs = [runs[k]["floor"] for k in runs if "floor" in runs[k]]
+            if floor_rs and cpu is not None:
+                fcpu = med(cpu_us_per_req(r) for r in floor_rs)
+                w(
+                    f"The floor (hub-floor, a bare proxy on the same stack and CPU) used {fmt(fcpu, '', 1)} µs "
+                    f"of CPU a request: the gateway's own work is {fmt(cpu - fcpu, '', 1)} µs of the hub's "
+                    f"{fmt(cpu, '', 1)}."
+                )
         w("")
 
     # Scenario 3
@@ -215,13 +270,15 @@ def main() -> None:
         ttfb_added = {}
         for conc in sorted(streams):
             runs = streams[conc]
-            for t in ("direct", "hub"):
+            for t in ("direct", "hub", "floor"):
                 rs = [runs[k][t]["stream"] for k in runs if t in runs[k]]
                 raw = [runs[k][t] for k in runs if t in runs[k]]
+                if not rs:
+                    continue
                 g = lambda field, q: med(r[field][q] if r[field] else None for r in rs)  # noqa: E731
                 cpu = (
                     med(r["hub_cpu_ticks"] * TICK_US / r["stream"]["streams"] for r in raw if r["stream"]["streams"])
-                    if t == "hub"
+                    if t != "direct"
                     else None
                 )
                 w(
@@ -247,6 +304,23 @@ def main() -> None:
         a16 = ttfb_added.get(16, {}).get("p50")
         w("")
         w(f"Target: added TTFB p50 ≤ 100 µs at concurrency 16 ({verdict(a16 is not None and a16 <= 100)}).")
+        floor16 = {
+            q: med(
+                runs16["floor"]["stream"]["ttfb_us"][q] - runs16["direct"]["stream"]["ttfb_us"][q]
+                for runs16 in streams.get(16, {}).values()
+                if {"floor", "direct"} <= runs16.keys()
+                and runs16["floor"]["stream"]["ttfb_us"]
+                and runs16["direct"]["stream"]["ttfb_us"]
+            )
+            for q in ("p50", "p99")
+        }
+        if floor16["p50"] is not None:
+            w(
+                f"The floor (hub-floor) added p50 {fmt(floor16['p50'])} µs, p99 {fmt(floor16['p99'])} µs "
+                "to the first byte at concurrency 16."
+            )
+            if a16 is not None:
+                w(floor_note(floor16, ttfb_added[16], 100, None))
         if stream_parts and 16 in streams:
             # Each breakdown run against the direct run of the same round.
             direct16 = {k: v["direct"]["stream"]["ttfb_us"] for k, v in streams[16].items() if "direct" in v}
@@ -259,9 +333,16 @@ def main() -> None:
                 "all_on": "everything on",
                 "no_reservation": "everything on but the credit reservation",
                 "all_off": "everything off",
+                "floor": "the floor (hub-floor: no gateway logic)",
             }
-            parts = {"all_on": {k: v["hub"] for k, v in streams[16].items() if "hub" in v}, **stream_parts}
-            for cfg in ("all_on", "no_reservation", "all_off"):
+            parts = {
+                "all_on": {k: v["hub"] for k, v in streams[16].items() if "hub" in v},
+                **stream_parts,
+                "floor": {k: v["floor"] for k, v in streams[16].items() if "floor" in v},
+            }
+            for cfg in ("all_on", "no_reservation", "all_off", "floor"):
+                if not parts.get(cfg):
+                    continue
                 runs = parts.get(cfg, {})
                 added = {
                     q: med(
