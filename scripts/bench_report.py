@@ -251,10 +251,13 @@ def main() -> None:
             floor_rs = [runs[k]["floor"] for k in runs if "floor" in runs[k]]
             if floor_rs and cpu is not None:
                 fcpu = med(cpu_us_per_req(r) for r in floor_rs)
+                frps = med(r["wrk"]["rps"] for r in floor_rs)
                 w(
-                    f"The floor (hub-floor, a bare proxy on the same stack and CPU) used {fmt(fcpu, '', 1)} µs "
-                    f"of CPU a request: the gateway's own work is {fmt(cpu - fcpu, '', 1)} µs of the hub's "
-                    f"{fmt(cpu, '', 1)}."
+                    f"The floor (hub-floor, a bare proxy on the same stack and CPU) served {fmt(frps)} "
+                    f"requests/s ({'at or above' if frps is not None and frps >= 20_000 else 'below'} the "
+                    f"20,000 target) at {fmt(med(busy_pct(r) for r in floor_rs), ' %')} of its CPU, and used "
+                    f"{fmt(fcpu, '', 1)} µs of CPU a request: the gateway's own work is "
+                    f"{fmt(cpu - fcpu, '', 1)} µs of the hub's {fmt(cpu, '', 1)}."
                 )
         w("")
 
