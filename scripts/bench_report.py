@@ -38,14 +38,28 @@ def verdict(ok: bool | None) -> str:
 
 
 def added_over_direct(runs, target, quantiles):
-    """Median over runs of (target - direct) per quantile of wrk's latency, or None without the
-    target's runs."""
+    """Median over the rounds of (target - direct) per quantile of wrk's latency (None where no
+    round has both)."""
     keys = [k for k in runs if {target, "direct"} <= runs[k].keys()]
-    if not keys:
-        return None
     return {
         q: med(runs[k][target]["wrk"]["lat_us"][q] - runs[k]["direct"]["wrk"]["lat_us"][q] for k in keys)
         for q in quantiles
+    }
+
+
+def ttfb_over_direct(runs, target):
+    """Median over the rounds of (target - direct) time to first byte, p50 and p99 (None where no
+    round has both)."""
+    keys = [
+        k
+        for k in runs
+        if {target, "direct"} <= runs[k].keys()
+        and runs[k][target]["stream"]["ttfb_us"]
+        and runs[k]["direct"]["stream"]["ttfb_us"]
+    ]
+    return {
+        q: med(runs[k][target]["stream"]["ttfb_us"][q] - runs[k]["direct"]["stream"]["ttfb_us"][q] for k in keys)
+        for q in ("p50", "p99")
     }
 
 
@@ -129,20 +143,13 @@ def main() -> None:
                 f"{fmt(med(r['wrk']['rps'] for r in rs))} | "
                 f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for r in rs)} |"
             )
-        added = {
-            q: med(
-                runs[k]["hub"]["wrk"]["lat_us"][q] - runs[k]["direct"]["wrk"]["lat_us"][q]
-                for k in runs
-                if {"hub", "direct"} <= runs[k].keys()
-            )
-            for q in ("p50", "p99", "p999")
-        }
+        added = added_over_direct(runs, "hub", ("p50", "p99", "p999"))
         w(
             f"| **added by the hub** | **{fmt(added['p50'])}** | **{fmt(added['p99'])}** | "
             f"**{fmt(added['p999'])}** | | |"
         )
         floor1 = added_over_direct(runs, "floor", ("p50", "p99", "p999"))
-        if floor1:
+        if floor1["p50"] is not None:
             w(
                 f"| added by the floor (hub-floor) | {fmt(floor1['p50'])} | {fmt(floor1['p99'])} | "
                 f"{fmt(floor1['p999'])} | | |"
@@ -152,31 +159,28 @@ def main() -> None:
             f"Target: added p50 ≤ 50 µs ({verdict(added['p50'] is not None and added['p50'] <= 50)}), "
             f"p99 ≤ 250 µs ({verdict(added['p99'] is not None and added['p99'] <= 250)})."
         )
-        if floor1:
+        if floor1["p50"] is not None:
             w(floor_note(floor1, added, 50, 250))
         w("")
-        breakdown = [
-            ("all_on", "everything on (the row above)", "0"),
-            ("all_off", "everything off", "0"),
-            ("all_on_same_cpu", "everything on", "1, with the mock and wrk"),
-            ("all_off_same_cpu", "everything off", "1, with the mock and wrk"),
-            ("all_on", "the floor (hub-floor: no gateway logic)", "0"),
-            ("floor_same_cpu", "the floor (hub-floor: no gateway logic)", "1, with the mock and wrk"),
+        breakdown = [  # config, target, row name, hub CPU
+            ("all_on", "hub", "everything on (the row above)", "0"),
+            ("all_off", "hub", "everything off", "0"),
+            ("all_on_same_cpu", "hub", "everything on", "1, with the mock and wrk"),
+            ("all_off_same_cpu", "hub", "everything off", "1, with the mock and wrk"),
+            ("all_on", "floor", "the floor (hub-floor: no gateway logic)", "0"),
+            ("floor_same_cpu", "floor", "the floor (hub-floor: no gateway logic)", "1, with the mock and wrk"),
         ]
-        def measured(cfg, name):
-            t = "floor" if "floor" in name else "hub"
-            return any(t in v for v in wrk.get(("1", cfg, 1), {}).values())
-
-        if any(measured(cfg, name) for cfg, name, _ in breakdown[1:]):
+        if any(
+            t in v for cfg, t, _, _ in breakdown[1:] for v in wrk.get(("1", cfg, 1), {}).values()
+        ):
             w("Where the added latency comes from (µs; each hub row minus the direct row of its run):")
             w("")
             w("| hub | hub on CPU | hub p50 | added p50 | added p99 | hub CPU µs/request |")
             w("|---|---|---|---|---|---|")
-            for cfg, name, cpu in breakdown:
+            for cfg, t, name, cpu in breakdown:
                 hub_runs = wrk.get(("1", cfg, 1))
                 if not hub_runs:
                     continue
-                t = "floor" if "floor" in name else "hub"
                 pairs = [
                     (hub_runs[k][t], runs[k]["direct"])
                     for k in hub_runs
@@ -291,32 +295,14 @@ def main() -> None:
                     f"{fmt(g('gap_us', 'p50'))} | {fmt(g('gap_us', 'p99'))} | "
                     f"{fmt(cpu, '', 0) if cpu is not None else ''} | {sum(r['errors'] for r in rs)} |"
                 )
-            ttfb_added[conc] = {
-                q: med(
-                    runs[k]["hub"]["stream"]["ttfb_us"][q] - runs[k]["direct"]["stream"]["ttfb_us"][q]
-                    for k in runs
-                    if {"hub", "direct"} <= runs[k].keys()
-                    and runs[k]["hub"]["stream"]["ttfb_us"]
-                    and runs[k]["direct"]["stream"]["ttfb_us"]
-                )
-                for q in ("p50", "p99")
-            }
+            ttfb_added[conc] = ttfb_over_direct(runs, "hub")
         w("")
         for conc, a in ttfb_added.items():
             w(f"- added TTFB at concurrency {conc}: p50 {fmt(a['p50'])} µs, p99 {fmt(a['p99'])} µs")
         a16 = ttfb_added.get(16, {}).get("p50")
         w("")
         w(f"Target: added TTFB p50 ≤ 100 µs at concurrency 16 ({verdict(a16 is not None and a16 <= 100)}).")
-        floor16 = {
-            q: med(
-                runs16["floor"]["stream"]["ttfb_us"][q] - runs16["direct"]["stream"]["ttfb_us"][q]
-                for runs16 in streams.get(16, {}).values()
-                if {"floor", "direct"} <= runs16.keys()
-                and runs16["floor"]["stream"]["ttfb_us"]
-                and runs16["direct"]["stream"]["ttfb_us"]
-            )
-            for q in ("p50", "p99")
-        }
+        floor16 = ttfb_over_direct(streams.get(16, {}), "floor")
         if floor16["p50"] is not None:
             w(
                 f"The floor (hub-floor) added p50 {fmt(floor16['p50'])} µs, p99 {fmt(floor16['p99'])} µs "

@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use clap::Parser;
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
@@ -53,7 +54,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 type Upstream = Client<HttpConnector, Incoming>;
 
 /// Where requests go: the scheme and authority of `--upstream`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Origin {
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
@@ -83,26 +84,33 @@ impl Origin {
     }
 }
 
-fn upstream_client() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+/// What every connection shares: one pooled client and the origin it sends to.
+struct Relay {
+    client: Upstream,
+    origin: Origin,
+}
+
+impl Relay {
+    fn new(origin: Origin) -> Relay {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Relay {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            origin,
+        }
+    }
 }
 
 /// Relays one request. An upstream that cannot be reached is a 502 with the reason as text.
-async fn relay(
-    client: Upstream,
-    origin: Origin,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let uri = match origin.uri_for(req.uri()) {
+async fn relay(to: Arc<Relay>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let uri = match to.origin.uri_for(req.uri()) {
         Ok(uri) => uri,
         Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e.to_string())),
     };
     *req.uri_mut() = uri;
     // The client sets `host` from the URI; the caller's named this proxy.
     req.headers_mut().remove(hyper::header::HOST);
-    match client.request(req).await {
+    match to.client.request(req).await {
         Ok(resp) => Ok(resp.map(|b| b.boxed())),
         Err(e) => Ok(text(StatusCode::BAD_GATEWAY, format!("upstream: {e}"))),
     }
@@ -120,7 +128,7 @@ fn text(status: StatusCode, msg: String) -> Response<Body> {
 
 /// Accepts and serves connections on `listener` until the process ends.
 async fn serve(listener: TcpListener, origin: Origin) {
-    let client = upstream_client();
+    let to = Arc::new(Relay::new(origin));
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -131,10 +139,9 @@ async fn serve(listener: TcpListener, origin: Origin) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (client, origin) = (client.clone(), origin.clone());
+        let to = to.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| relay(client.clone(), origin.clone(), req));
+            let service = hyper::service::service_fn(move |req| relay(to.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
