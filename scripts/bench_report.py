@@ -113,6 +113,12 @@ def main() -> None:
         st, req = r.get("store"), r["wrk"]["requests"]
         return st["commit_s"] * 1e6 / req if st and req else None
 
+    def switches_per_req(r):
+        # Context switches of the hub's (or the floor's) threads in the window, per request
+        # (`/proc/<pid>/task/*/status`; absent for runs before the twentieth session).
+        req = r["wrk"]["requests"]
+        return r["hub_ctx_switches"] / req if "hub_ctx_switches" in r and req else None
+
     def busy_pct(r):
         return (r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]) * TICK_US / r["wrk"]["duration_us"] * 100
 
@@ -175,8 +181,18 @@ def main() -> None:
         ):
             w("Where the added latency comes from (µs; each hub row minus the direct row of its run):")
             w("")
-            w("| hub | hub on CPU | hub p50 | added p50 | added p99 | hub CPU µs/request |")
-            w("|---|---|---|---|---|---|")
+            # Thread switches a request, where the runs counted them.
+            switches = any(
+                "hub_ctx_switches" in v[t]
+                for cfg, t, _, _ in breakdown
+                for v in wrk.get(("1", cfg, 1), {}).values()
+                if t in v
+            )
+            w(
+                "| hub | hub on CPU | hub p50 | added p50 | added p99 | hub CPU µs/request |"
+                + (" thread switches/request |" if switches else "")
+            )
+            w("|---|---|---|---|---|---|" + ("---|" if switches else ""))
             for cfg, t, name, cpu in breakdown:
                 hub_runs = wrk.get(("1", cfg, 1))
                 if not hub_runs:
@@ -196,6 +212,7 @@ def main() -> None:
                     f"| {name} | {cpu} | {fmt(med(h['wrk']['lat_us']['p50'] for h, _ in pairs))} | "
                     f"{fmt(add['p50'])} | {fmt(add['p99'])} | "
                     f"{fmt(med(cpu_us_per_req(h) for h, _ in pairs), '', 1)} |"
+                    + (f" {fmt(med(switches_per_req(h) for h, _ in pairs), '', 1)} |" if switches else "")
                 )
             w("")
             w(
@@ -238,6 +255,16 @@ def main() -> None:
         cpu = med(cpu_us_per_req(r) for r in hub_rs)
         w("")
         w(f"Hub / direct throughput: {fmt(ratio, '', 2)}.")
+        sw = {
+            t: med(switches_per_req(runs[k][t]) for k in runs if t in runs[k])
+            for t in ("hub", "floor")
+        }
+        if sw["hub"] is not None:
+            w(
+                f"Thread switches a request (`/proc`, all threads): hub {fmt(sw['hub'], '', 2)}"
+                + (f", floor {fmt(sw['floor'], '', 2)}" if sw["floor"] is not None else "")
+                + "."
+            )
         stores = [r["store"] for r in hub_rs if r.get("store") and r["store"]["commits"] > 0]
         if stores:
             w(
