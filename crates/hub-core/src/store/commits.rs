@@ -23,6 +23,7 @@ pub struct CommitCounters {
     batch: [AtomicU64; BATCH_BUCKETS.len() + 1],
     commit_us: [AtomicU64; COMMIT_US_BUCKETS.len() + 1],
     commit_us_sum: AtomicU64,
+    inline: AtomicU64,
 }
 
 /// A reading of [`CommitCounters`]. Bucket arrays are per bucket (not cumulative); the last
@@ -44,6 +45,9 @@ pub struct CommitStats {
     pub commit_us: Vec<u64>,
     /// The sum of those times, in microseconds.
     pub commit_us_sum: u64,
+    /// Of `commits`, those a lone call's write made on its own thread, the store being idle
+    /// (the rest are the writer thread's group commits).
+    pub inline_commits: u64,
 }
 
 fn bucket(bounds: &[u64], v: u64) -> usize {
@@ -64,6 +68,11 @@ impl CommitCounters {
         self.commit_us_sum.fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// The commit just counted was made on its caller's thread.
+    pub fn inline(&self) {
+        self.inline.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `n` batches answered with an error.
     pub fn failed(&self, n: u64) {
         self.failed_batches.fetch_add(n, Ordering::Relaxed);
@@ -79,6 +88,7 @@ impl CommitCounters {
             batch: self.batch.iter().map(load).collect(),
             commit_us: self.commit_us.iter().map(load).collect(),
             commit_us_sum: load(&self.commit_us_sum),
+            inline_commits: load(&self.inline),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -366,6 +366,8 @@ pub struct SqliteStore {
     report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
     /// The hot-path writes (usage records, reservations), group-committed together by one thread.
     hot: tokio::sync::mpsc::UnboundedSender<HotOp>,
+    /// What decides whether a write commits on its caller's thread (`submit`).
+    pace: Arc<HotPace>,
     /// What that thread's commits did (`commit_stats`).
     commits: Arc<CommitCounters>,
     /// Stops the checkpoint thread when the last handle is dropped.
@@ -385,6 +387,65 @@ enum HotOp {
     },
 }
 
+/// A reservation commits on its caller's thread only when the store is idle: nothing is queued
+/// for the writer thread and no commit ended in the last [`LONE_GAP`]. Under load commits follow
+/// each other closely (the next batch is queued while one commits), so writes go to the thread
+/// and are group-committed.
+struct HotPace {
+    epoch: std::time::Instant,
+    /// How long the store must have been quiet ([`LONE_GAP`]).
+    gap_ns: u64,
+    /// When the last commit ended (nanoseconds since `epoch`; `NEVER` before the first).
+    last_end_ns: AtomicU64,
+    /// Ops sent to the writer thread and not yet taken off its queue.
+    queued: AtomicUsize,
+}
+
+const NEVER: u64 = u64::MAX;
+
+/// How long the store must have been quiet for a lone reservation to commit on its caller's
+/// thread.
+/// At concurrency 1 the gap between two commits is a round trip to the caller or the upstream;
+/// under load the next commit starts at once.
+const LONE_GAP: std::time::Duration = std::time::Duration::from_micros(20);
+
+impl HotPace {
+    fn new(gap: std::time::Duration) -> HotPace {
+        HotPace {
+            epoch: std::time::Instant::now(),
+            gap_ns: u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX),
+            last_end_ns: AtomicU64::new(NEVER),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn committed(&self) {
+        self.last_end_ns.store(self.now_ns(), Ordering::Release);
+    }
+
+    fn idle(&self) -> bool {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let last = self.last_end_ns.load(Ordering::Acquire);
+        last == NEVER || self.now_ns().saturating_sub(last) >= self.gap_ns
+    }
+}
+
+impl HotOp {
+    /// Calls this op writes for: its records, or its reservations.
+    fn calls(&self) -> usize {
+        match self {
+            HotOp::Usage { records, .. } => records.len(),
+            HotOp::Reserve { reqs, .. } => reqs.len(),
+        }
+    }
+}
+
 /// The thread that writes the per-call rows. Every call writes twice (its reservation before
 /// dispatch, its usage record with the capture after), and on one core the two group-commit
 /// writers' batches used to take turns, each a transaction of its own with a handful of calls and
@@ -398,11 +459,14 @@ enum HotOp {
 /// (WAL bytes per call 4.5 → 5.2 KB) and CPU per call grows 10-15 % (`hub-bench store`, c=64,
 /// BENCHMARKS.md, fourteenth session). The writer task runs after the request tasks that woke
 /// it, so its batch already holds them.
+///
+/// A lone reservation on an idle store skips this thread (`SqliteStore::submit`).
 fn run_hot_writer(
     conn: Arc<Mutex<Connection>>,
     zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<HotOp>,
     counters: Arc<CommitCounters>,
+    pace: Arc<HotPace>,
 ) {
     let mut ops: Vec<HotOp> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
@@ -415,45 +479,65 @@ fn run_hot_writer(
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
+        // Taken off the queue: a lone op may commit on its caller's thread again once these
+        // are in (see `SqliteStore::hot_write`).
+        pace.queued.fetch_sub(ops.len(), Ordering::AcqRel);
         let mut guard = conn.lock();
-        // Read under the writer lock: `set_report_zones` changes it under the same lock.
-        let zones = zones.read().clone();
-        // A batch that fails is answered with its own error and the round runs again without
-        // it (the failed transaction changed nothing), so one bad batch never fails another.
-        loop {
-            let started = std::time::Instant::now();
-            match run_round(&mut guard, &ops, &zones) {
-                Round::Committed(results) => {
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    let (records, reservations) =
-                        ops.iter().fold((0u64, 0u64), |(u, r), op| match op {
-                            HotOp::Usage { records, .. } => (u + records.len() as u64, r),
-                            HotOp::Reserve { reqs, .. } => (u, r + reqs.len() as u64),
-                        });
-                    counters.committed(records, reservations, micros);
-                    for (op, r) in ops.drain(..).zip(results) {
-                        answer(op, Ok(r));
-                    }
-                    break;
+        commit_ops(&mut guard, &mut ops, &zones, &counters, &pace);
+        drop(guard);
+    }
+}
+
+/// Commits `ops` in one transaction on `conn` (the writer connection, locked by the caller) and
+/// answers each; `ops` is empty afterwards. Whether a transaction was committed (not when every
+/// op failed).
+fn commit_ops(
+    conn: &mut Connection,
+    ops: &mut Vec<HotOp>,
+    zones: &parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>,
+    counters: &CommitCounters,
+    pace: &HotPace,
+) -> bool {
+    // Read under the writer lock: `set_report_zones` changes it under the same lock.
+    let zones = zones.read().clone();
+    let mut committed = false;
+    // A batch that fails is answered with its own error and the round runs again without it
+    // (the failed transaction changed nothing), so one bad batch never fails another.
+    loop {
+        let started = std::time::Instant::now();
+        match run_round(conn, ops, &zones) {
+            Round::Committed(results) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let (records, reservations) =
+                    ops.iter().fold((0u64, 0u64), |(u, r), op| match op {
+                        HotOp::Usage { records, .. } => (u + records.len() as u64, r),
+                        HotOp::Reserve { reqs, .. } => (u, r + reqs.len() as u64),
+                    });
+                counters.committed(records, reservations, micros);
+                for (op, r) in ops.drain(..).zip(results) {
+                    answer(op, Ok(r));
                 }
-                Round::Failed(i, e) => {
-                    counters.failed(1);
-                    answer(ops.remove(i), Err(e));
-                    if ops.is_empty() {
-                        break;
-                    }
-                }
-                Round::CommitFailed(e) => {
-                    counters.failed(ops.len() as u64);
-                    for op in ops.drain(..) {
-                        answer(op, Err(e.clone()));
-                    }
+                committed = true;
+                break;
+            }
+            Round::Failed(i, e) => {
+                counters.failed(1);
+                answer(ops.remove(i), Err(e));
+                if ops.is_empty() {
                     break;
                 }
             }
+            Round::CommitFailed(e) => {
+                counters.failed(ops.len() as u64);
+                for op in ops.drain(..) {
+                    answer(op, Err(e.clone()));
+                }
+                break;
+            }
         }
-        drop(guard);
     }
+    pace.committed();
+    committed
 }
 
 enum Round {
@@ -792,11 +876,17 @@ impl SqliteStore {
             Arc::default();
         let (hot, hot_rx) = tokio::sync::mpsc::unbounded_channel();
         let commits = Arc::new(CommitCounters::default());
+        let pace = Arc::new(HotPace::new(LONE_GAP));
         {
-            let (conn, zones, counters) = (writer.clone(), report_zones.clone(), commits.clone());
+            let (conn, zones, counters, pace) = (
+                writer.clone(),
+                report_zones.clone(),
+                commits.clone(),
+                pace.clone(),
+            );
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || run_hot_writer(conn, zones, hot_rx, counters))
+                .spawn(move || run_hot_writer(conn, zones, hot_rx, counters, pace))
                 .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         }
         Ok(SqliteStore {
@@ -804,6 +894,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             report_zones,
             hot,
+            pace,
             commits,
             _checkpointer: Arc::new(Checkpointer::start(path, checkpoints, written)?),
         })
@@ -820,15 +911,60 @@ impl SqliteStore {
             .map_err(|e| StoreError::Db(format!("blocking task failed: {e}")))?
     }
 
-    /// Queues a write (usage records, reservations) for the writer thread and waits for its
-    /// answer, which comes after the commit.
+    /// Commits a write (usage records, reservations) and waits for its answer, which comes after
+    /// the commit.
+    ///
+    /// Writes go to the writer thread, which commits them with whatever else is queued, except
+    /// a lone reservation on an idle store (`submit`).
     async fn hot_write<T>(
         &self,
         op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> HotOp,
     ) -> Result<T, StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.hot.send(op(done)).map_err(|_| writer_stopped())?;
+        if self.submit(op(done)).is_err() {
+            return Err(writer_stopped());
+        }
         wait.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Commits `op` here or queues it for the writer thread; it is answered through its own
+    /// channel either way. Gives it back if the writer thread has stopped.
+    ///
+    /// One call's reservation, with nothing queued for the thread, no commit in the last
+    /// [`LONE_GAP`] and the writer connection free, commits here, on the caller's thread, in the
+    /// same transaction code. It stands between the call and its upstream (time to first byte,
+    /// latency at low load), and handing it to the thread and back costs two thread switches,
+    /// each a sleep and a wake-up, which on a virtual CPU cost more than the transaction: at
+    /// concurrency 1 a billed call made 4.3 switches instead of 6.3 and used 159 instead of
+    /// 171 µs of CPU (BENCHMARKS.md, twentieth session). A hold is a small transaction (its
+    /// row and the account's), so committing it alone costs little.
+    ///
+    /// Usage records always go to the thread. Committed alone too, they made concurrency 1
+    /// faster still (2.3 switches, 143 µs), but a hub under moderate load (64 calls to a 60 ms
+    /// upstream, ~1,000 calls/s) then committed 2.3 calls a transaction instead of 6.4, and
+    /// its CPU per call rose by a quarter: a record with its capture and roll-ups is most of the
+    /// pages a call writes, and those batch. Without the gap, a loaded hub committed every
+    /// call's write alone: the writers' tasks found one call queued at each turn, and CPU per
+    /// call at concurrency 64 more than doubled (40 → 91 µs).
+    fn submit(&self, op: HotOp) -> Result<(), HotOp> {
+        if op.calls() == 1
+            && matches!(op, HotOp::Reserve { .. })
+            && self.pace.idle()
+            && let Some(mut conn) = self.writer.try_lock()
+        {
+            let zones = &self.report_zones;
+            if commit_ops(&mut conn, &mut vec![op], zones, &self.commits, &self.pace) {
+                self.commits.inline();
+            }
+            return Ok(());
+        }
+        self.pace.queued.fetch_add(1, Ordering::AcqRel);
+        self.hot
+            .send(op)
+            .map_err(|tokio::sync::mpsc::error::SendError(op)| {
+                self.pace.queued.fetch_sub(1, Ordering::AcqRel);
+                op
+            })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -1210,9 +1346,7 @@ impl Store for SqliteStore {
         records: Vec<UsageRecord>,
     ) -> (Vec<UsageRecord>, Result<(), StoreError>) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if let Err(tokio::sync::mpsc::error::SendError(op)) =
-            self.hot.send(HotOp::Usage { records, done })
-        {
+        if let Err(op) = self.submit(HotOp::Usage { records, done }) {
             let records = match op {
                 HotOp::Usage { records, .. } => records,
                 HotOp::Reserve { .. } => Vec::new(),
@@ -1568,6 +1702,94 @@ mod tests {
             strings(&store, "SELECT id FROM usage_records WHERE id = 'z'")?.len(),
             0
         );
+        Ok(())
+    }
+
+    /// When a write may commit on its caller's thread: nothing queued for the writer thread, and
+    /// no commit in the last gap (a store that never committed is idle).
+    #[test]
+    fn the_store_is_idle_when_nothing_is_queued_and_no_commit_is_recent() {
+        let long = HotPace::new(std::time::Duration::from_secs(3_600));
+        assert!(long.idle(), "a store that never committed is idle");
+        long.committed();
+        assert!(!long.idle(), "a commit within the gap");
+        let none = HotPace::new(std::time::Duration::ZERO);
+        none.committed();
+        assert!(none.idle(), "the gap has passed");
+        none.queued.fetch_add(1, Ordering::AcqRel);
+        assert!(!none.idle(), "an op is queued for the writer thread");
+        none.queued.fetch_sub(1, Ordering::AcqRel);
+        assert!(none.idle());
+    }
+
+    /// A lone reservation on an idle store commits on the caller's thread; usage records and
+    /// batches go to the writer thread; both leave the same rows and ledger.
+    #[tokio::test]
+    async fn a_lone_reservation_commits_on_its_callers_thread_the_rest_on_the_writers()
+    -> Result<(), StoreError> {
+        use crate::ledger::LedgerStore as _;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        let stats = || store.commit_stats().unwrap_or_default();
+        let quiet = || tokio::time::sleep(std::time::Duration::from_millis(5));
+        store.grant(&grant("g", 1_000)).await?;
+        quiet().await;
+        store.reserve(&[hold("a")]).await?;
+        quiet().await;
+        let s = stats();
+        assert_eq!((s.commits, s.inline_commits), (1, 1), "{s:?}");
+        quiet().await;
+        store.insert_usage(&[billed("a", 30)]).await?;
+        let s = stats();
+        assert_eq!((s.commits, s.inline_commits), (2, 1), "{s:?}");
+        quiet().await;
+        store.reserve(&[hold("b"), hold("c")]).await?;
+        quiet().await;
+        store
+            .insert_usage(&[billed("b", 30), billed("c", 30)])
+            .await?;
+        let s = stats();
+        assert_eq!((s.commits, s.inline_commits), (4, 1), "{s:?}");
+        assert_eq!((s.usage_records, s.reservations), (3, 3));
+        assert_ledger(&store, (910, 0), (0, 3)).await?;
+        Ok(())
+    }
+
+    /// Lone reservations from many tasks at once race for the writer connection with the writer
+    /// thread's batches: every call is held once and settled once, whichever thread commits it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lone_reservations_racing_the_writer_thread_settle_every_call_once()
+    -> Result<(), StoreError> {
+        use crate::ledger::LedgerStore as _;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        store.grant(&grant("g", 100_000)).await?;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            calls.spawn(async move {
+                let id = format!("call{i}");
+                if i % 7 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                store.reserve(&[hold(&id)]).await?;
+                tokio::task::yield_now().await;
+                store.insert_usage(&[billed(&id, 10)]).await
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.map_err(|e| StoreError::Db(e.to_string()))??;
+        }
+        let s = store.commit_stats().unwrap_or_default();
+        assert_eq!(
+            (s.usage_records, s.reservations, s.failed_batches),
+            (200, 200, 0)
+        );
+        assert!(
+            s.commits > s.inline_commits,
+            "some batches went to the thread: {s:?}"
+        );
+        assert_ledger(&store, (100_000 - 2_000, 0), (0, 200)).await?;
         Ok(())
     }
 
