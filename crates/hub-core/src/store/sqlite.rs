@@ -404,9 +404,8 @@ struct HotPace {
 const NEVER: u64 = u64::MAX;
 
 /// How long the store must have been quiet for a lone reservation to commit on its caller's
-/// thread.
-/// At concurrency 1 the gap between two commits is a round trip to the caller or the upstream;
-/// under load the next commit starts at once.
+/// thread. At concurrency 1 the gap between two commits is a round trip to the caller or the
+/// upstream; under load the next commit starts at once.
 const LONE_GAP: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl HotPace {
@@ -479,8 +478,8 @@ fn run_hot_writer(
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        // Taken off the queue: a lone op may commit on its caller's thread again once these
-        // are in (see `SqliteStore::hot_write`).
+        // Taken off the queue: a lone reservation may commit on its caller's thread again once
+        // these are in (`SqliteStore::submit`).
         pace.queued.fetch_sub(ops.len(), Ordering::AcqRel);
         let mut guard = conn.lock();
         commit_ops(&mut guard, &mut ops, &zones, &counters, &pace);
