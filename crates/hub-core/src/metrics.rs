@@ -508,6 +508,17 @@ pub fn render_commits(o: &mut String, s: &CommitStats) {
     let _ = writeln!(o, "aigne_hub_store_commits_total {}", s.commits);
     head(
         o,
+        "aigne_hub_store_inline_commits_total",
+        "counter",
+        "Of those commits, the ones a lone reservation made on its caller's thread, the store being idle.",
+    );
+    let _ = writeln!(
+        o,
+        "aigne_hub_store_inline_commits_total {}",
+        s.inline_commits
+    );
+    head(
+        o,
         "aigne_hub_store_committed_total",
         "counter",
         "What those commits wrote: usage records, and reservation requests answered.",
@@ -708,27 +719,30 @@ mod tests {
         c.committed(1, 0, 40);
         c.committed(3, 2, 120);
         c.committed(10, 6, 3_000);
+        c.committed(0, 1, 30);
+        c.inline();
         c.failed(1);
         let mut o = String::new();
         render_commits(&mut o, &c.read());
         for line in [
-            "aigne_hub_store_commits_total 3",
+            "aigne_hub_store_commits_total 4",
+            "aigne_hub_store_inline_commits_total 1",
             "aigne_hub_store_committed_total{kind=\"usage_record\"} 14",
-            "aigne_hub_store_committed_total{kind=\"reservation\"} 8",
+            "aigne_hub_store_committed_total{kind=\"reservation\"} 9",
             "aigne_hub_store_failed_batches_total 1",
-            "aigne_hub_store_commit_calls_bucket{le=\"1\"} 1",
-            "aigne_hub_store_commit_calls_bucket{le=\"4\"} 1",
-            "aigne_hub_store_commit_calls_bucket{le=\"8\"} 2",
-            "aigne_hub_store_commit_calls_bucket{le=\"16\"} 3",
-            "aigne_hub_store_commit_calls_bucket{le=\"+Inf\"} 3",
-            "aigne_hub_store_commit_calls_sum 22",
-            "aigne_hub_store_commit_calls_count 3",
-            "aigne_hub_store_commit_seconds_bucket{le=\"0.00005\"} 1",
-            "aigne_hub_store_commit_seconds_bucket{le=\"0.00025\"} 2",
-            "aigne_hub_store_commit_seconds_bucket{le=\"0.001\"} 2",
-            "aigne_hub_store_commit_seconds_bucket{le=\"0.005\"} 3",
-            "aigne_hub_store_commit_seconds_sum 0.00316",
-            "aigne_hub_store_commit_seconds_count 3",
+            "aigne_hub_store_commit_calls_bucket{le=\"1\"} 2",
+            "aigne_hub_store_commit_calls_bucket{le=\"4\"} 2",
+            "aigne_hub_store_commit_calls_bucket{le=\"8\"} 3",
+            "aigne_hub_store_commit_calls_bucket{le=\"16\"} 4",
+            "aigne_hub_store_commit_calls_bucket{le=\"+Inf\"} 4",
+            "aigne_hub_store_commit_calls_sum 23",
+            "aigne_hub_store_commit_calls_count 4",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.00005\"} 2",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.00025\"} 3",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.001\"} 3",
+            "aigne_hub_store_commit_seconds_bucket{le=\"0.005\"} 4",
+            "aigne_hub_store_commit_seconds_sum 0.00319",
+            "aigne_hub_store_commit_seconds_count 4",
             "# TYPE aigne_hub_store_commit_seconds histogram",
         ] {
             assert!(o.lines().any(|l| l == line), "no `{line}` in\n{o}");

@@ -431,6 +431,10 @@ async fn cost_counters_equal_the_sum_of_the_usage_records() {
         Some(commits)
     );
     assert_eq!(sample("aigne_hub_store_failed_batches_total "), Some(0));
+    // The calls came one after another, so the store was idle at each reservation: they
+    // committed on the callers' threads (one by one, never more than the reservations).
+    let inline = sample("aigne_hub_store_inline_commits_total ").unwrap_or(0);
+    assert!((1..=4).contains(&inline) && inline <= commits, "{text}");
 }
 
 async fn put_timeouts(srv: &Server, key: &str, provider: &str, body: Value) -> (u16, Value) {
