@@ -510,7 +510,7 @@ pub fn render_commits(o: &mut String, s: &CommitStats) {
         o,
         "aigne_hub_store_inline_commits_total",
         "counter",
-        "Of those commits, the ones a lone reservation made on its caller's thread, the store being idle.",
+        "Of those commits, the ones a lone call's write made on its caller's thread, the store being idle.",
     );
     let _ = writeln!(
         o,

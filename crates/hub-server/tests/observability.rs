@@ -431,10 +431,11 @@ async fn cost_counters_equal_the_sum_of_the_usage_records() {
         Some(commits)
     );
     assert_eq!(sample("aigne_hub_store_failed_batches_total "), Some(0));
-    // The calls came one after another, so the store was idle at each reservation: they
-    // committed on the callers' threads (one by one, never more than the reservations).
+    // The calls came one after another, so the store was idle at each write and each call was
+    // the only one in flight: their reservations and records committed on the callers'
+    // threads (all nine, or a few fewer where the heartbeat held the writer connection).
     let inline = sample("aigne_hub_store_inline_commits_total ").unwrap_or(0);
-    assert!((1..=4).contains(&inline) && inline <= commits, "{text}");
+    assert!((5..=9).contains(&inline) && inline <= commits, "{text}");
 }
 
 async fn put_timeouts(srv: &Server, key: &str, provider: &str, body: Value) -> (u16, Value) {

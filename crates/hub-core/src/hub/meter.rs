@@ -157,6 +157,8 @@ pub(crate) struct StreamMeter {
     pub(crate) permit: Option<crate::policy::Permit>,
     /// The credit held for this stream; settled with the record.
     pub(crate) hold: Hold,
+    /// Counts the stream as a call in flight until the meter is dropped.
+    pub(crate) _call: super::CallGuard,
 }
 
 impl StreamMeter {

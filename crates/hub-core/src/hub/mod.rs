@@ -17,7 +17,7 @@ mod snapshot;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -142,6 +142,15 @@ impl CallContext {
     }
 }
 
+/// One call in flight (`Hub::call_started`), until dropped.
+pub(crate) struct CallGuard(Arc<AtomicUsize>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One item of a metered stream.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
@@ -195,6 +204,9 @@ struct Inner {
     /// Streams holding a reservation, by request id: the heartbeat persists what each has
     /// delivered (billing.rs).
     in_flight: Mutex<FastMap<String, Arc<billing::InFlight>>>,
+    /// Calls in flight: `chat`, `embeddings` and `images` while they run, a stream until its
+    /// meter is dropped (`CallGuard`). The store reads it (`Store::set_calls_in_flight`).
+    calls: Arc<AtomicUsize>,
     /// This process's id in the ledger (its reservations are released if it stops beating).
     instance: String,
     /// `Some` only when auth is switched off for a benchmark (`HUB_BENCH_DISABLE=auth`): every
@@ -279,6 +291,8 @@ impl Hub {
         seed_builtin_prices(store.as_ref(), &pricing).await?;
         let billing_cfg = load_billing_config(store.as_ref(), &opts.billing).await?;
         let (ledger, ledger_task) = LedgerWriter::start(store.clone());
+        let calls = Arc::new(AtomicUsize::new(0));
+        store.set_calls_in_flight(calls.clone());
         let inner = Arc::new(Inner {
             store,
             vault: ArcSwap::from_pointee(vault),
@@ -310,6 +324,7 @@ impl Hub {
             ledger_task: Mutex::new(Some(ledger_task)),
             upkeep: Mutex::new(None),
             in_flight: Mutex::new(FastMap::default()),
+            calls,
             instance: format!("inst_{}", uuid::Uuid::new_v4().simple()),
             unauthenticated_as,
             switches: opts.switches,
@@ -557,12 +572,19 @@ impl Hub {
             .list(&self.configured_providers(), model_type)
     }
 
+    /// Counts a call in flight until the guard is dropped.
+    fn call_started(&self) -> CallGuard {
+        self.inner.calls.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.inner.calls.clone())
+    }
+
     /// Non-streaming chat, metered and recorded before it returns.
     pub async fn chat(
         &self,
         ctx: &CallContext,
         req: ChatRequest,
     ) -> Result<ChatResponse, HubError> {
+        let _call = self.call_started();
         let permit = self
             .admit_or_record(ctx, "chat", &req.model, false, || chat_estimate(&req))
             .await?;
@@ -609,6 +631,7 @@ impl Hub {
         ctx: CallContext,
         req: ChatRequest,
     ) -> Result<HubStream, HubError> {
+        let call = self.call_started();
         let permit = self
             .admit_or_record(&ctx, "chat", &req.model, true, || chat_estimate(&req))
             .await?;
@@ -654,6 +677,7 @@ impl Hub {
             delivered,
             permit: Some(permit),
             hold,
+            _call: call,
         };
         Ok(Box::pin(metered_stream(meter, upstream, first, provider)))
     }
@@ -663,6 +687,7 @@ impl Hub {
         ctx: &CallContext,
         req: EmbeddingsRequest,
     ) -> Result<EmbeddingsResponse, HubError> {
+        let _call = self.call_started();
         let permit = self
             .admit_or_record(ctx, "embeddings", &req.model, false, || {
                 req.texts().iter().map(|t| crate::tokenize::count(t)).sum()
@@ -713,6 +738,7 @@ impl Hub {
         ctx: &CallContext,
         req: ImagesRequest,
     ) -> Result<ImagesResponse, HubError> {
+        let _call = self.call_started();
         let permit = self
             .admit_or_record(ctx, "images", &req.model, false, || 0)
             .await?;

@@ -45,8 +45,9 @@ pub struct CommitStats {
     pub commit_us: Vec<u64>,
     /// The sum of those times, in microseconds.
     pub commit_us_sum: u64,
-    /// Of `commits`, those a lone call's write made on its own thread, the store being idle
-    /// (the rest are the writer thread's group commits).
+    /// Of `commits`, those a lone call's write (its reservation, or its usage record when it
+    /// was the hub's only call in flight) made on its own thread, the store being idle (the
+    /// rest are the writer thread's group commits).
     pub inline_commits: u64,
 }
 

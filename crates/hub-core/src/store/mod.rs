@@ -236,4 +236,9 @@ pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'sta
     fn commit_stats(&self) -> Option<commits::CommitStats> {
         None
     }
+
+    /// The hub's count of calls in flight, which a group-committing store may read to commit a
+    /// lone call's usage record at once rather than hand it to its writer. The first hub to
+    /// open over a store sets it; a store that does not use it ignores it.
+    fn set_calls_in_flight(&self, _calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) {}
 }

@@ -387,8 +387,8 @@ enum HotOp {
     },
 }
 
-/// A reservation commits on its caller's thread only when the store is idle: nothing is queued
-/// for the writer thread and no commit ended in the last [`LONE_GAP`]. Under load commits follow
+/// A lone call's write commits on its caller's thread only when the store is idle: nothing is
+/// queued for the writer thread and no commit ended in the last [`LONE_GAP`] (`submit`). Under load commits follow
 /// each other closely (the next batch is queued while one commits), so writes go to the thread
 /// and are group-committed.
 struct HotPace {
@@ -399,11 +399,13 @@ struct HotPace {
     last_end_ns: AtomicU64,
     /// Ops sent to the writer thread and not yet taken off its queue.
     queued: AtomicUsize,
+    /// The hub's calls in flight (`Store::set_calls_in_flight`), if a hub set it.
+    calls: std::sync::OnceLock<Arc<AtomicUsize>>,
 }
 
 const NEVER: u64 = u64::MAX;
 
-/// How long the store must have been quiet for a lone reservation to commit on its caller's
+/// How long the store must have been quiet for a lone call's write to commit on its caller's
 /// thread. At concurrency 1 the gap between two commits is a round trip to the caller or the
 /// upstream; under load the next commit starts at once.
 const LONE_GAP: std::time::Duration = std::time::Duration::from_micros(20);
@@ -415,7 +417,15 @@ impl HotPace {
             gap_ns: u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX),
             last_end_ns: AtomicU64::new(NEVER),
             queued: AtomicUsize::new(0),
+            calls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the hub has no call in flight but (at most) the one writing.
+    fn alone(&self) -> bool {
+        self.calls
+            .get()
+            .is_some_and(|c| c.load(Ordering::Acquire) <= 1)
     }
 
     fn now_ns(&self) -> u64 {
@@ -459,7 +469,7 @@ impl HotOp {
 /// BENCHMARKS.md, fourteenth session). The writer task runs after the request tasks that woke
 /// it, so its batch already holds them.
 ///
-/// A lone reservation on an idle store skips this thread (`SqliteStore::submit`).
+/// A lone call's write on an idle store skips this thread (`SqliteStore::submit`).
 fn run_hot_writer(
     conn: Arc<Mutex<Connection>>,
     zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>>,
@@ -478,7 +488,7 @@ fn run_hot_writer(
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        // Taken off the queue: a lone reservation may commit on its caller's thread again once
+        // Taken off the queue: a lone call's write may commit on its caller's thread again once
         // these are in (`SqliteStore::submit`).
         pace.queued.fetch_sub(ops.len(), Ordering::AcqRel);
         let mut guard = conn.lock();
@@ -914,7 +924,7 @@ impl SqliteStore {
     /// the commit.
     ///
     /// Writes go to the writer thread, which commits them with whatever else is queued, except
-    /// a lone reservation on an idle store (`submit`).
+    /// a lone call's write on an idle store (`submit`).
     async fn hot_write<T>(
         &self,
         op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> HotOp,
@@ -938,16 +948,22 @@ impl SqliteStore {
     /// 171 µs of CPU (BENCHMARKS.md, twentieth session). A hold is a small transaction (its
     /// row and the account's), so committing it alone costs little.
     ///
-    /// Usage records always go to the thread. Committed alone too, they made concurrency 1
-    /// faster still (2.3 switches, 143 µs), but a hub under moderate load (64 calls to a 60 ms
-    /// upstream, ~1,000 calls/s) then committed 2.3 calls a transaction instead of 6.4, and
-    /// its CPU per call rose by a quarter: a record with its capture and roll-ups is most of the
-    /// pages a call writes, and those batch. Without the gap, a loaded hub committed every
-    /// call's write alone: the writers' tasks found one call queued at each turn, and CPU per
-    /// call at concurrency 64 more than doubled (40 → 91 µs).
+    /// A usage record commits here only when its call is the only one in flight in the hub
+    /// (`HotPace::alone`, the hub's count): then nothing could join its batch anyway, and
+    /// concurrency 1 drops to the floor's 2 switches a call. Committed here whenever the store
+    /// was idle, records made a hub under moderate load (64 calls to a 60 ms upstream, ~1,000
+    /// calls/s) commit 2.3 calls a transaction instead of 6.4 and use a quarter more CPU a
+    /// call: a record with its capture and roll-ups is most of the pages a call writes, and
+    /// those batch. Without the gap, a loaded hub committed every call's write alone: the
+    /// writers' tasks found one call queued at each turn, and CPU per call at concurrency 64
+    /// more than doubled (40 → 91 µs).
     fn submit(&self, op: HotOp) -> Result<(), HotOp> {
-        if op.calls() == 1
-            && matches!(op, HotOp::Reserve { .. })
+        let lone = op.calls() == 1
+            && match &op {
+                HotOp::Reserve { .. } => true,
+                HotOp::Usage { .. } => self.pace.alone(),
+            };
+        if lone
             && self.pace.idle()
             && let Some(mut conn) = self.writer.try_lock()
         {
@@ -1336,6 +1352,11 @@ impl Store for SqliteStore {
         .map(drop)
     }
 
+    fn set_calls_in_flight(&self, calls: Arc<AtomicUsize>) {
+        // A second hub over the same store keeps the first one's count.
+        let _ = self.pace.calls.set(calls);
+    }
+
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         self.insert_usage_owned(records.to_vec()).await.1
     }
@@ -1721,8 +1742,9 @@ mod tests {
         assert!(none.idle());
     }
 
-    /// A lone reservation on an idle store commits on the caller's thread; usage records and
-    /// batches go to the writer thread; both leave the same rows and ledger.
+    /// A lone reservation on an idle store commits on the caller's thread, and so does a usage
+    /// record when the hub counts its call as the only one in flight; other records and batches
+    /// go to the writer thread; both leave the same rows and ledger.
     #[tokio::test]
     async fn a_lone_reservation_commits_on_its_callers_thread_the_rest_on_the_writers()
     -> Result<(), StoreError> {
@@ -1750,7 +1772,23 @@ mod tests {
         let s = stats();
         assert_eq!((s.commits, s.inline_commits), (4, 1), "{s:?}");
         assert_eq!((s.usage_records, s.reservations), (3, 3));
-        assert_ledger(&store, (910, 0), (0, 3)).await?;
+        // With the hub's count of calls in flight: a lone call's record commits on its thread,
+        // one of two calls in flight goes to the writer thread.
+        let calls = Arc::new(AtomicUsize::new(1));
+        store.set_calls_in_flight(calls.clone());
+        quiet().await;
+        store.reserve(&[hold("d")]).await?;
+        quiet().await;
+        store.insert_usage(&[billed("d", 30)]).await?;
+        assert_eq!(stats().inline_commits, 3, "{:?}", stats());
+        calls.store(2, Ordering::Release);
+        quiet().await;
+        store.reserve(&[hold("e")]).await?;
+        quiet().await;
+        store.insert_usage(&[billed("e", 30)]).await?;
+        let s = stats();
+        assert_eq!((s.commits, s.inline_commits), (8, 4), "{s:?}");
+        assert_ledger(&store, (850, 0), (0, 5)).await?;
         Ok(())
     }
 
