@@ -388,9 +388,9 @@ enum HotOp {
 }
 
 /// A lone call's write commits on its caller's thread only when the store is idle: nothing is
-/// queued for the writer thread and no commit ended in the last [`LONE_GAP`] (`submit`). Under load commits follow
-/// each other closely (the next batch is queued while one commits), so writes go to the thread
-/// and are group-committed.
+/// queued for the writer thread and no commit ended in the last [`LONE_GAP`] (`submit`). Under
+/// load commits follow each other closely (the next batch is queued while one commits), so
+/// writes go to the thread and are group-committed.
 struct HotPace {
     epoch: std::time::Instant,
     /// How long the store must have been quiet ([`LONE_GAP`]).
