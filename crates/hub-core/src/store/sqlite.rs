@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -391,6 +391,12 @@ enum HotOp {
 /// queued for the writer thread and no commit ended in the last [`LONE_GAP`] (`submit`). Under
 /// load commits follow each other closely (the next batch is queued while one commits), so
 /// writes go to the thread and are group-committed.
+///
+/// Nor when the next commit may sync the disk, which takes milliseconds and would hold up every
+/// other task of the caller's tokio worker: when the WAL is to start again from its beginning
+/// (a checkpoint copied all of it, and the commit that starts it again syncs its new header), or
+/// when it is within [`CHECKPOINT_MARGIN_FRAMES`] of the writer's own checkpoint (the commit that
+/// crosses it copies the WAL and syncs both files). Those commits go to the writer thread.
 struct HotPace {
     epoch: std::time::Instant,
     /// How long the store must have been quiet ([`LONE_GAP`]).
@@ -401,9 +407,24 @@ struct HotPace {
     queued: AtomicUsize,
     /// The hub's calls in flight (`Store::set_calls_in_flight`), if a hub set it.
     calls: std::sync::OnceLock<Arc<AtomicUsize>>,
+    /// Frames in the WAL after the writer's last commit (its WAL hook, `count_wal_frames`).
+    wal_frames: AtomicU32,
+    /// Times the WAL has started again from its beginning (the WAL hook).
+    restarts: AtomicU64,
+    /// A checkpoint copied the whole WAL while `restarts` was this, so the next write
+    /// transaction starts it again and syncs its header, unless `restarts` has moved past it
+    /// since (`NEVER`: no checkpoint left it so).
+    restart_due_at: AtomicU64,
+    /// Frames in the WAL from which a commit may cross the writer's checkpoint threshold.
+    inline_frames: u32,
 }
 
 const NEVER: u64 = u64::MAX;
+
+/// How close (in WAL frames) to the writer's checkpoint threshold a commit stops being made on a
+/// caller's thread. A lone call's commit adds a few frames; the largest hot batches, a few
+/// hundred.
+const CHECKPOINT_MARGIN_FRAMES: u32 = 1_000;
 
 /// How long the store must have been quiet for a lone call's write to commit on its caller's
 /// thread. At concurrency 1 the gap between two commits is a round trip to the caller or the
@@ -411,14 +432,38 @@ const NEVER: u64 = u64::MAX;
 const LONE_GAP: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl HotPace {
-    fn new(gap: std::time::Duration) -> HotPace {
+    /// `writer_frames`: the writer's checkpoint threshold (`CheckpointPolicy::writer_frames`).
+    fn new(gap: std::time::Duration, writer_frames: u32) -> HotPace {
         HotPace {
             epoch: std::time::Instant::now(),
             gap_ns: u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX),
             last_end_ns: AtomicU64::new(NEVER),
             queued: AtomicUsize::new(0),
             calls: std::sync::OnceLock::new(),
+            wal_frames: AtomicU32::new(0),
+            restarts: AtomicU64::new(0),
+            restart_due_at: AtomicU64::new(NEVER),
+            inline_frames: writer_frames.saturating_sub(CHECKPOINT_MARGIN_FRAMES),
         }
+    }
+
+    /// Whether the next commit may sync the WAL or the database file (see the type's doc).
+    fn sync_ahead(&self) -> bool {
+        let due = self.restart_due_at.load(Ordering::Acquire);
+        (due != NEVER && self.restarts.load(Ordering::Acquire) <= due)
+            || self.wal_frames.load(Ordering::Acquire) >= self.inline_frames
+    }
+
+    /// After a checkpoint that began when `restarts` was `before`: whether it copied every
+    /// frame of the WAL (`log` frames, `copied` of them), which makes the next write
+    /// transaction start the WAL again.
+    fn checkpointed(&self, before: u64, log: i64, copied: i64) {
+        let due = if log > 0 && copied == log {
+            before
+        } else {
+            NEVER
+        };
+        self.restart_due_at.store(due, Ordering::Release);
     }
 
     /// Whether the hub has no call in flight but (at most) the one writing.
@@ -437,7 +482,7 @@ impl HotPace {
     }
 
     fn idle(&self) -> bool {
-        if self.queued.load(Ordering::Acquire) != 0 {
+        if self.queued.load(Ordering::Acquire) != 0 || self.sync_ahead() {
             return false;
         }
         let last = self.last_end_ns.load(Ordering::Acquire);
@@ -696,11 +741,12 @@ struct Checkpointer {
 
 impl Checkpointer {
     /// `written`: frames the writer has committed since the store opened (its WAL hook counts
-    /// them, `count_wal_frames`).
+    /// them, `count_wal_frames`). `pace` learns when a checkpoint leaves the WAL to start again.
     fn start(
         path: &Path,
         policy: CheckpointPolicy,
         written: Arc<AtomicU64>,
+        pace: Arc<HotPace>,
     ) -> Result<Checkpointer, StoreError> {
         let conn = open_conn(path)?;
         let (stop, rx) = std::sync::mpsc::channel::<()>();
@@ -724,11 +770,7 @@ impl Checkpointer {
                     if due {
                         seen = now;
                         last = Some(std::time::Instant::now());
-                        if let Err(e) =
-                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                        {
-                            tracing::warn!(error = %e, "WAL checkpoint failed");
-                        }
+                        checkpoint_passive(&conn, &pace);
                     }
                     if closing {
                         break;
@@ -740,6 +782,19 @@ impl Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// One look's checkpoint: copies what it can of the WAL into the database file without taking the
+/// write lock, and tells `pace` whether it copied all of it (then the next commit starts the WAL
+/// again and syncs its header).
+fn checkpoint_passive(conn: &Connection, pace: &HotPace) {
+    let before = pace.restarts.load(Ordering::Acquire);
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((log, copied)) => pace.checkpointed(before, log, copied),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
     }
 }
 
@@ -781,11 +836,13 @@ impl CheckpointPolicy {
 /// the same (a PASSIVE checkpoint by the committing connection once the WAL holds
 /// `writer_frames` frames; an error is logged, not returned, as SQLite's own hook ignores it: the
 /// commit has happened) and also counts the frames each commit adds into `written`, for the
-/// checkpoint thread.
+/// checkpoint thread, and keeps `pace`'s view of the WAL (its frames, its restarts, a restart
+/// due after its own checkpoint).
 fn count_wal_frames(
     conn: &mut Connection,
     writer_frames: u32,
     written: Arc<AtomicU64>,
+    pace: Arc<HotPace>,
 ) -> Result<(), StoreError> {
     let threshold = i32::try_from(writer_frames).unwrap_or(i32::MAX);
     let mut after_last = 0i32;
@@ -795,14 +852,19 @@ fn count_wal_frames(
             let added = if frames >= after_last {
                 frames - after_last
             } else {
+                pace.restarts.fetch_add(1, Ordering::AcqRel);
                 frames
             };
             after_last = frames;
             written.fetch_add(u64::try_from(added).unwrap_or(0), Ordering::Release);
-            if frames >= threshold
-                && let Err(e) = wal.checkpoint()
-            {
-                tracing::warn!(error = %e, "WAL checkpoint by the writer failed");
+            pace.wal_frames
+                .store(u32::try_from(frames).unwrap_or(0), Ordering::Release);
+            if frames >= threshold {
+                let before = pace.restarts.load(Ordering::Acquire);
+                match wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
+                    Ok((log, copied)) => pace.checkpointed(before, log.into(), copied.into()),
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint by the writer failed"),
+                }
             }
             Ok(())
         },
@@ -876,16 +938,23 @@ impl SqliteStore {
 
     fn open_with(path: &Path, checkpoints: CheckpointPolicy) -> Result<SqliteStore, StoreError> {
         let mut writer = open_conn(path)?;
-        migrate(&mut writer)?;
         let written = Arc::new(AtomicU64::new(0));
-        count_wal_frames(&mut writer, checkpoints.writer_frames, written.clone())?;
+        let pace = Arc::new(HotPace::new(LONE_GAP, checkpoints.writer_frames));
+        // Before the migrations, so that the hook knows the frames they leave in the WAL (and so
+        // sees the WAL start again after them).
+        count_wal_frames(
+            &mut writer,
+            checkpoints.writer_frames,
+            written.clone(),
+            pace.clone(),
+        )?;
+        migrate(&mut writer)?;
         let reader = open_conn(path)?;
         let writer = Arc::new(Mutex::new(writer));
         let report_zones: Arc<parking_lot::RwLock<Arc<Vec<crate::ledger::report::ReportZone>>>> =
             Arc::default();
         let (hot, hot_rx) = tokio::sync::mpsc::unbounded_channel();
         let commits = Arc::new(CommitCounters::default());
-        let pace = Arc::new(HotPace::new(LONE_GAP));
         {
             let (conn, zones, counters, pace) = (
                 writer.clone(),
@@ -898,6 +967,7 @@ impl SqliteStore {
                 .spawn(move || run_hot_writer(conn, zones, hot_rx, counters, pace))
                 .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         }
+        let checkpointer = Checkpointer::start(path, checkpoints, written, pace.clone())?;
         Ok(SqliteStore {
             writer,
             reader: Arc::new(Mutex::new(reader)),
@@ -905,7 +975,7 @@ impl SqliteStore {
             hot,
             pace,
             commits,
-            _checkpointer: Arc::new(Checkpointer::start(path, checkpoints, written)?),
+            _checkpointer: Arc::new(checkpointer),
         })
     }
 
@@ -957,6 +1027,10 @@ impl SqliteStore {
     /// those batch. Without the gap, a loaded hub committed every call's write alone: the
     /// writers' tasks found one call queued at each turn, and CPU per call at concurrency 64
     /// more than doubled (40 → 91 µs).
+    ///
+    /// A commit that may sync the disk (`HotPace::sync_ahead`) goes to the thread whatever the
+    /// op: a sync takes milliseconds, and on a caller's thread it would stall every task of that
+    /// tokio worker.
     fn submit(&self, op: HotOp) -> Result<(), HotOp> {
         let lone = op.calls() == 1
             && match &op {
@@ -1729,17 +1803,37 @@ mod tests {
     /// no commit in the last gap (a store that never committed is idle).
     #[test]
     fn the_store_is_idle_when_nothing_is_queued_and_no_commit_is_recent() {
-        let long = HotPace::new(std::time::Duration::from_secs(3_600));
+        let long = HotPace::new(std::time::Duration::from_secs(3_600), u32::MAX);
         assert!(long.idle(), "a store that never committed is idle");
         long.committed();
         assert!(!long.idle(), "a commit within the gap");
-        let none = HotPace::new(std::time::Duration::ZERO);
+        let none = HotPace::new(std::time::Duration::ZERO, 5_000);
         none.committed();
         assert!(none.idle(), "the gap has passed");
         none.queued.fetch_add(1, Ordering::AcqRel);
         assert!(!none.idle(), "an op is queued for the writer thread");
         none.queued.fetch_sub(1, Ordering::AcqRel);
         assert!(none.idle());
+        // A checkpoint that copied the whole WAL: the next commit starts it again (and syncs),
+        // until the WAL hook has seen it start again.
+        none.checkpointed(0, 40, 40);
+        assert!(!none.idle(), "the WAL is to start again");
+        none.restarts.fetch_add(1, Ordering::AcqRel);
+        assert!(none.idle(), "it started again");
+        none.checkpointed(1, 40, 38);
+        assert!(none.idle(), "frames left to copy: the WAL goes on");
+        none.checkpointed(1, 0, 0);
+        assert!(none.idle(), "an empty WAL does not start again");
+        // Near the writer's own checkpoint (5,000 frames here).
+        none.wal_frames
+            .store(5_000 - CHECKPOINT_MARGIN_FRAMES - 1, Ordering::Release);
+        assert!(none.idle());
+        none.wal_frames
+            .store(5_000 - CHECKPOINT_MARGIN_FRAMES, Ordering::Release);
+        assert!(
+            !none.idle(),
+            "the next commits may cross the writer's checkpoint"
+        );
     }
 
     /// A lone reservation on an idle store commits on the caller's thread, and so does a usage
@@ -1750,7 +1844,9 @@ mod tests {
     -> Result<(), StoreError> {
         use crate::ledger::LedgerStore as _;
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
-        let store = SqliteStore::open(&dir.path().join("hub.db"))?;
+        // No checkpoint thread look in the test's time: one that copies the whole WAL sends
+        // the next commit to the writer thread (`a_commit_that_may_sync_goes_to_the_writer_thread`).
+        let store = SqliteStore::open_with(&dir.path().join("hub.db"), no_looks())?;
         let stats = || store.commit_stats().unwrap_or_default();
         let quiet = || tokio::time::sleep(std::time::Duration::from_millis(5));
         store.grant(&grant("g", 1_000)).await?;
@@ -1789,6 +1885,105 @@ mod tests {
         let s = stats();
         assert_eq!((s.commits, s.inline_commits), (8, 4), "{s:?}");
         assert_ledger(&store, (850, 0), (0, 5)).await?;
+        Ok(())
+    }
+
+    /// A checkpoint policy whose thread never looks while a test runs (it checkpoints once, as
+    /// the store closes).
+    fn no_looks() -> CheckpointPolicy {
+        let hour = std::time::Duration::from_secs(3_600);
+        CheckpointPolicy {
+            every: hour,
+            pending_frames: u64::MAX,
+            at_least_every: hour,
+            writer_frames: WRITER_AUTOCHECKPOINT_PAGES,
+        }
+    }
+
+    /// A lone write does not commit on its caller's thread when that commit may sync the disk:
+    /// right after a checkpoint copied the whole WAL (the commit starts it again and syncs its
+    /// header), and near the writer's own checkpoint threshold (the commit that crosses it
+    /// copies the WAL and syncs both files). Such a commit goes to the writer thread, and lone
+    /// writes commit inline again once it is done.
+    #[tokio::test]
+    async fn a_commit_that_may_sync_goes_to_the_writer_thread() -> Result<(), StoreError> {
+        use crate::ledger::LedgerStore as _;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let path = dir.path().join("hub.db");
+        // Lone commits inline below 60 frames of WAL; the writer checkpoints at 1,060.
+        let store = SqliteStore::open_with(
+            &path,
+            CheckpointPolicy {
+                writer_frames: CHECKPOINT_MARGIN_FRAMES + 60,
+                ..no_looks()
+            },
+        )?;
+        let inline = || store.commit_stats().unwrap_or_default().inline_commits;
+        let quiet = || tokio::time::sleep(std::time::Duration::from_millis(1));
+        let restarts = || store.pace.restarts.load(Ordering::Acquire);
+        store.grant(&grant("g", 1_000_000)).await?;
+        // The migrations filled the WAL past the 60 frames: the first write starts it again
+        // after a checkpoint that copies it all, as the checkpoint thread's look does.
+        let other = open_conn(&path)?;
+        checkpoint_passive(&other, &store.pace);
+        quiet().await;
+        store.reserve(&[hold("a")]).await?;
+        assert_eq!(
+            (inline(), restarts()),
+            (0, 1),
+            "the WAL started again on the thread"
+        );
+        quiet().await;
+        store.reserve(&[hold("b")]).await?;
+        assert_eq!(inline(), 1, "an idle store, a WAL far from any checkpoint");
+        checkpoint_passive(&other, &store.pace);
+        quiet().await;
+        store.reserve(&[hold("c")]).await?;
+        assert_eq!(
+            (inline(), restarts()),
+            (1, 2),
+            "after a whole copy: to the thread"
+        );
+        // Lone holds until the WAL nears the writer's threshold, crosses it (the writer's
+        // checkpoint copies it all) and starts again.
+        let mut went_inline = 0;
+        let mut near = 0;
+        for i in 0..2_000 {
+            if restarts() == 3 {
+                break;
+            }
+            let frames = store.pace.wal_frames.load(Ordering::Acquire);
+            let before = inline();
+            quiet().await;
+            store.reserve(&[hold(&format!("h{i}"))]).await?;
+            if inline() > before {
+                went_inline += 1;
+                assert!(frames < 60, "{frames} frames in the WAL: committed inline");
+            } else {
+                near += 1;
+                assert!(
+                    frames >= 60 || restarts() == 3,
+                    "{frames} frames in the WAL: went to the thread"
+                );
+            }
+        }
+        assert_eq!(
+            restarts(),
+            3,
+            "the writer's checkpoint started the WAL again"
+        );
+        assert!(
+            went_inline > 5 && near > 100,
+            "{went_inline} inline, {near} not"
+        );
+        let before = inline();
+        quiet().await;
+        store.reserve(&[hold("z")]).await?;
+        assert_eq!(
+            inline(),
+            before + 1,
+            "inline again once the WAL started again"
+        );
         Ok(())
     }
 
@@ -2185,7 +2380,8 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
         let mut conn = open_conn(&dir.path().join("hub.db"))?;
         let written = Arc::new(AtomicU64::new(0));
-        count_wal_frames(&mut conn, u32::MAX, written.clone())?;
+        let pace = Arc::new(HotPace::new(LONE_GAP, u32::MAX));
+        count_wal_frames(&mut conn, u32::MAX, written.clone(), pace.clone())?;
         conn.execute_batch("CREATE TABLE t (x BLOB)")
             .map_err(db_err)?;
         let frames = |conn: &Connection| -> Result<(i64, i64), StoreError> {
@@ -2212,6 +2408,16 @@ mod tests {
                 "round {round}: {log} frames for 10 inserts of up to 28 KB"
             );
             let now = written.load(Ordering::Acquire);
+            assert_eq!(
+                pace.wal_frames.load(Ordering::Acquire),
+                u32::try_from(log).unwrap_or(0),
+                "round {round}: the frames in the WAL"
+            );
+            assert_eq!(
+                pace.restarts.load(Ordering::Acquire),
+                round,
+                "round {round}: times the WAL started again"
+            );
             if round == 0 {
                 // The first WAL also holds the table's creation, a commit of its own.
                 assert!(start > 0, "the table's creation counted no frame");
