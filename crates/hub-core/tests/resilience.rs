@@ -736,8 +736,72 @@ async fn stream_failing_before_the_first_event_is_retried_elsewhere() {
         "{m}"
     );
     assert!(m.contains("aigne_hub_streams_in_flight 0"), "{m}");
+    assert!(m.contains("aigne_hub_calls_in_flight 0"), "{m}");
     assert!(
         m.contains("aigne_hub_upstream_attempts_total{provider=\"openai\",result=\"failed\"} 1"),
         "{m}"
+    );
+}
+
+/// `/metrics` counts a call in flight from its start until it settles: a stream until it is
+/// dropped, a plain call while it waits for its upstream.
+#[tokio::test]
+async fn calls_in_flight_are_counted_until_they_settle() {
+    let openai = MockServer::start(Flavor::OpenAi).await;
+    // The fixture's time limits, with room for a stream held between chunks.
+    let fx = open(
+        vec![env(ProviderKind::OpenAi, openai.base_url(), &["sk-test"])],
+        |o| {
+            o.timeouts.idle = Duration::from_secs(10);
+            o.timeouts.total = Duration::from_secs(20);
+        },
+    )
+    .await;
+    let gauge = |hub: &Hub| {
+        let m = hub.metrics_text();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("aigne_hub_calls_in_flight "))
+            .map(str::to_string);
+        (hub.calls_in_flight(), line)
+    };
+    assert_eq!(
+        gauge(&fx.hub),
+        (0, Some("aigne_hub_calls_in_flight 0".into()))
+    );
+    // A stream whose next chunk is 5 s away stays in flight while it is held.
+    openai.push(
+        Script::text("one two three")
+            .with_chunks(3)
+            .with_chunk_delay_ms(5000),
+    );
+    let mut r = req("openai/gpt-4o-mini");
+    r.stream = true;
+    let mut s = fx.hub.chat_stream(ctx(), r).await.unwrap();
+    assert!(s.next().await.is_some(), "the first chunk");
+    assert_eq!(
+        gauge(&fx.hub),
+        (1, Some("aigne_hub_calls_in_flight 1".into()))
+    );
+    // A plain call whose upstream answers in 200 ms (the first-byte limit is 400), beside it.
+    openai.push(Script::text("late").with_first_byte_delay_ms(200));
+    let hub = fx.hub.clone();
+    let plain = tokio::spawn(async move { chat(&hub, "openai/gpt-4o-mini").await });
+    assert!(
+        eventually(Duration::from_secs(2), || fx.hub.calls_in_flight() == 2).await,
+        "the plain call is counted while it waits"
+    );
+    let (_, answer) = plain.await.unwrap();
+    assert_eq!(answer.unwrap(), "late");
+    assert_eq!(fx.hub.calls_in_flight(), 1, "the plain call settled");
+    // A dropped stream settles what was delivered; its call ends with its settlement.
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(2), || fx.hub.calls_in_flight() == 0).await,
+        "the dropped stream settled"
+    );
+    assert_eq!(
+        gauge(&fx.hub),
+        (0, Some("aigne_hub_calls_in_flight 0".into()))
     );
 }

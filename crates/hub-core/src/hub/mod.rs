@@ -578,6 +578,11 @@ impl Hub {
         CallGuard(self.inner.calls.clone())
     }
 
+    /// Calls in flight now (`call_started`): `/metrics`' `aigne_hub_calls_in_flight`.
+    pub fn calls_in_flight(&self) -> usize {
+        self.inner.calls.load(Ordering::Acquire)
+    }
+
     /// Non-streaming chat, metered and recorded before it returns.
     pub async fn chat(
         &self,

@@ -300,6 +300,7 @@ impl Hub {
     /// `GET /metrics` in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let mut o = self.inner.metrics.render(self.inner.health.open_circuits());
+        crate::metrics::render_calls_in_flight(&mut o, self.calls_in_flight());
         if let Some(s) = self.store().commit_stats() {
             crate::metrics::render_commits(&mut o, &s);
         }
