@@ -459,10 +459,12 @@ impl HotPace {
     /// WAL, `copied` of them copied: whether the WAL is now copied whole, which makes the next
     /// write transaction start it again. Not when frames were committed while it ran (the WAL
     /// holds more than it saw): then the WAL goes on, and under a steady stream of commits
-    /// that is every checkpoint.
+    /// that is every checkpoint. Before the writer's first commit (the WAL a previous process
+    /// left) its count says nothing, so a whole copy is taken at its word; a look that finds
+    /// frames landed sets the flag right again.
     fn checkpointed(&self, before: u64, log: i64, copied: i64) {
-        let whole =
-            log > 0 && copied == log && i64::from(self.wal_frames.load(Ordering::Acquire)) == log;
+        let frames = i64::from(self.wal_frames.load(Ordering::Acquire));
+        let whole = log > 0 && copied == log && (frames == log || frames == 0);
         let due = if whole { before } else { NEVER };
         self.restart_due_at.store(due, Ordering::Release);
     }
@@ -1833,6 +1835,13 @@ mod tests {
         none.wal_frames.store(0, Ordering::Release);
         none.checkpointed(1, 0, 0);
         assert!(none.idle(), "an empty WAL does not start again");
+        none.checkpointed(1, 40, 40);
+        assert!(
+            !none.idle(),
+            "a WAL left by another process, copied before the writer's first commit"
+        );
+        none.checkpointed(1, 40, 39);
+        assert!(none.idle(), "the next look sets it right");
         // Near the writer's own checkpoint (5,000 frames here).
         none.wal_frames
             .store(5_000 - CHECKPOINT_MARGIN_FRAMES - 1, Ordering::Release);
