@@ -805,3 +805,73 @@ async fn calls_in_flight_are_counted_until_they_settle() {
         (0, Some("aigne_hub_calls_in_flight 0".into()))
     );
 }
+
+/// The heartbeat persists every open stream's progress, more streams than one of its
+/// transactions takes (256): each open reservation carries what its stream delivered.
+#[tokio::test]
+async fn the_heartbeat_persists_the_progress_of_every_open_stream_in_batches() {
+    let openai = MockServer::start(Flavor::OpenAi).await;
+    let fx = open(
+        vec![env(ProviderKind::OpenAi, openai.base_url(), &["sk-test"])],
+        |o| {
+            o.timeouts.connect = Duration::from_secs(10);
+            o.timeouts.ttfb = Duration::from_secs(30);
+            o.timeouts.idle = Duration::from_secs(30);
+            o.timeouts.total = Duration::from_secs(60);
+            o.billing.mode = hub_core::pricing::BillingMode::Credits;
+            o.billing.starter_credits = "1000".parse().unwrap();
+            o.billing.heartbeat = Duration::from_millis(50);
+        },
+    )
+    .await;
+    const STREAMS: usize = 300;
+    // Each stream's first text comes 1.5 s after its start, the next 1.5 s later: all are
+    // open, each with something delivered, for a while.
+    for _ in 0..STREAMS {
+        openai.push(
+            Script::text("one two three")
+                .with_chunks(3)
+                .with_chunk_delay_ms(1_500),
+        );
+    }
+    let open_one = |hub: Hub| async move {
+        let mut r = req("openai/gpt-4o-mini");
+        r.stream = true;
+        let mut s = hub.chat_stream(ctx(), r).await.unwrap();
+        // Up to the first text: delivered, which is what a heartbeat persists.
+        loop {
+            match s.next().await {
+                Some(StreamItem::Event(hub_core::types::StreamEvent::TextDelta { .. })) => {
+                    return s;
+                }
+                Some(StreamItem::Event(_)) => {}
+                other => unreachable!("the stream ended before its first text: {other:?}"),
+            }
+        }
+    };
+    let open_streams =
+        futures::future::join_all((0..STREAMS).map(|_| open_one(fx.hub.clone()))).await;
+    let db = rusqlite::Connection::open(fx._dir.path().join("hub.db")).unwrap();
+    let counts = |db: &rusqlite::Connection| -> (i64, i64) {
+        db.query_row(
+            "SELECT COUNT(*), COUNT(delivered) FROM reservations",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while counts(&db).1 < STREAMS as i64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counts(&db),
+        (STREAMS as i64, STREAMS as i64),
+        "every open hold carries its stream's progress"
+    );
+    drop(open_streams);
+    assert!(
+        eventually(Duration::from_secs(5), || fx.hub.calls_in_flight() == 0).await,
+        "the dropped streams settled"
+    );
+}
