@@ -495,9 +495,6 @@ impl Metrics {
     }
 }
 
-/// The hot-path writer's group commits (`Store::commit_stats`), appended to the exposition:
-/// commits, the calls and failed batches they carried, and two histograms, calls per commit and
-/// seconds per commit.
 /// The hub's calls in flight: chat (plain and streamed), embeddings and images, from the call's
 /// start to its settlement (a stream's until its meter drops).
 pub fn render_calls_in_flight(o: &mut String, calls: usize) {
@@ -510,6 +507,9 @@ pub fn render_calls_in_flight(o: &mut String, calls: usize) {
     let _ = writeln!(o, "aigne_hub_calls_in_flight {calls}");
 }
 
+/// The hot-path writer's group commits (`Store::commit_stats`), appended to the exposition:
+/// commits, the calls and failed batches they carried, and two histograms, calls per commit and
+/// seconds per commit.
 pub fn render_commits(o: &mut String, s: &CommitStats) {
     head(
         o,

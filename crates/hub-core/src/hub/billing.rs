@@ -805,18 +805,14 @@ impl Hub {
         // stream's record put the hub's peak RSS at 237 MB, batches at 225 (BENCHMARKS.md,
         // twenty-first session).
         let streams: Vec<Arc<InFlight>> = self.inner.in_flight.lock().values().cloned().collect();
-        let mut batches = streams.chunks(HEARTBEAT_STREAMS);
-        let mut batch = batches.next().unwrap_or(&[]);
-        loop {
+        if streams.is_empty() {
+            store.heartbeat(&self.inner.instance, now, &[]).await?;
+        }
+        for batch in streams.chunks(HEARTBEAT_STREAMS) {
             let (records, marks) = self.delivered_so_far(batch);
             store.heartbeat(&self.inner.instance, now, &records).await?;
-            drop(records);
             for (f, mark) in marks {
                 f.delivered.lock().persisted = Some(mark);
-            }
-            match batches.next() {
-                Some(next) => batch = next,
-                None => break,
             }
         }
         let stale_before = now - 5 * d.heartbeat.as_millis() as i64;
