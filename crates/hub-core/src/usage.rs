@@ -123,8 +123,10 @@ async fn run(
     observer: Option<Arc<dyn UsageObserver>>,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut records: Vec<UsageRecord> = Vec::with_capacity(MAX_BATCH);
+    // Grown by the batches that come (to at most MAX_BATCH), not allocated for the largest
+    // up front: an idle hub should not hold ~0.5 MB for them.
+    let mut batch: Vec<Job> = Vec::new();
+    let mut records: Vec<UsageRecord> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {

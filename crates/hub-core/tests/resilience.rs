@@ -102,7 +102,7 @@ async fn stream(hub: &Hub, model: &str) -> (String, Result<(String, Option<HubEr
     let id = c.request_id.clone();
     let mut r = req(model);
     r.stream = true;
-    let s = match hub.chat_stream(c, r).await {
+    let s = match hub.chat_stream(&c, r).await {
         Ok(s) => s,
         Err(e) => return (id, Err(e)),
     };
@@ -777,7 +777,7 @@ async fn calls_in_flight_are_counted_until_they_settle() {
     );
     let mut r = req("openai/gpt-4o-mini");
     r.stream = true;
-    let mut s = fx.hub.chat_stream(ctx(), r).await.unwrap();
+    let mut s = fx.hub.chat_stream(&ctx(), r).await.unwrap();
     assert!(s.next().await.is_some(), "the first chunk");
     assert_eq!(
         gauge(&fx.hub),
@@ -837,7 +837,7 @@ async fn the_heartbeat_persists_the_progress_of_every_open_stream_in_batches() {
     let open_one = |hub: Hub| async move {
         let mut r = req("openai/gpt-4o-mini");
         r.stream = true;
-        let mut s = hub.chat_stream(ctx(), r).await.unwrap();
+        let mut s = hub.chat_stream(&ctx(), r).await.unwrap();
         // Up to the first text: delivered, which is what a heartbeat persists.
         loop {
             match s.next().await {

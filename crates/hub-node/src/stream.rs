@@ -83,7 +83,7 @@ impl NativeStream {
                     };
                     let open = async {
                         let ctx = call_context(&hub, *auth).await?;
-                        hub.chat_stream(ctx, *req).await
+                        hub.chat_stream(&ctx, *req).await
                     };
                     tokio::select! {
                         biased;

@@ -2262,3 +2262,29 @@ async fn master_key_rotation_under_load_loses_no_request() -> TestResult {
     );
     Ok(())
 }
+
+/// The document is serialised once at start-up and served as its JSON text: the type must say so,
+/// and two fetches must agree.
+#[tokio::test]
+async fn the_openapi_document_is_served_as_json() -> TestResult {
+    let env = Env::new().await?;
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let req = Request::builder()
+            .uri("/api/openapi.json")
+            .body(Body::empty())?;
+        let resp = env.app.clone().oneshot(req).await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        bodies.push(axum::body::to_bytes(resp.into_body(), usize::MAX).await?);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    let doc: Value = serde_json::from_slice(&bodies[0])?;
+    assert_eq!(doc["info"]["title"], "AIGNE Hub admin API");
+    Ok(())
+}

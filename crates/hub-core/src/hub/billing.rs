@@ -392,6 +392,13 @@ impl Hold {
         }
     }
 
+    /// The record it was armed with, moved out, which disarms it: from here the caller must
+    /// commit the record, or hand it to something that records the call when dropped (a
+    /// stream's meter), with no await in between.
+    pub(crate) fn take_armed(&mut self) -> Option<UsageRecord> {
+        self.armed.take().map(|armed| armed.1)
+    }
+
     fn free(mode: BillingMode, model_type: ModelType) -> Hold {
         Hold {
             mode,
@@ -429,8 +436,9 @@ pub(crate) const HEARTBEAT_STREAMS: usize = 256;
 /// A stream holding a reservation, as the heartbeat sees it.
 pub(crate) struct InFlight {
     pub(crate) delivered: Arc<parking_lot::Mutex<Delivered>>,
-    /// Its usage record so far (identity, provider, model; no usage yet).
-    record: UsageRecord,
+    /// Its usage record so far (identity, provider, model; no usage yet), shared with the
+    /// stream's meter: one copy per open stream, not two.
+    record: Arc<UsageRecord>,
     req: Arc<crate::types::ChatRequest>,
     /// o200k estimate of the prompt, computed at the first heartbeat that needs it.
     prompt_estimate: std::sync::OnceLock<u64>,
@@ -668,7 +676,7 @@ impl Hub {
     /// Registers a stream holding a reservation for the heartbeat (nothing when none is held).
     pub(crate) fn track_stream(
         &self,
-        record: &UsageRecord,
+        record: &Arc<UsageRecord>,
         req: &Arc<crate::types::ChatRequest>,
         hold: &Hold,
         delivered: &Arc<parking_lot::Mutex<Delivered>>,
@@ -678,7 +686,7 @@ impl Hub {
                 record.id.clone(),
                 Arc::new(InFlight {
                     delivered: delivered.clone(),
-                    record: record.clone(),
+                    record: Arc::clone(record),
                     req: req.clone(),
                     prompt_estimate: std::sync::OnceLock::new(),
                     terms: hold.terms(),
@@ -724,7 +732,7 @@ impl Hub {
                     ..Usage::default()
                 },
             };
-            let mut rec = f.record.clone();
+            let mut rec = UsageRecord::clone(&f.record);
             super::meter::apply_usage(&mut rec, &usage);
             rec.latency_ms = (now_ms() - rec.created_at_ms).max(0) as u64;
             rec.status = CallStatus::Failed;

@@ -54,6 +54,27 @@ impl Hub {
         }
     }
 
+    /// A call's record once its upstream attempts are done: the one its hold was armed with when
+    /// credit was reserved (moved, not built again), else a new one. Taking it disarms the hold:
+    /// the caller charges and commits the record, or hands it to a stream's meter, before its
+    /// next await.
+    pub(crate) fn record_after_dispatch(
+        &self,
+        hold: &mut Hold,
+        ctx: &CallContext,
+        endpoint: &str,
+        model: &str,
+        stream: bool,
+    ) -> UsageRecord {
+        match hold.take_armed() {
+            Some(mut rec) => {
+                rec.latency_ms = ctx.started.elapsed().as_millis() as u64;
+                rec
+            }
+            None => self.record(ctx, endpoint, model, stream),
+        }
+    }
+
     /// Commits a record; the caller must not see the end of the response unless this succeeded.
     /// Settles the call's spend budget first (in memory, exactly once per request id): the cost
     /// counts even if the caller goes away while the record is written.
@@ -147,9 +168,11 @@ pub(crate) fn estimate_chat_usage(req: &ChatRequest, resp: &ChatResponse) -> Usa
 /// ends (awaited, before the terminator) or, if the caller goes away, from `Drop`.
 pub(crate) struct StreamMeter {
     pub(crate) hub: Hub,
-    pub(crate) ctx: CallContext,
+    /// When the call started (its record's latency).
+    pub(crate) started: std::time::Instant,
     pub(crate) req: std::sync::Arc<ChatRequest>,
-    pub(crate) record: Option<UsageRecord>,
+    /// Shared with the heartbeat's entry for the stream (credit held); taken at the end.
+    pub(crate) record: Option<std::sync::Arc<UsageRecord>>,
     /// Usage reported and output delivered so far (the text kept for estimation while the
     /// provider has sent no usage); shared with the heartbeat when credit is held.
     pub(crate) delivered: std::sync::Arc<parking_lot::Mutex<Delivered>>,
@@ -198,8 +221,10 @@ impl StreamMeter {
         status: CallStatus,
         err: Option<&HubError>,
     ) -> Option<(UsageRecord, Usage, Option<rust_decimal::Decimal>)> {
-        let mut rec = self.record.take()?;
+        let rec = self.record.take()?;
         self.hub.untrack_stream(&rec.id);
+        // Unshared now, unless a heartbeat holds the entry this moment.
+        let mut rec = std::sync::Arc::unwrap_or_clone(rec);
         let (reported, output) = {
             let mut d = self.delivered.lock();
             (d.usage, std::mem::take(&mut d.output))
@@ -217,7 +242,7 @@ impl StreamMeter {
         if let Some(p) = self.permit.take() {
             p.settle(usage.prompt_tokens + usage.completion_tokens);
         }
-        rec.latency_ms = self.ctx.started.elapsed().as_millis() as u64;
+        rec.latency_ms = self.started.elapsed().as_millis() as u64;
         rec.status = status;
         if let Some(e) = err {
             fail(&mut rec, e);
@@ -323,6 +348,13 @@ mod tests {
             std::mem::size_of::<Hold>() < std::mem::size_of::<UsageRecord>(),
             "Hold is {} B",
             std::mem::size_of::<Hold>()
+        );
+        // Nor do the meter and the heartbeat's entry for the stream: they share one record.
+        let in_flight = std::mem::size_of::<super::super::billing::InFlight>();
+        assert!(
+            meter < std::mem::size_of::<UsageRecord>()
+                && in_flight < std::mem::size_of::<UsageRecord>(),
+            "StreamMeter {meter} B, InFlight {in_flight} B: a record inline again?"
         );
     }
 }

@@ -603,7 +603,7 @@ impl Hub {
         };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Chat(&req), &mut att).await;
-        let mut rec = self.record(ctx, "chat", &req.model, false);
+        let mut rec = self.record_after_dispatch(&mut hold, ctx, "chat", &req.model, false);
         apply_attempt(&mut rec, &att);
         match result {
             Ok(OpOut::Chat(mut resp)) => {
@@ -633,24 +633,24 @@ impl Hub {
     /// token); the stream's final item comes only after its usage record is committed.
     pub async fn chat_stream(
         &self,
-        ctx: CallContext,
+        ctx: &CallContext,
         req: ChatRequest,
     ) -> Result<HubStream, HubError> {
         let call = self.call_started();
         let permit = self
-            .admit_or_record(&ctx, "chat", &req.model, true, || chat_estimate(&req))
+            .admit_or_record(ctx, "chat", &req.model, true, || chat_estimate(&req))
             .await?;
         let demand = Demand::Chat {
             prompt_tokens: crate::tokenize::prompt_upper_bound(&req),
             max_output: req.max_tokens,
         };
-        let mut hold = match self.reserve(&ctx, &req.model, "chat", true, demand).await {
+        let mut hold = match self.reserve(ctx, &req.model, "chat", true, demand).await {
             Ok(h) => h,
-            Err(e) => return Err(self.rejected(&ctx, "chat", &req.model, true, e).await),
+            Err(e) => return Err(self.rejected(ctx, "chat", &req.model, true, e).await),
         };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Stream(&req), &mut att).await;
-        let mut rec = self.record(&ctx, "chat", &req.model, true);
+        let mut rec = self.record_after_dispatch(&mut hold, ctx, "chat", &req.model, true);
         apply_attempt(&mut rec, &att);
         let (upstream, first) = match result {
             Ok(OpOut::Stream(s, first)) => (s, first),
@@ -673,10 +673,11 @@ impl Hub {
             .unwrap_or_default();
         let req = Arc::new(req);
         let delivered = Arc::default();
+        let rec = Arc::new(rec);
         self.track_stream(&rec, &req, &hold, &delivered);
         let meter = StreamMeter {
             hub: self.clone(),
-            ctx,
+            started: ctx.started,
             req,
             record: Some(rec),
             delivered,
@@ -712,7 +713,7 @@ impl Hub {
         let result = self
             .dispatch(&req.model, Op::Embeddings(&req), &mut att)
             .await;
-        let mut rec = self.record(ctx, "embeddings", &req.model, false);
+        let mut rec = self.record_after_dispatch(&mut hold, ctx, "embeddings", &req.model, false);
         apply_attempt(&mut rec, &att);
         match result {
             Ok(OpOut::Embeddings(mut resp)) => {
@@ -759,7 +760,7 @@ impl Hub {
         };
         let mut att = Attempted::default();
         let result = self.dispatch(&req.model, Op::Images(&req), &mut att).await;
-        let mut rec = self.record(ctx, "images", &req.model, false);
+        let mut rec = self.record_after_dispatch(&mut hold, ctx, "images", &req.model, false);
         apply_attempt(&mut rec, &att);
         match result {
             Ok(OpOut::Images(mut resp)) => {

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use arc_swap::ArcSwap;
 
 use super::pools::{Lease, Pools};
-use super::snapshot::Snapshot;
+use super::snapshot::{ProviderInstance, Snapshot};
 use super::{Hub, OpenError};
 use crate::FastMap;
 use crate::error::{ErrorClass, ProviderError};
@@ -336,10 +336,10 @@ pub(crate) struct StreamGuard {
     pub(crate) hub: Hub,
     pub(crate) provider: Arc<ProviderHealth>,
     pub(crate) cred: Arc<CredHealth>,
-    pub(crate) cred_id: String,
-    /// Redacted from stored error messages.
-    pub(crate) secret: CredentialSecret,
-    pub(crate) kind: ProviderKind,
+    /// The provider and, by index, the credential serving the stream (its id, and its secret to
+    /// redact from stored error messages): shared, not copied into every open stream.
+    pub(crate) inst: Arc<ProviderInstance>,
+    pub(crate) cred_index: usize,
     pub(crate) model: String,
     pub(crate) idle: Duration,
     pub(crate) deadline: Instant,
@@ -379,17 +379,18 @@ pub(crate) fn guard_stream(mut upstream: EventStream, g: StreamGuard) -> EventSt
             // Close the upstream connection before the error is settled and delivered.
             drop(upstream);
             let health = &g.hub.inner.health;
+            let credential = &g.inst.creds[g.cred_index];
             let effect = health.on_failure(
                 &g.provider,
                 &g.cred,
-                g.kind,
+                g.inst.kind,
                 &g.model,
                 &err,
-                &secret_values(&g.secret),
+                &secret_values(&credential.secret),
                 super::now_ms(),
             );
             if effect == Effect::Disabled {
-                g.hub.spawn_recheck(g.kind, g.cred_id.clone());
+                g.hub.spawn_recheck(g.inst.kind, credential.id.clone());
             }
             yield Err(err);
             return;

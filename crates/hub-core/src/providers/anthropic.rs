@@ -508,7 +508,7 @@ fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream 
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState::new(model, json_mode);
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
         while let Some(item) = events.next().await {
             let event = match item {
                 Ok(ev) => ev,
@@ -518,7 +518,7 @@ fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream 
                 }
             };
             let result = state.on_event(super::sse_name(&event), super::sse_data(&event), &mut out);
-            for ev in out.drain(..) {
+            for ev in std::mem::take(&mut out) {
                 yield Ok(ev);
             }
             if let Err(e) = result {

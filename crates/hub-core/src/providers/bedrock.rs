@@ -816,7 +816,7 @@ fn decode_stream(resp: Response, model: String, id: Option<String>) -> EventStre
         let mut state = StreamState { model, id, started: false, tool_blocks: Vec::new(), tools: 0, stop_reason: None, usage: None };
         let mut decoder = MessageFrameDecoder::new();
         let mut buf = BytesMut::new();
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
         while let Some(chunk) = bytes.next().await {
             match chunk {
                 Ok(c) => buf.extend_from_slice(&c),
@@ -829,7 +829,7 @@ fn decode_stream(resp: Response, model: String, id: Option<String>) -> EventStre
                 match decoder.decode_frame(&mut buf) {
                     Ok(DecodedFrame::Complete(msg)) => {
                         let result = state.on_message(&msg, &mut out);
-                        for ev in out.drain(..) {
+                        for ev in std::mem::take(&mut out) {
                             yield Ok(ev);
                         }
                         if let Err(e) = result {
@@ -847,7 +847,7 @@ fn decode_stream(resp: Response, model: String, id: Option<String>) -> EventStre
             }
         }
         if state.finish(&mut out) {
-            for ev in out.drain(..) {
+            for ev in std::mem::take(&mut out) {
                 yield Ok(ev);
             }
         } else {

@@ -628,7 +628,7 @@ fn decode_stream(resp: Response, model: String) -> EventStream {
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState { model, started: false, calls: 0, usage: None, finish: None };
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
         while let Some(item) = events.next().await {
             let event = match item {
                 Ok(ev) => ev,
@@ -638,7 +638,7 @@ fn decode_stream(resp: Response, model: String) -> EventStream {
                 }
             };
             let result = state.on_chunk(super::sse_data(&event), &mut out);
-            for ev in out.drain(..) {
+            for ev in std::mem::take(&mut out) {
                 yield Ok(ev);
             }
             if let Err(e) = result {
@@ -648,7 +648,7 @@ fn decode_stream(resp: Response, model: String) -> EventStream {
         }
         // The stream ends at EOF after the chunk carrying finishReason.
         if state.finish(&mut out) {
-            for ev in out.drain(..) {
+            for ev in std::mem::take(&mut out) {
                 yield Ok(ev);
             }
         } else {

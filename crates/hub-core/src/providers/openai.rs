@@ -549,7 +549,9 @@ fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream
         let mut events = std::pin::pin!(events);
         let mut started = false;
         let mut finished = false;
-        let mut out = Vec::with_capacity(4);
+        // Emptied by `take` before its events are yielded: a buffer kept across the wait for the
+        // next chunk would stay allocated in every open stream.
+        let mut out = Vec::new();
         let mut done = false;
         while let Some(item) = events.next().await {
             let event = match item {
@@ -561,7 +563,7 @@ fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream
             };
             match decode_chunk(variant, super::sse_data(&event), &mut started, &mut finished, &model, &mut out) {
                 Ok(is_done) => {
-                    for ev in out.drain(..) {
+                    for ev in std::mem::take(&mut out) {
                         yield Ok(ev);
                     }
                     if is_done {
@@ -570,7 +572,7 @@ fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream
                     }
                 }
                 Err(e) => {
-                    for ev in out.drain(..) {
+                    for ev in std::mem::take(&mut out) {
                         yield Ok(ev);
                     }
                     yield Err(e);

@@ -127,7 +127,7 @@ pub async fn chat(
         };
     }
     let request_id = ctx.request_id.clone();
-    match st.hub.chat_stream(ctx.clone(), call.request).await {
+    match st.hub.chat_stream(&ctx, call.request).await {
         Ok(mut stream) => {
             let mut writer = StreamWriter::new(call.meta);
             let call_id = request_id.clone();
@@ -216,7 +216,7 @@ pub async fn completions(
     let mut request = call.request;
     request.stream = true;
     let request_id = ctx.request_id.clone();
-    match st.hub.chat_stream(ctx.clone(), request).await {
+    match st.hub.chat_stream(&ctx, request).await {
         Ok(mut stream) => {
             let mut writer = LegacyStream::new(sse);
             let body = async_stream::stream! {

@@ -97,7 +97,7 @@ pub async fn messages(
     let estimate =
         tokio::task::spawn_blocking(move || hub_core::tokenize::estimate_prompt(&for_estimate));
     let requested_model = req.model.clone();
-    match st.hub.chat_stream(ctx.clone(), req).await {
+    match st.hub.chat_stream(&ctx, req).await {
         Ok(stream) => {
             let input_estimate = estimate.await.unwrap_or(0);
             let mut writer = EventWriter::new(&ctx.request_id, &requested_model, input_estimate);

@@ -86,7 +86,7 @@ pub async fn chat_completions(
     }
     let include_usage = req.include_usage;
     let request_id = ctx.request_id.clone();
-    match st.hub.chat_stream(ctx.clone(), req).await {
+    match st.hub.chat_stream(&ctx, req).await {
         Ok(stream) => {
             let mut writer = ChunkWriter {
                 id: String::new(),
