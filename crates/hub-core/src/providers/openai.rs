@@ -544,50 +544,111 @@ pub fn decode_chunk(
 }
 
 fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream {
-    let events = super::sse_events(resp);
-    let stream = async_stream::stream! {
-        let mut events = std::pin::pin!(events);
-        let mut started = false;
-        let mut finished = false;
-        // Emptied by `take` before its events are yielded: a buffer kept across the wait for the
-        // next chunk would stay allocated in every open stream.
-        let mut out = Vec::new();
-        let mut done = false;
-        while let Some(item) = events.next().await {
-            let event = match item {
-                Ok(ev) => ev,
-                Err(e) => {
-                    yield Err(ProviderError::new(ErrorClass::StreamInterrupted, format!("stream broke: {e}")));
-                    return;
+    Box::pin(chunk_stream(variant, resp, model))
+}
+
+fn chunk_stream(
+    variant: Variant,
+    resp: Response,
+    model: String,
+) -> ChunkStream<
+    impl futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send + Unpin + 'static,
+> {
+    ChunkStream {
+        events: super::sse_events(resp),
+        variant,
+        model,
+        started: false,
+        finished: false,
+        ended: false,
+        pending: Vec::new().into_iter(),
+        failed: None,
+    }
+}
+
+/// An OpenAI-family SSE body as stream events: a plain state machine, not an `async_stream`
+/// generator, because every open stream holds one. The generator kept its locals of four yield
+/// points apart (1,296 bytes); this is the SSE decoder and a few fields (`an_open_streams_decoder_
+/// stays_small`).
+struct ChunkStream<S> {
+    events: S,
+    variant: Variant,
+    /// The model to report when a chunk names none.
+    model: String,
+    started: bool,
+    finished: bool,
+    /// Nothing more comes from upstream: what is pending (and `failed`) is all that is left.
+    ended: bool,
+    /// The events of the last chunk not yet yielded. Replaced by an empty one once drained, so
+    /// that no buffer stays allocated while the stream waits for its next chunk.
+    pending: std::vec::IntoIter<StreamEvent>,
+    /// A decoding error, yielded after `pending`; the stream ends with it.
+    failed: Option<ProviderError>,
+}
+
+impl<S> futures::Stream for ChunkStream<S>
+where
+    S: futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Unpin,
+{
+    type Item = Result<StreamEvent, ProviderError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.pending.next() {
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            this.pending = Vec::new().into_iter();
+            if let Some(e) = this.failed.take() {
+                this.ended = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(this.events.poll_next_unpin(cx)) {
+                Some(Ok(event)) => {
+                    let mut out = Vec::new();
+                    match decode_chunk(
+                        this.variant,
+                        super::sse_data(&event),
+                        &mut this.started,
+                        &mut this.finished,
+                        &this.model,
+                        &mut out,
+                    ) {
+                        Ok(done) => this.ended = done,
+                        Err(e) => {
+                            this.ended = true;
+                            this.failed = Some(e);
+                        }
+                    }
+                    this.pending = out.into_iter();
                 }
-            };
-            match decode_chunk(variant, super::sse_data(&event), &mut started, &mut finished, &model, &mut out) {
-                Ok(is_done) => {
-                    for ev in std::mem::take(&mut out) {
-                        yield Ok(ev);
-                    }
-                    if is_done {
-                        done = true;
-                        break;
-                    }
+                Some(Err(e)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(ProviderError::new(
+                        ErrorClass::StreamInterrupted,
+                        format!("stream broke: {e}"),
+                    ))));
                 }
-                Err(e) => {
-                    for ev in std::mem::take(&mut out) {
-                        yield Ok(ev);
+                None => {
+                    this.ended = true;
+                    if this.finished {
+                        return Poll::Ready(None);
                     }
-                    yield Err(e);
-                    return;
+                    return Poll::Ready(Some(Err(ProviderError::new(
+                        ErrorClass::StreamInterrupted,
+                        "upstream closed the stream before it finished",
+                    ))));
                 }
             }
         }
-        if !done && !finished {
-            yield Err(ProviderError::new(
-                ErrorClass::StreamInterrupted,
-                "upstream closed the stream before it finished",
-            ));
-        }
-    };
-    Box::pin(stream)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1118,6 +1179,20 @@ mod tests {
     use super::*;
     use crate::types::ImageSource;
 
+    /// Every open stream holds its decoder for as long as it is open; 5,000 streams multiply it
+    /// (BENCHMARKS.md, open streams). As an `async_stream` generator it was 1,296 bytes.
+    #[test]
+    fn an_open_streams_decoder_stays_small() {
+        let decoder = hub_testkit::returned_size(&|(v, r, m): (Variant, Response, String)| {
+            chunk_stream(v, r, m)
+        });
+        let sse = hub_testkit::returned_size(&super::super::sse_events);
+        assert!(
+            decoder < sse + 200,
+            "decoder {decoder} B over an SSE reader of {sse} B"
+        );
+    }
+
     fn req() -> ChatRequest {
         ChatRequest {
             model: "openai/gpt-4o-mini".into(),
@@ -1317,6 +1392,74 @@ mod tests {
         ));
         assert!(
             matches!(&out[4], StreamEvent::Usage { usage } if usage.cache_read_tokens == 4 && usage.prompt_tokens == 18)
+        );
+    }
+
+    fn sse(data: &str) -> Result<sse_stream::Sse, sse_stream::Error> {
+        Ok(sse_stream::Sse {
+            event: None,
+            data: Some(data.to_string()),
+            id: None,
+            retry: None,
+        })
+    }
+
+    fn over(
+        events: Vec<Result<sse_stream::Sse, sse_stream::Error>>,
+    ) -> ChunkStream<impl futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Unpin>
+    {
+        // Polled past its end only if the decoder did not stop where it should.
+        let after = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
+            unreachable!("the upstream was read past the end of the stream")
+        });
+        ChunkStream {
+            events: futures::stream::iter(events).chain(after),
+            variant: Variant::OpenAi,
+            model: "m".into(),
+            started: false,
+            finished: false,
+            ended: false,
+            pending: Vec::new().into_iter(),
+            failed: None,
+        }
+    }
+
+    const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","model":"gpt","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#;
+
+    /// The decoder yields a chunk's events in order, then what ends the stream (`[DONE]`, or an
+    /// error chunk after the events before it) exactly once, and never reads upstream after it.
+    #[test]
+    fn the_decoder_ends_where_the_stream_ends() {
+        let run = |events| {
+            futures::executor::block_on(async move {
+                let mut s = over(events);
+                let mut got = Vec::new();
+                while let Some(item) = s.next().await {
+                    got.push(item.map_err(|e| e.class));
+                }
+                assert!(s.next().await.is_none(), "nothing after the end");
+                got
+            })
+        };
+        let done = run(vec![sse(CHUNK), sse("[DONE]")]);
+        assert!(
+            matches!(&done[..], [Ok(StreamEvent::Start { .. }), Ok(StreamEvent::TextDelta { text })] if text == "hi"),
+            "{done:?}"
+        );
+        let failed = run(vec![
+            sse(CHUNK),
+            sse(r#"{"error":{"message":"boom","type":"server_error"}}"#),
+        ]);
+        assert!(
+            matches!(
+                &failed[..],
+                [
+                    Ok(StreamEvent::Start { .. }),
+                    Ok(StreamEvent::TextDelta { .. }),
+                    Err(ErrorClass::Server)
+                ]
+            ),
+            "{failed:?}"
         );
     }
 
