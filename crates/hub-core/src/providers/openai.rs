@@ -568,8 +568,8 @@ fn chunk_stream(
 
 /// An OpenAI-family SSE body as stream events: a plain state machine, not an `async_stream`
 /// generator, because every open stream holds one. The generator kept its locals of four yield
-/// points apart (1,296 bytes); this is the SSE decoder and a few fields (`an_open_streams_decoder_
-/// stays_small`).
+/// points apart (1,296 bytes); this is the SSE reader and a few fields (the test
+/// `an_open_streams_decoder_stays_small` bounds it).
 struct ChunkStream<S> {
     events: S,
     variant: Variant,
