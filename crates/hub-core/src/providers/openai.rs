@@ -544,26 +544,7 @@ pub fn decode_chunk(
 }
 
 fn decode_stream(variant: Variant, resp: Response, model: String) -> EventStream {
-    Box::pin(chunk_stream(variant, resp, model))
-}
-
-fn chunk_stream(
-    variant: Variant,
-    resp: Response,
-    model: String,
-) -> ChunkStream<
-    impl futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send + Unpin + 'static,
-> {
-    ChunkStream {
-        events: super::sse_events(resp),
-        variant,
-        model,
-        started: false,
-        finished: false,
-        ended: false,
-        pending: Vec::new().into_iter(),
-        failed: None,
-    }
+    Box::pin(ChunkStream::new(super::sse_events(resp), variant, model))
 }
 
 /// An OpenAI-family SSE body as stream events: a plain state machine, not an `async_stream`
@@ -584,6 +565,21 @@ struct ChunkStream<S> {
     pending: std::vec::IntoIter<StreamEvent>,
     /// A decoding error, yielded after `pending`; the stream ends with it.
     failed: Option<ProviderError>,
+}
+
+impl<S> ChunkStream<S> {
+    fn new(events: S, variant: Variant, model: String) -> ChunkStream<S> {
+        ChunkStream {
+            events,
+            variant,
+            model,
+            started: false,
+            finished: false,
+            ended: false,
+            pending: Vec::new().into_iter(),
+            failed: None,
+        }
+    }
 }
 
 impl<S> futures::Stream for ChunkStream<S>
@@ -1184,7 +1180,7 @@ mod tests {
     #[test]
     fn an_open_streams_decoder_stays_small() {
         let decoder = hub_testkit::returned_size(&|(v, r, m): (Variant, Response, String)| {
-            chunk_stream(v, r, m)
+            ChunkStream::new(super::super::sse_events(r), v, m)
         });
         let sse = hub_testkit::returned_size(&super::super::sse_events);
         assert!(
@@ -1412,16 +1408,11 @@ mod tests {
         let after = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
             unreachable!("the upstream was read past the end of the stream")
         });
-        ChunkStream {
-            events: futures::stream::iter(events).chain(after),
-            variant: Variant::OpenAi,
-            model: "m".into(),
-            started: false,
-            finished: false,
-            ended: false,
-            pending: Vec::new().into_iter(),
-            failed: None,
-        }
+        ChunkStream::new(
+            futures::stream::iter(events).chain(after),
+            Variant::OpenAi,
+            "m".into(),
+        )
     }
 
     const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","model":"gpt","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#;

@@ -92,26 +92,27 @@ pub fn router() -> Router<AppState> {
     // Kept as its JSON, not as the document: the tree of schemas is ~1.6 MB of live heap for the
     // life of the process (heaptrack, BENCHMARKS.md), its text a fraction of that, and a request
     // no longer clones the tree to serialise it.
-    let json = match serde_json::to_vec(&doc) {
-        Ok(v) => axum::body::Bytes::from(v),
-        Err(e) => {
-            tracing::error!(error = %e, "the OpenAPI document could not be serialised");
-            axum::body::Bytes::new()
-        }
-    };
+    let json = serde_json::to_vec(&doc)
+        .map(axum::body::Bytes::from)
+        .inspect_err(
+            |e| tracing::error!(error = %e, "the OpenAPI document could not be serialised"),
+        )
+        .ok();
     drop(doc);
     router.route(
         "/api/openapi.json",
         get(move || {
             let json = json.clone();
             async move {
-                if json.is_empty() {
-                    return auth::AdminError(hub_core::HubError::internal(
+                match json {
+                    Some(json) => {
+                        ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                    }
+                    None => auth::AdminError(hub_core::HubError::internal(
                         "the OpenAPI document is unavailable",
                     ))
-                    .into_response();
+                    .into_response(),
                 }
-                ([(header::CONTENT_TYPE, "application/json")], json).into_response()
             }
         }),
     )
