@@ -1,7 +1,7 @@
 //! `hub-floor`: the floor under the hub's figures in `scripts/bench`. A bare pass-through HTTP/1.1
 //! proxy on the stack the hub is built on (tokio's multi-thread runtime, hyper's HTTP/1.1 server,
-//! hyper-util's pooled client, mimalloc, `TCP_NODELAY` both ways), with no gateway logic at all:
-//! no JSON, no authentication, no routing, no metering. Every request is sent on, path, headers
+//! hyper-util's pooled client, jemalloc with the hub's options, `TCP_NODELAY` both ways), with no
+//! gateway logic at all: no JSON, no authentication, no routing, no metering. Every request is sent on, path, headers
 //! and body unchanged, to the one upstream origin it was started with, and the answer streamed
 //! back as it comes.
 //!
@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 /// The hub's allocator, so the floor allocates as the hub does.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser, Debug)]
 #[command(
