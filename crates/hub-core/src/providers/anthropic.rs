@@ -508,7 +508,7 @@ fn decode_stream(resp: Response, model: String, json_mode: bool) -> EventStream 
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState::new(model, json_mode);
-        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
+        let mut out = Vec::new(); // taken before yielding: no buffer kept between chunks
         while let Some(item) = events.next().await {
             let event = match item {
                 Ok(ev) => ev,

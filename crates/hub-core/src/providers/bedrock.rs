@@ -816,7 +816,7 @@ fn decode_stream(resp: Response, model: String, id: Option<String>) -> EventStre
         let mut state = StreamState { model, id, started: false, tool_blocks: Vec::new(), tools: 0, stop_reason: None, usage: None };
         let mut decoder = MessageFrameDecoder::new();
         let mut buf = BytesMut::new();
-        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
+        let mut out = Vec::new(); // taken before yielding: no buffer kept between chunks
         while let Some(chunk) = bytes.next().await {
             match chunk {
                 Ok(c) => buf.extend_from_slice(&c),

@@ -628,7 +628,7 @@ fn decode_stream(resp: Response, model: String) -> EventStream {
     let stream = async_stream::stream! {
         let mut events = std::pin::pin!(events);
         let mut state = StreamState { model, started: false, calls: 0, usage: None, finish: None };
-        let mut out = Vec::new(); // emptied by `take` before yielding (openai.rs)
+        let mut out = Vec::new(); // taken before yielding: no buffer kept between chunks
         while let Some(item) = events.next().await {
             let event = match item {
                 Ok(ev) => ev,
