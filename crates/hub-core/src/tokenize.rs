@@ -229,6 +229,34 @@ pub fn count(text: &str) -> u64 {
     }
 }
 
+/// Where a growing text can be cut so that its tokens are the tokens of the part before plus
+/// those of the part after: the last space that follows a character other than whitespace, or
+/// the last newline that follows an ASCII letter or digit (0 when there is none). No o200k
+/// pre-token runs from such a character into the space or newline after it (words, numbers and
+/// punctuation end before a space; only punctuation takes a newline with it), so one starts
+/// there, and the pattern looks neither back nor ahead past it. A stream's meter counts the
+/// part before once and only what follows again as more arrives (`hub::billing`), where it
+/// counted everything delivered at every heartbeat. Equal counts are tested below.
+pub fn cut(text: &str) -> usize {
+    let b = text.as_bytes();
+    let mut i = b.len();
+    while i > 1 {
+        i -= 1;
+        let at = match b[i] {
+            b' ' => text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| !c.is_whitespace()),
+            b'\n' => b[i - 1].is_ascii_alphanumeric(),
+            _ => false,
+        };
+        if at {
+            return i;
+        }
+    }
+    0
+}
+
 /// Estimated prompt tokens of a chat request: message texts plus OpenAI's per-message overhead
 /// (3 tokens a message, 3 for the reply priming), tool names/schemas and ~85 per image.
 pub fn estimate_prompt(req: &ChatRequest) -> u64 {
@@ -283,6 +311,51 @@ mod tests {
     use super::*;
     use crate::types::{Message, Role};
     use proptest::prelude::*;
+
+    /// A text streamed in pieces and counted as `cut` allows (the part before the last cut
+    /// once, the rest again at each step) has the tokens of the whole.
+    #[test]
+    fn counting_up_to_a_cut_and_after_it_counts_the_whole() {
+        let texts = [
+            "Hello world, this is a test. Numbers 12345 and 3.14159 here!",
+            "don't  stop   me now\n\nI'm having  such a good time\r\n  ok",
+            "mixed 中文 text with 日本語 and emoji 🎉🎉 plus   spaces\t\tand\ttabs",
+            "code: fn main() { let x = 42; }\nprintln!(\"{x}\");\n// end\n",
+            "\u{a0}nbsp\u{a0} words\u{2003} em-space  \u{3000}ideographic space done",
+            "trailing spaces   ",
+            "   leading spaces and punctuation... !!! ??? ,,, done.\n\n\nend",
+            "ÀÉÎÕÜ àéîõü ÇĞŞ çğş, Ελληνικά κείμενα, русский текст 123abc456 a1b2c3",
+            "URLs like https://example.com/a/b?c=d&e=f and paths /usr/bin/env\n",
+            "combining e\u{301}\u{301} marks !\u{301}\nand more\u{301} ok\u{301}\n1\n",
+        ];
+        for t in texts {
+            let whole = count(t);
+            // Every prefix is a moment of the stream.
+            let mut counted = (0usize, 0u64);
+            for end in (0..=t.len()).filter(|&e| t.is_char_boundary(e)) {
+                let seen = &t[..end];
+                let from = counted.0;
+                let at = from + cut(&seen[from..]);
+                let before = counted.1 + count(&seen[from..at]);
+                assert_eq!(
+                    before + count(&seen[at..]),
+                    count(seen),
+                    "{seen:?} cut at {at}"
+                );
+                counted = (at, before);
+            }
+            assert_eq!(counted.1 + count(&t[counted.0..]), whole, "{t:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_cut_splits_the_count(t in "[ a-zA-Z0-9.,!?'\n\t\u{a0}\u{4e2d}\u{301}-]{0,80}") {
+            let at = cut(&t);
+            prop_assert!(t.is_char_boundary(at));
+            prop_assert_eq!(count(&t[..at]) + count(&t[at..]), count(&t));
+        }
+    }
 
     #[test]
     fn counts_real_tokens() {

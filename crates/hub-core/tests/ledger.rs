@@ -9,7 +9,7 @@ use hub_core::ledger::{
     user_account,
 };
 use hub_core::store::sqlite::SqliteStore;
-use hub_core::store::{Billing, CallStatus, Store, UsageRecord};
+use hub_core::store::{Billing, CallStatus, Store, StreamBeat, StreamProgress, UsageRecord};
 use proptest::prelude::*;
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -511,6 +511,154 @@ async fn a_dead_instances_newest_hold_is_released_and_a_live_ones_never() -> R {
     let bal = store.balance(&acct).await?.ok_or("no account")?;
     assert_eq!((bal.available, bal.reserved), (100 - 20 - 1, 20 + 1));
     assert_consistent(&store).await
+}
+
+/// A stream's heartbeat record as a beat would have it: `tokens` delivered, each costing 2.
+fn beat(id: &str, acct: &str, tokens: u64, stored: bool) -> StreamBeat {
+    let mut r = record(id, acct, 0, 2 * tokens as i64);
+    r.stream = true;
+    r.completion_tokens = tokens;
+    r.estimated = true;
+    r.latency_ms = 100 * tokens;
+    r.status = CallStatus::Failed;
+    r.error_class = Some("reconciled".into());
+    StreamBeat { record: r, stored }
+}
+
+/// Rows of `hold_records` and the progress of a reservation, read as another process would.
+fn hold_rows(
+    dir: &tempfile::TempDir,
+    id: &str,
+) -> Result<(i64, Option<String>), Box<dyn std::error::Error>> {
+    let c = rusqlite::Connection::open(dir.path().join("hub.db"))?;
+    let n = c.query_row("SELECT COUNT(*) FROM hold_records", [], |r| r.get(0))?;
+    let progress = c
+        .query_row(
+            "SELECT progress FROM reservations WHERE request_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .ok()
+        .flatten();
+    Ok((n, progress))
+}
+
+/// A stream's record is stored once, at the first beat that has one; later beats store its
+/// progress only; reconcile lays the last progress over the record and captures that, and the
+/// record leaves with the hold.
+#[tokio::test]
+async fn reconcile_captures_the_first_beats_record_at_the_last_beats_progress() -> R {
+    let (dir, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    store
+        .reserve(&[held_by("s", &acct, 100, "dead", 1_000)])
+        .await?;
+    store
+        .heartbeat("dead", 1_000, &[beat("s", &acct, 3, false)])
+        .await?;
+    assert_eq!(hold_rows(&dir, "s")?, (1, None));
+    store
+        .heartbeat("dead", 2_000, &[beat("s", &acct, 7, true)])
+        .await?;
+    let (n, progress) = hold_rows(&dir, "s")?;
+    assert_eq!(n, 1);
+    let progress: StreamProgress = serde_json::from_str(&progress.ok_or("no progress")?)?;
+    assert_eq!(progress.completion_tokens, 7);
+    // The record itself is the first beat's.
+    let c = rusqlite::Connection::open(dir.path().join("hub.db"))?;
+    let stored: String = c.query_row("SELECT record FROM hold_records", [], |r| r.get(0))?;
+    let stored: UsageRecord = serde_json::from_str(&stored)?;
+    assert_eq!(stored.completion_tokens, 3);
+
+    let rep = store
+        .reconcile("me", 10_000, 5_000, 10_000 - 60_000)
+        .await?;
+    assert_eq!((rep.captured, rep.captured_units), (1, 14));
+    let rec = store
+        .usage_records(&hub_core::ledger::UsageFilter::default())
+        .await?;
+    assert_eq!(rec.len(), 1);
+    let mut want = beat("s", &acct, 7, true).record;
+    want.billing.reserved_units = 100;
+    assert_eq!(
+        rec[0], want,
+        "the first beat's record at the second beat's progress"
+    );
+    assert_eq!(hold_rows(&dir, "s")?.0, 0, "the record left with the hold");
+    let bal = store.balance(&acct).await?.ok_or("no account")?;
+    assert_eq!((bal.available, bal.reserved), (1_000 - 14, 0));
+    assert_consistent(&store).await
+}
+
+/// Settling a stream deletes its heartbeat record; a beat gathered before the settlement and
+/// written after it stores nothing; a hold released by reconcile takes its record too.
+#[tokio::test]
+async fn a_heartbeat_record_lives_exactly_as_long_as_its_hold() -> R {
+    let (dir, store) = open()?;
+    let acct = user_account("u");
+    store.grant(&grant(&acct, 1_000, "g")).await?;
+    store.heartbeat("me", 1, &[]).await?;
+    store
+        .reserve(&[reserve("a", &acct, 100), reserve("b", &acct, 100)])
+        .await?;
+    store
+        .heartbeat("me", 2, &[beat("a", &acct, 3, false)])
+        .await?;
+    assert_eq!(hold_rows(&dir, "a")?.0, 1);
+    let mut done = record("a", &acct, 100, 40);
+    done.stream = true;
+    store.insert_usage(&[done]).await?;
+    assert_eq!(hold_rows(&dir, "a")?.0, 0, "settling deleted it");
+    // Late beats of the settled stream: neither a record nor progress lands.
+    store
+        .heartbeat(
+            "me",
+            3,
+            &[beat("a", &acct, 5, false), beat("a", &acct, 6, true)],
+        )
+        .await?;
+    assert_eq!(hold_rows(&dir, "a")?.0, 0);
+    assert_consistent(&store).await?;
+    // A hold reconcile releases (too old) takes its record with it... unless it is captured:
+    // this one has a record, so it is captured for its progress.
+    store
+        .heartbeat("me", 4, &[beat("b", &acct, 2, false)])
+        .await?;
+    let rep = store.reconcile("me", 10, 5, 1_000).await?;
+    assert_eq!((rep.captured, rep.captured_units), (1, 4));
+    assert_eq!(hold_rows(&dir, "b")?.0, 0);
+    // A released one with a record whose account does not match (not trusted) goes too.
+    store.reserve(&[reserve("c", &acct, 50)]).await?;
+    store
+        .heartbeat("me", 5, &[beat("c", &user_account("other"), 2, false)])
+        .await?;
+    assert_eq!(hold_rows(&dir, "c")?.0, 1);
+    let rep = store.reconcile("me", 10, 5, 1_000).await?;
+    assert_eq!((rep.released, rep.released_units), (1, 50));
+    assert_eq!(hold_rows(&dir, "c")?.0, 0);
+    assert_consistent(&store).await
+}
+
+/// `verify` reports a heartbeat record whose hold is gone.
+#[tokio::test]
+async fn verify_reports_a_heartbeat_record_without_its_hold() -> R {
+    let (dir, store) = open()?;
+    let c = rusqlite::Connection::open(dir.path().join("hub.db"))?;
+    c.execute(
+        "INSERT INTO hold_records (request_id, record) VALUES ('orphan', '{}')",
+        [],
+    )?;
+    let rep = store.verify(10, 1_000_000).await?;
+    assert!(
+        rep.violations
+            .iter()
+            .any(|m| m
+                .contains("request orphan: a heartbeat's record of its stream outlived its hold")),
+        "{:?}",
+        rep.violations
+    );
+    Ok(())
 }
 
 #[tokio::test]

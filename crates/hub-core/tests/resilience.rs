@@ -807,7 +807,7 @@ async fn calls_in_flight_are_counted_until_they_settle() {
 }
 
 /// The heartbeat persists every open stream's progress, more streams than one of its
-/// transactions takes (256): each open reservation carries what its stream delivered.
+/// transactions takes (256): each open reservation has its stream's record of what it delivered.
 #[tokio::test]
 async fn the_heartbeat_persists_the_progress_of_every_open_stream_in_batches() {
     let openai = MockServer::start(Flavor::OpenAi).await;
@@ -854,7 +854,7 @@ async fn the_heartbeat_persists_the_progress_of_every_open_stream_in_batches() {
     let db = rusqlite::Connection::open(fx._dir.path().join("hub.db")).unwrap();
     let counts = |db: &rusqlite::Connection| -> (i64, i64) {
         db.query_row(
-            "SELECT COUNT(*), COUNT(delivered) FROM reservations",
+            "SELECT (SELECT COUNT(*) FROM reservations), (SELECT COUNT(*) FROM hold_records)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -874,4 +874,65 @@ async fn the_heartbeat_persists_the_progress_of_every_open_stream_in_batches() {
         eventually(Duration::from_secs(5), || fx.hub.calls_in_flight() == 0).await,
         "the dropped streams settled"
     );
+}
+
+/// A stream whose provider reports no usage is charged its output's o200k count. With credit
+/// held, the heartbeats count its output as it comes (up to a cut, `tokenize::cut`) and keep
+/// only the rest; the record at its end has the count of the whole text all the same, and the
+/// beats had stored the stream's record and then its progress.
+#[tokio::test]
+async fn a_stream_counted_by_its_heartbeats_is_charged_the_count_of_its_whole_text() {
+    let openai = MockServer::start(Flavor::OpenAi).await;
+    let fx = open(
+        vec![env(ProviderKind::OpenAi, openai.base_url(), &["sk-test"])],
+        |o| {
+            o.billing.mode = hub_core::pricing::BillingMode::Credits;
+            o.billing.starter_credits = "1000".parse().unwrap();
+            o.billing.heartbeat = Duration::from_millis(50);
+        },
+    )
+    .await;
+    let text = "Streaming answers don't stop: 12345 items, 3.14 pies!\n\nΕλληνικά, \
+                русский, 中文 text and emoji 🎉  with  double  spaces, code `let x = 42;`\n\
+                and a last line";
+    openai.push(
+        Script::text(text)
+            .with_chunks(12)
+            .with_chunk_delay_ms(60)
+            .without_usage(),
+    );
+    let db = rusqlite::Connection::open(fx._dir.path().join("hub.db")).unwrap();
+    let run = tokio::spawn({
+        let hub = fx.hub.clone();
+        async move { stream(&hub, "openai/gpt-4o-mini").await }
+    });
+    // Mid-stream: the record stored once, then a later beat's progress beside it.
+    let mut seen_progress = false;
+    while !run.is_finished() {
+        let progress: Option<String> = db
+            .query_row(
+                "SELECT r.progress FROM reservations r JOIN hold_records h USING (request_id)",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten();
+        seen_progress |= progress.is_some();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (id, out) = run.await.unwrap();
+    let (delivered, err) = out.unwrap();
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(delivered, text);
+    assert!(
+        seen_progress,
+        "a beat after the first wrote the stream's progress"
+    );
+    let rec = record(&fx.hub, &id).await;
+    assert!(rec.estimated);
+    assert_eq!(rec.completion_tokens, hub_core::tokenize::count(text));
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM hold_records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "settling the stream deleted its record");
 }

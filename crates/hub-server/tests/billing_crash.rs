@@ -306,8 +306,9 @@ fn ledger_verify_reads_the_database_a_url_names_and_refuses_postgres() -> R {
     Ok(())
 }
 
-/// kill -9 mid-stream: the heartbeat had persisted what the stream delivered (the meter's count
-/// of output tokens, the prompt estimate); the restart captures exactly that part as an
+/// kill -9 mid-stream: the heartbeats had persisted what the stream delivered (the meter's count
+/// of output tokens, the prompt estimate: the record at the first beat, the progress at later
+/// ones, as the chunks come 250 ms apart); the restart captures exactly that part as an
 /// estimated record flagged `reconciled`, releases the rest, and releases a non-streaming call's
 /// whole reservation (nothing known delivered). Verify passes; nothing stays reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,6 +319,7 @@ async fn kill_9_mid_stream_charges_what_the_last_heartbeat_saw_delivered() -> R 
     mock.register_scenario(
         "crash-model",
         Script::text(vec!["hello"; 40].join(" "))
+            .with_chunk_delay_ms(250)
             .with_stall_after_chunks(5)
             .with_usage(Usage::new(9, 40)),
     );
@@ -399,23 +401,34 @@ async fn kill_9_mid_stream_charges_what_the_last_heartbeat_saw_delivered() -> R 
     // Wait for a heartbeat (every 100 ms) to persist the 5 delivered tokens, then kill -9.
     let db = rusqlite::Connection::open(data.join("hub.db"))?;
     let mut persisted = None;
+    let mut first = None;
     for _ in 0..100 {
-        persisted = db
+        let row = db
             .query_row(
-                "SELECT delivered FROM reservations WHERE request_id = ?1",
+                "SELECT h.record, r.progress FROM reservations r
+                 JOIN hold_records h ON h.request_id = r.request_id WHERE r.request_id = ?1",
                 [&id],
-                |r| r.get::<_, Option<String>>(0),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )
-            .ok()
-            .flatten()
-            .and_then(|j| serde_json::from_str::<hub_core::store::UsageRecord>(&j).ok())
-            .filter(|r| r.completion_tokens == 5);
-        if persisted.is_some() {
-            break;
+            .ok();
+        if let Some((record, progress)) = row {
+            let mut rec: hub_core::store::UsageRecord = serde_json::from_str(&record)?;
+            first.get_or_insert(rec.completion_tokens);
+            if let Some(p) = progress {
+                serde_json::from_str::<hub_core::store::StreamProgress>(&p)?.apply(&mut rec);
+            }
+            if rec.completion_tokens == 5 {
+                persisted = Some(rec);
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let persisted = persisted.ok_or("no heartbeat persisted the delivered part")?;
+    assert!(
+        first.is_some_and(|n| n < 5),
+        "the record was stored before the last chunk, and the later beats wrote progress: {first:?}"
+    );
     assert_eq!(mock.hits(), 2, "both calls are upstream");
     let sent = mock.stats().chunks_sent;
     child.kill()?; // SIGKILL

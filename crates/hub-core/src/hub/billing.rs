@@ -18,7 +18,7 @@ use crate::pricing::{
 };
 use crate::providers::ProviderKind;
 use crate::router;
-use crate::store::{CallStatus, Store, StoreError, UsageRecord};
+use crate::store::{CallStatus, Store, StoreError, StreamBeat, UsageRecord};
 use crate::types::{ModelType, Usage};
 
 /// Setting keys (the `settings` table; a running hub picks changes up within a second).
@@ -419,15 +419,30 @@ impl Hold {
 /// crash charges the delivered part.
 #[derive(Default)]
 pub(crate) struct Delivered {
-    /// Delivered output text, while the provider has sent no usage.
+    /// Delivered output text not counted yet, while the provider has sent no usage.
     pub(crate) output: String,
+    /// The tokens of the text delivered before `output`, which a heartbeat counted and dropped:
+    /// each beat counts the text up to the last point where it can be cut (`tokenize::cut`)
+    /// once, and keeps only what follows. Beats used to copy and count all of a stream's output
+    /// again, and an open stream kept all of it until its end.
+    pub(crate) counted: u64,
+    /// Bytes of output delivered in all (`output` and what was counted).
+    len: usize,
     /// Usage as the provider reported it.
     pub(crate) usage: Option<Usage>,
-    /// What the last successful heartbeat persisted.
+    /// What the last successful heartbeat persisted (and so that the store has the record).
     persisted: Option<DeliveredMark>,
 }
 
-/// `(output length, usage)`: changes whenever more is delivered.
+impl Delivered {
+    /// More output delivered.
+    pub(crate) fn push(&mut self, text: &str) {
+        self.output.push_str(text);
+        self.len += text.len();
+    }
+}
+
+/// `(bytes of output delivered, usage)`: changes whenever more is delivered.
 type DeliveredMark = (usize, Option<Usage>);
 
 /// Streams whose progress one heartbeat transaction persists (`Hub::ledger_upkeep`).
@@ -703,20 +718,29 @@ impl Hub {
     /// For each of `streams` whose delivered part changed since the last beat: the record to
     /// write if this instance dies now (usage so far, estimated, priced, flagged `reconciled`),
     /// and beside it the stream with the mark to remember once it is persisted.
+    ///
+    /// The output's tokens are counted from the last cut on (`Delivered::counted`), and only
+    /// the text after it is copied out of the lock: counting and copying all of it at every beat
+    /// took time that grew with everything every stream had delivered.
     fn delivered_so_far(
         &self,
         streams: &[Arc<InFlight>],
-    ) -> (Vec<UsageRecord>, Vec<(Arc<InFlight>, DeliveredMark)>) {
-        let mut records = Vec::new();
+    ) -> (Vec<StreamBeat>, Vec<(Arc<InFlight>, DeliveredMark)>) {
+        let mut beats = Vec::new();
         let mut marks = Vec::new();
         for f in streams {
-            let (output, usage, mark) = {
+            let (output, counted, usage, mark, stored) = {
                 let d = f.delivered.lock();
-                let mark = (d.output.len(), d.usage);
+                let mark = (d.len, d.usage);
                 if d.persisted == Some(mark) || (mark.0 == 0 && mark.1.is_none()) {
                     continue; // unchanged, or nothing delivered yet (released if it dies)
                 }
-                (d.output.clone(), d.usage, mark)
+                let output = if d.usage.is_none() {
+                    d.output.clone()
+                } else {
+                    String::new()
+                };
+                (output, d.counted, d.usage, mark, d.persisted.is_some())
             };
             let usage = match usage {
                 Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => Usage {
@@ -727,7 +751,20 @@ impl Hub {
                     prompt_tokens: *f
                         .prompt_estimate
                         .get_or_init(|| crate::tokenize::estimate_prompt(&f.req)),
-                    completion_tokens: crate::tokenize::count(&output),
+                    completion_tokens: {
+                        let at = crate::tokenize::cut(&output);
+                        let before = counted + crate::tokenize::count(&output[..at]);
+                        if at > 0 {
+                            // Counted up to the cut: drop that part, unless the stream ended
+                            // (its meter took the output) since it was copied.
+                            let mut d = f.delivered.lock();
+                            if d.counted == counted && d.output.len() >= at {
+                                d.output = d.output[at..].to_string();
+                                d.counted = before;
+                            }
+                        }
+                        before + crate::tokenize::count(&output[at..])
+                    },
                     estimated: true,
                     ..Usage::default()
                 },
@@ -743,10 +780,13 @@ impl Hub {
             );
             let mut terms = f.terms.terms();
             self.charge(&mut rec, &mut terms, &usage);
-            records.push(rec);
+            beats.push(StreamBeat {
+                record: rec,
+                stored,
+            });
             marks.push((f.clone(), mark));
         }
-        (records, marks)
+        (beats, marks)
     }
 
     /// Reloads the billing configuration (settings and prices) from the store.
@@ -817,8 +857,8 @@ impl Hub {
             store.heartbeat(&self.inner.instance, now, &[]).await?;
         }
         for batch in streams.chunks(HEARTBEAT_STREAMS) {
-            let (records, marks) = self.delivered_so_far(batch);
-            store.heartbeat(&self.inner.instance, now, &records).await?;
+            let (beats, marks) = self.delivered_so_far(batch);
+            store.heartbeat(&self.inner.instance, now, &beats).await?;
             for (f, mark) in marks {
                 f.delivered.lock().persisted = Some(mark);
             }

@@ -190,7 +190,7 @@ impl StreamMeter {
             StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => {
                 let mut d = self.delivered.lock();
                 if d.usage.is_none() {
-                    d.output.push_str(text);
+                    d.push(text);
                 }
             }
             StreamEvent::ToolCallDelta {
@@ -199,9 +199,9 @@ impl StreamMeter {
                 let mut d = self.delivered.lock();
                 if d.usage.is_none() {
                     if let Some(n) = name {
-                        d.output.push_str(n);
+                        d.push(n);
                     }
-                    d.output.push_str(arguments);
+                    d.push(arguments);
                 }
             }
             StreamEvent::Usage { usage } => self.delivered.lock().usage = Some(*usage),
@@ -225,15 +225,16 @@ impl StreamMeter {
         self.hub.untrack_stream(&rec.id);
         // Unshared now, unless a heartbeat holds the entry this moment.
         let mut rec = std::sync::Arc::unwrap_or_clone(rec);
-        let (reported, output) = {
+        let (reported, output, counted) = {
             let mut d = self.delivered.lock();
-            (d.usage, std::mem::take(&mut d.output))
+            (d.usage, std::mem::take(&mut d.output), d.counted)
         };
         let usage = match reported {
             Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
             _ => Usage {
                 prompt_tokens: tokenize::estimate_prompt(&self.req),
-                completion_tokens: tokenize::count(&output),
+                // What the heartbeats counted (and dropped) is not counted again.
+                completion_tokens: counted + tokenize::count(&output),
                 estimated: true,
                 ..Usage::default()
             },

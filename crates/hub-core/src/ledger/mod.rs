@@ -19,8 +19,8 @@
 //!   `shortfall`, never overdrawn.
 //! - **Reconcile** (after a crash): an open reservation whose instance died (or older than the
 //!   window) is reconciled (its row moves to `reconciled_holds`); if its stream had delivered
-//!   something by the instance's last heartbeat, the heartbeat's record of that part is written
-//!   and captured (the rest goes back), else all of it goes back to `available` (no entry: no
+//!   something by the instance's last heartbeat, the heartbeat's record of that part (stored
+//!   once, with the progress of the last beat laid over it) is written and captured (the rest goes back), else all of it goes back to `available` (no entry: no
 //!   money moved).
 //! - Ledgers written before holds left the entries have `reserve` (-x/+x) and `release` (+x/-x)
 //!   entries, and captures that also returned their hold (+x-cost/-x); each sums to the same
@@ -247,12 +247,14 @@ pub trait LedgerStore: Send + Sync {
     ) -> Result<ReconcileReport, StoreError>;
     /// Records that instance `id` is alive, and what its streams holding reservations have
     /// delivered so far: for each, the usage record to write (estimated, flagged `reconciled`)
-    /// if this instance dies before settling it. One transaction per beat.
+    /// if this instance dies before settling it. A stream's record is stored whole once (a beat
+    /// that has not `stored` it); later beats store its `StreamProgress`, which reconcile lays
+    /// over it. Nothing is stored for a stream whose hold is no longer open. One transaction.
     async fn heartbeat(
         &self,
         id: &str,
         now_ms: i64,
-        delivered: &[UsageRecord],
+        streams: &[crate::store::StreamBeat],
     ) -> Result<(), StoreError>;
     /// Expires what is left of grants whose expiry passed (entries keyed `expire:<grant id>`).
     /// Returns the number of grants expired.

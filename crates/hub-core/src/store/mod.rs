@@ -183,6 +183,84 @@ pub struct Billing {
     pub shortfall_units: i64,
 }
 
+/// What a stream's heartbeat record changes from one beat to the next: its usage so far, its
+/// latency and what that usage costs. The rest of the record (who called, which model, at which
+/// price terms, flagged `reconciled`) is fixed once the stream has started, so a store keeps it
+/// once and this beside it (`LedgerStore::heartbeat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamProgress {
+    #[serde(rename = "p")]
+    pub prompt_tokens: u64,
+    #[serde(rename = "c")]
+    pub completion_tokens: u64,
+    #[serde(rename = "cr", default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    #[serde(rename = "cw", default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    #[serde(rename = "r", default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
+    #[serde(rename = "e")]
+    pub estimated: bool,
+    #[serde(rename = "l")]
+    pub latency_ms: u64,
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<i64>,
+    #[serde(rename = "u")]
+    pub cost_units: i64,
+    #[serde(rename = "pu", default, skip_serializing_if = "is_zero_i64")]
+    pub provider_cost_units: i64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
+impl StreamProgress {
+    /// The moving part of `rec`.
+    pub fn of(rec: &UsageRecord) -> StreamProgress {
+        StreamProgress {
+            prompt_tokens: rec.prompt_tokens,
+            completion_tokens: rec.completion_tokens,
+            cache_read_tokens: rec.cache_read_tokens,
+            cache_write_tokens: rec.cache_write_tokens,
+            reasoning_tokens: rec.reasoning_tokens,
+            estimated: rec.estimated,
+            latency_ms: rec.latency_ms,
+            price_version: rec.billing.price_version,
+            cost_units: rec.billing.cost_units,
+            provider_cost_units: rec.billing.provider_cost_units,
+        }
+    }
+
+    /// Brings a record kept from an earlier beat up to this one.
+    pub fn apply(&self, rec: &mut UsageRecord) {
+        rec.prompt_tokens = self.prompt_tokens;
+        rec.completion_tokens = self.completion_tokens;
+        rec.cache_read_tokens = self.cache_read_tokens;
+        rec.cache_write_tokens = self.cache_write_tokens;
+        rec.reasoning_tokens = self.reasoning_tokens;
+        rec.estimated = self.estimated;
+        rec.latency_ms = self.latency_ms;
+        rec.billing.price_version = self.price_version;
+        rec.billing.cost_units = self.cost_units;
+        rec.billing.provider_cost_units = self.provider_cost_units;
+    }
+}
+
+/// One stream's part of a heartbeat: its record as of now, to be written if this instance dies
+/// before settling it (usage so far, estimated, priced, flagged `reconciled`).
+#[derive(Debug, Clone)]
+pub struct StreamBeat {
+    pub record: UsageRecord,
+    /// An earlier beat stored this stream's record, so only its progress
+    /// (`StreamProgress::of(&record)`) needs writing.
+    pub stored: bool,
+}
+
 /// The persistence trait (with the ledger, price book and reports of `crate::ledger`).
 #[async_trait]
 pub trait Store: iam::IamStore + crate::ledger::LedgerStore + Send + Sync + 'static {

@@ -354,6 +354,26 @@ INSERT INTO reconciled_holds (request_id, account, amount, instance, created_at_
 DELETE FROM reservations WHERE status <> 'open';
 DROP INDEX IF EXISTS reservations_open;
 "#,
+    // 12: a stream's progress is two parts. Its record (who, what, at which price: ~1 KB of JSON)
+    // goes to `hold_records` at the first heartbeat that finds it has delivered something, once;
+    // each later beat writes only what moved (tokens, latency, cost: `progress`, ~150 bytes) into
+    // its reservation row. Every beat used to rewrite the whole record into `reservations.delivered`:
+    // a `WITHOUT ROWID` b-tree, whose rows are its keys, so rows of ~1 KB left four to a page and
+    // spilled to overflow pages, which every key comparison on the way to a row read back. With
+    // 5,000 streams open that was a quarter of the hub's CPU (BENCHMARKS.md, twenty-third and
+    // twenty-fourth sessions), and every call's hold and claim walks the same b-tree.
+    // `hold_records` is a rowid table: its key's index holds the ids only, and a record is read
+    // by reconcile alone.
+    r#"
+CREATE TABLE hold_records (
+    request_id TEXT PRIMARY KEY,
+    record     TEXT NOT NULL
+);
+INSERT INTO hold_records (request_id, record)
+  SELECT request_id, delivered FROM reservations WHERE delivered IS NOT NULL;
+ALTER TABLE reservations DROP COLUMN delivered;
+ALTER TABLE reservations ADD COLUMN progress TEXT;
+"#,
 ];
 
 /// The SQLite store.
@@ -2141,6 +2161,52 @@ mod tests {
         // The open hold settles as any other.
         store.insert_usage(&[billed("open", 40)]).await?;
         assert_ledger(&store, (1_000 - 30 - 20 - 40, 0), (0, 3)).await
+    }
+
+    /// Migration 12 on a database of migration 11: a hold's heartbeat record moves from its row
+    /// to `hold_records`, and a restart's reconcile still captures what it says was delivered.
+    #[tokio::test]
+    async fn migration_12_moves_heartbeat_records_out_of_the_holds() -> Result<(), StoreError> {
+        use crate::ledger::LedgerStore as _;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(e.to_string()))?;
+        let path = dir.path().join("hub.db");
+        let mut delivered = billed("streamed", 25);
+        delivered.stream = true;
+        delivered.billing.reserved_units = 0;
+        let json = serde_json::to_string(&delivered).map_err(|e| StoreError::Db(e.to_string()))?;
+        {
+            let c = Connection::open(&path).map_err(db_err)?;
+            for sql in &MIGRATIONS[..11] {
+                c.execute_batch(sql).map_err(db_err)?;
+            }
+            c.execute_batch(
+                "PRAGMA user_version = 11;
+                 INSERT INTO ledger_accounts (id, available, reserved, created_at_ms) VALUES ('user:u', 800, 200, 1);
+                 INSERT INTO ledger_entries (account, kind, available_delta, reserved_delta, charged, request_id, idem_key, created_at_ms) VALUES
+                   ('user:u', 'grant', 1000, 0, 0, NULL, 'g', 1);
+                 INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms) VALUES
+                   ('plain', 'user:u', 100, 'dead', 'open', 1);",
+            )
+            .map_err(db_err)?;
+            c.execute(
+                "INSERT INTO reservations (request_id, account, amount, instance, status, created_at_ms, delivered)
+                 VALUES ('streamed', 'user:u', 100, 'dead', 'open', 1, ?1)",
+                [&json],
+            )
+            .map_err(db_err)?;
+        }
+        let store = SqliteStore::open(&path)?;
+        assert_eq!(
+            strings(&store, "SELECT request_id FROM hold_records")?,
+            vec!["streamed".to_string()]
+        );
+        let rep = store.verify(10, 1_000_000).await?;
+        assert!(rep.violations.is_empty(), "{rep:#?}");
+        let rep = store.reconcile("me", 10, 5, 0).await?;
+        assert_eq!((rep.captured, rep.captured_units), (1, 25));
+        assert_eq!((rep.released, rep.released_units), (1, 100));
+        assert!(strings(&store, "SELECT request_id FROM hold_records")?.is_empty());
+        assert_ledger(&store, (1_000 - 25, 0), (0, 1)).await
     }
 
     /// The per-app export reads the partial per-app index (migration 10): records of that app,

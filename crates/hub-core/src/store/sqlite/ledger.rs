@@ -19,7 +19,7 @@ use crate::ledger::{
 };
 use crate::pricing::Price;
 use crate::store::iam::{Applied, Change, IamStore};
-use crate::store::{StoreError, UsageRecord};
+use crate::store::{StoreError, StreamBeat, StreamProgress, UsageRecord};
 use crate::types::ModelType;
 
 struct NewEntry<'a> {
@@ -150,6 +150,14 @@ impl AccountDeltas {
     }
 }
 
+/// Deletes the heartbeats' record of a call whose hold is no longer open (there may be none).
+fn delete_hold_record(tx: &mut Stmts<'_>, request_id: &str) -> Result<(), StoreError> {
+    tx.get(Q::DeleteHoldRecord)?
+        .execute([request_id])
+        .map_err(db_err)?;
+    Ok(())
+}
+
 fn available_of(tx: &mut Stmts<'_>, account: &str) -> Result<i64, StoreError> {
     Ok(tx
         .get(Q::AvailableOf)?
@@ -251,6 +259,10 @@ pub(super) fn settle_in_tx(
         )));
     }
     deltas.add(tx, account, reserved - charged, -reserved)?;
+    if held.is_some() && r.stream {
+        // A stream's hold may have a heartbeat's record (migration 12); only streams have one.
+        delete_hold_record(tx, &r.id)?;
+    }
     if shortfall > 0 {
         tx.get(Q::Shortfall)?
             .execute(params![r.id, shortfall])
@@ -437,7 +449,7 @@ fn rebuild_zone_days(tx: &Transaction<'_>, zone: &ReportZone) -> Result<u64, Sto
 /// hold against ~170 ns at 100,000 holds; the join took 0.6 ms at 5,000 (BENCHMARKS.md,
 /// seventeenth session).
 pub(super) const STALE_HOLDS_SQL: &str =
-    "SELECT r.request_id, r.account, r.amount, r.delivered, r.instance, r.created_at_ms FROM reservations r
+    "SELECT r.request_id, r.account, r.amount, r.progress, r.instance, r.created_at_ms FROM reservations r
      WHERE r.created_at_ms < ?3 OR (r.instance != ?1 AND r.instance NOT IN
        (SELECT id FROM instances WHERE heartbeat_ms >= ?2 AND id IS NOT NULL))";
 
@@ -446,7 +458,8 @@ struct StaleHold {
     request_id: String,
     account: String,
     amount: i64,
-    delivered: Option<String>,
+    /// The last heartbeat's progress of its stream (JSON), over the record the first stored.
+    progress: Option<String>,
     instance: String,
     created_at_ms: i64,
 }
@@ -627,6 +640,18 @@ fn verify_in(
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?
+            ))
+        },
+    )?;
+    // ... and a heartbeat's record of a stream belongs to an open hold: settling or
+    // reconciling the hold deletes it (migration 12).
+    q(
+        "SELECT h.request_id FROM hold_records h
+         WHERE NOT EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = h.request_id)",
+        &|r| {
+            Ok(format!(
+                "request {}: a heartbeat's record of its stream outlived its hold",
+                r.get::<_, String>(0)?
             ))
         },
     )?;
@@ -1001,7 +1026,7 @@ impl LedgerStore for SqliteStore {
                             request_id: r.get(0)?,
                             account: r.get(1)?,
                             amount: r.get(2)?,
-                            delivered: r.get(3)?,
+                            progress: r.get(3)?,
                             instance: r.get(4)?,
                             created_at_ms: r.get(5)?,
                         })
@@ -1012,10 +1037,20 @@ impl LedgerStore for SqliteStore {
             let mut rep = ReconcileReport::default();
             for h in stale {
                 // A stream that had delivered something by its last heartbeat: its record (as
-                // the heartbeat left it: estimated, flagged `reconciled`) is written and settled
+                // the heartbeats left it: estimated, flagged `reconciled`) is written and settled
                 // now, which charges the delivered part and returns the rest.
-                if let Some(rec) = h
-                    .delivered
+                // (Looked up for a stale hold alone: a join in the scan, which runs at every
+                // beat and almost always finds none, had SQLite build a Bloom filter of every
+                // stream's record first.)
+                let record: Option<String> = tx
+                    .query_row(
+                        "SELECT record FROM hold_records WHERE request_id = ?1",
+                        [&h.request_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(mut rec) = record
                     .as_deref()
                     .and_then(|j| serde_json::from_str::<UsageRecord>(j).ok())
                     .filter(|r| {
@@ -1023,7 +1058,14 @@ impl LedgerStore for SqliteStore {
                             && r.billing.account.as_deref() == Some(h.account.as_str())
                     })
                 {
-                    let mut rec = rec;
+                    // The last beat's progress, when it came after the record's.
+                    if let Some(p) = h
+                        .progress
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str::<StreamProgress>(j).ok())
+                    {
+                        p.apply(&mut rec);
+                    }
                     rec.billing.reserved_units = h.amount;
                     super::insert_usage_in_tx(
                         &mut Stmts::new(&tx),
@@ -1057,6 +1099,7 @@ impl LedgerStore for SqliteStore {
                 if n == 0 {
                     continue;
                 }
+                delete_hold_record(&mut Stmts::new(&tx), &h.request_id)?;
                 // The hold goes back; no ledger entry, as no money moved (`reconciled_holds`
                 // records it). Deleting the row above makes this happen once.
                 record_reconciled(&tx, &h, now_ms, "released")?;
@@ -1074,13 +1117,19 @@ impl LedgerStore for SqliteStore {
         &self,
         id: &str,
         now_ms: i64,
-        delivered: &[UsageRecord],
+        streams: &[StreamBeat],
     ) -> Result<(), StoreError> {
         let id = id.to_string();
-        let mut progress = Vec::with_capacity(delivered.len());
-        for r in delivered {
-            let json = serde_json::to_string(r).map_err(|e| StoreError::Db(e.to_string()))?;
-            progress.push((r.id.clone(), json));
+        // (request id, the record's JSON if not stored yet, else the progress's JSON).
+        let mut beats = Vec::with_capacity(streams.len());
+        for b in streams {
+            let json = if b.stored {
+                serde_json::to_string(&StreamProgress::of(&b.record))
+            } else {
+                serde_json::to_string(&b.record)
+            };
+            let json = json.map_err(|e| StoreError::Db(e.to_string()))?;
+            beats.push((b.record.id.clone(), b.stored, json));
         }
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
@@ -1091,11 +1140,27 @@ impl LedgerStore for SqliteStore {
             )
             .map_err(db_err)?;
             {
-                let mut st = tx
-                    .prepare_cached("UPDATE reservations SET delivered = ?2 WHERE request_id = ?1")
+                // A record only for a hold still open: a stream settled since its beat was
+                // gathered has claimed its row, and nothing would delete a record stored now.
+                let mut record = tx
+                    .prepare_cached(
+                        "INSERT INTO hold_records (request_id, record)
+                         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM reservations WHERE request_id = ?1)
+                         ON CONFLICT (request_id) DO UPDATE SET record = excluded.record",
+                    )
                     .map_err(db_err)?;
-                for (req, json) in &progress {
-                    st.execute(params![req, json]).map_err(db_err)?;
+                let mut progress = tx
+                    .prepare_cached("UPDATE reservations SET progress = ?2 WHERE request_id = ?1")
+                    .map_err(db_err)?;
+                for (req, stored, json) in &beats {
+                    if *stored {
+                        progress.execute(params![req, json]).map_err(db_err)?;
+                    } else if record.execute(params![req, json]).map_err(db_err)? == 1 {
+                        // The record is as of now; no earlier progress lies over it.
+                        progress
+                            .execute(params![req, None::<&str>])
+                            .map_err(db_err)?;
+                    }
                 }
             }
             // Forget instances gone for a day.

@@ -39,6 +39,7 @@ pub(super) enum Q {
     InsertReservation,
     Hold,
     DeleteReservation,
+    DeleteHoldRecord,
     QuarterUpdate,
     QuarterInsert,
     DayUpdate,
@@ -87,6 +88,7 @@ impl Q {
                  WHERE id = ?1 AND available >= ?2"
             }
             Q::DeleteReservation => "DELETE FROM reservations WHERE request_id = ?1",
+            Q::DeleteHoldRecord => "DELETE FROM hold_records WHERE request_id = ?1",
             Q::QuarterUpdate => concat!(
                 "UPDATE usage_rollup SET ",
                 rollup_sums_set!(),
