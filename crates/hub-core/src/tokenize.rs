@@ -234,9 +234,9 @@ pub fn count(text: &str) -> u64 {
 /// the last newline that follows an ASCII letter or digit (0 when there is none). No o200k
 /// pre-token runs from such a character into the space or newline after it (words, numbers and
 /// punctuation end before a space; only punctuation takes a newline with it), so one starts
-/// there, and the pattern looks neither back nor ahead past it. A stream's meter counts the
-/// part before once and only what follows again as more arrives (`hub::billing`), where it
-/// counted everything delivered at every heartbeat. Equal counts are tested below.
+/// there, and the pattern looks neither back nor ahead past it. A stream's heartbeats count the
+/// part before once and only what follows again as more arrives (`hub::billing`), where they
+/// counted everything delivered at every beat. Equal counts are tested below.
 pub fn cut(text: &str) -> usize {
     let b = text.as_bytes();
     let mut i = b.len();
