@@ -735,12 +735,13 @@ impl Hub {
                 if d.persisted == Some(mark) || (mark.0 == 0 && mark.1.is_none()) {
                     continue; // unchanged, or nothing delivered yet (released if it dies)
                 }
-                let output = if d.usage.is_none() {
-                    d.output.clone()
-                } else {
-                    String::new()
-                };
-                (output, d.counted, d.usage, mark, d.persisted.is_some())
+                (
+                    d.output.clone(),
+                    d.counted,
+                    d.usage,
+                    mark,
+                    d.persisted.is_some(),
+                )
             };
             let usage = match usage {
                 Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => Usage {

@@ -20,8 +20,8 @@
 //! - **Reconcile** (after a crash): an open reservation whose instance died (or older than the
 //!   window) is reconciled (its row moves to `reconciled_holds`); if its stream had delivered
 //!   something by the instance's last heartbeat, the heartbeat's record of that part (stored
-//!   once, with the progress of the last beat laid over it) is written and captured (the rest goes back), else all of it goes back to `available` (no entry: no
-//!   money moved).
+//!   once, with the progress of the last beat laid over it) is written and captured (the rest
+//!   goes back), else all of it goes back to `available` (no entry: no money moved).
 //! - Ledgers written before holds left the entries have `reserve` (-x/+x) and `release` (+x/-x)
 //!   entries, and captures that also returned their hold (+x-cost/-x); each sums to the same
 //!   across the two buckets, so they verify as they are.
