@@ -87,6 +87,8 @@ def main() -> None:
     stream_parts = defaultdict(dict)  # scenario 3's breakdown at c=16: config -> run -> hub row
     hold = None
     upstream = "http1"
+    mixed_only = {}  # scenario 7: (target, run) -> the open streams' CPU alone
+    mixed_hold = {}  # scenario 7: (target, run) -> hub-bench hold's summary
     missing = set()
     for r in rows:
         if "missing_switch" in r:
@@ -102,6 +104,10 @@ def main() -> None:
         elif "hold" in r:
             hold = r["hold"]
             upstream = r.get("upstream", "http1")
+        elif "streams_only" in r:
+            mixed_only[(r.get("target", "hub"), r["run"])] = r["streams_only"]
+        elif "mixed_hold" in r:
+            mixed_hold[(r.get("target", "hub"), r["run"])] = r["mixed_hold"]
 
     def cpu_us_per_req(r):
         req = r["wrk"]["requests"]
@@ -451,6 +457,60 @@ def main() -> None:
                 f"everything on vs everything off: {(base - on) / base * 100:.1f} % lower. "
                 f"Target ≤ 15 % ({verdict(cost <= 15)})."
             )
+        w("")
+
+    # Scenario 7
+    quiet, busy = wrk.get(("7", "no_streams", 64)), wrk.get(("7", "with_streams", 64))
+    if quiet and busy:
+
+        def net_cpu_us_per_req(target, run, r):
+            # CPU over wrk's window less what the open streams took alone at the same rate
+            # (measured just before), per request.
+            alone = mixed_only.get((target, run))
+            req = r["wrk"]["requests"]
+            if not alone or not req or not alone["duration_us"]:
+                return None
+            ticks = r["hub_cpu_ticks"] - r["hub_cpu_ticks_before"]
+            streams_us = alone["hub_cpu_ticks"] * TICK_US / alone["duration_us"] * r["wrk"]["duration_us"]
+            return (ticks * TICK_US - streams_us) / req
+
+        n = med(h["opened"] for h in mixed_hold.values()) if mixed_hold else None
+        w(f"### 7. Plain chat at concurrency 64 while {fmt(n)} long streams are open")
+        w("")
+        w("| | requests/s | p50 µs | p99 µs | p99.9 µs | CPU µs/request | streams alone | errors |")
+        w("|---|---|---|---|---|---|---|---|")
+        for t in ("hub", "floor"):
+            for label, runs, net in (("no streams open", quiet, False), ("streams open", busy, True)):
+                rs = [(k, runs[k][t]) for k in runs if t in runs[k]]
+                if not rs:
+                    continue
+                cpu = med(net_cpu_us_per_req(t, k, r) if net else cpu_us_per_req(r) for k, r in rs)
+                alone = med(
+                    a["hub_cpu_ticks"] * TICK_US / a["duration_us"] * 100
+                    for (tt, _), a in mixed_only.items()
+                    if tt == t and a["duration_us"]
+                )
+                w(
+                    f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for _, r in rs))} | "
+                    f"{fmt(med(r['wrk']['lat_us']['p50'] for _, r in rs))} | "
+                    f"{fmt(med(r['wrk']['lat_us']['p99'] for _, r in rs))} | "
+                    f"{fmt(med(r['wrk']['lat_us']['p999'] for _, r in rs))} | "
+                    f"{fmt(cpu, '', 1)}{' (net of the streams)' if net else ''} | "
+                    f"{fmt(alone, ' % of a core', 1) if net else ''} | "
+                    f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for _, r in rs)} |"
+                )
+        w("")
+        for t in ("hub", "floor"):
+            hs = [h for (tt, _), h in mixed_hold.items() if tt == t]
+            if not hs:
+                continue
+            ok = sum(h["completed_ok"] for h in hs)
+            errs = sum(h["errors"] for h in hs)
+            total = sum(h["streams"] for h in hs)
+            w(f"Streams completed through the {t}: {ok:,} of {total:,} ({errs} errors).")
+            first = next((h["first_error"] for h in hs if h.get("first_error")), None)
+            if first:
+                w(f"First error: `{first}`")
         w("")
 
     print("\n".join(lines))

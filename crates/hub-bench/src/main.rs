@@ -102,6 +102,10 @@ struct HoldArgs {
     /// Give up waiting for all streams to open after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     open_timeout_s: f64,
+    /// A file to create once every stream is open (or the open timeout passed), so a script can
+    /// load the hub while the streams are open (scripts/bench, scenario 7).
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
 }
 
 fn client(max_conns: usize) -> Result<reqwest::Client, String> {
@@ -451,6 +455,10 @@ async fn run_hold(a: HoldArgs) -> Result<Value, String> {
     }
     let all_open_s = t0.elapsed().as_secs_f64();
     let open_at_start = opened.load(Ordering::Relaxed);
+    if let Some(path) = &a.ready_file {
+        std::fs::write(path, format!("{open_at_start}\n"))
+            .map_err(|e| format!("ready file {}: {e}", path.display()))?;
+    }
     let s0 = proc_sample(a.hub_pid)?;
     let w0 = Instant::now();
     let mut max_rss = s0.rss_kb;
