@@ -89,6 +89,7 @@ def main() -> None:
     upstream = "http1"
     mixed_only = {}  # scenario 7: (target, run) -> the open streams' CPU alone
     mixed_hold = {}  # scenario 7: (target, run) -> hub-bench hold's summary
+    mixed_load = {}  # scenario 7: (target, run) -> the load generator CPU's busy % in each wrk run
     missing = set()
     for r in rows:
         if "missing_switch" in r:
@@ -108,6 +109,8 @@ def main() -> None:
             mixed_only[(r.get("target", "hub"), r["run"])] = r["streams_only"]
         elif "mixed_hold" in r:
             mixed_hold[(r.get("target", "hub"), r["run"])] = r["mixed_hold"]
+        elif "load_cpu_busy_pct" in r:
+            mixed_load[(r.get("target", "hub"), r["run"])] = r["load_cpu_busy_pct"]
 
     def cpu_us_per_req(r):
         req = r["wrk"]["requests"]
@@ -477,8 +480,8 @@ def main() -> None:
         n = med(h["opened"] for h in mixed_hold.values()) if mixed_hold else None
         w(f"### 7. Plain chat at concurrency 64 while {fmt(n)} long streams are open")
         w("")
-        w("| | requests/s | p50 µs | p99 µs | p99.9 µs | CPU µs/request | streams alone | errors |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("| | requests/s | p50 µs | p99 µs | p99.9 µs | CPU µs/request | streams alone | load CPU busy | errors |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for t in ("hub", "floor"):
             for label, runs, net in (("no streams open", quiet, False), ("streams open", busy, True)):
                 rs = [(k, runs[k][t]) for k in runs if t in runs[k]]
@@ -497,6 +500,7 @@ def main() -> None:
                     f"{fmt(med(r['wrk']['lat_us']['p999'] for _, r in rs))} | "
                     f"{fmt(cpu, '', 1)}{' (net of the streams)' if net else ''} | "
                     f"{fmt(alone, ' % of a core', 1) if net else ''} | "
+                    f"{fmt(med(v['with_streams' if net else 'no_streams'] for (tt, _), v in mixed_load.items() if tt == t), ' %', 1)} | "
                     f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for _, r in rs)} |"
                 )
         w("")
@@ -508,6 +512,12 @@ def main() -> None:
             errs = sum(h["errors"] for h in hs)
             total = sum(h["streams"] for h in hs)
             w(f"Streams completed through the {t}: {ok:,} of {total:,} ({errs} errors).")
+            busy = [v["with_streams"] for (tt, _), v in mixed_load.items() if tt == t]
+            if busy and max(busy) >= 90:
+                w(
+                    f"The load generator's CPU was {max(busy):.0f} % busy with the streams open through the {t}: "
+                    "its requests/s there are the load side's limit, not the target's."
+                )
             first = next((h["first_error"] for h in hs if h.get("first_error")), None)
             if first:
                 w(f"First error: `{first}`")
