@@ -512,10 +512,12 @@ def main() -> None:
             errs = sum(h["errors"] for h in hs)
             total = sum(h["streams"] for h in hs)
             w(f"Streams completed through the {t}: {ok:,} of {total:,} ({errs} errors).")
-            busy = [v["with_streams"] for (tt, _), v in mixed_load.items() if tt == t]
-            if busy and max(busy) >= 90:
+            rss = [h["hub_rss_open_max_mb"] for h in hs]
+            w(f"Max RSS while the streams were open, each run: {', '.join(f'{x:.1f}' for x in rss)} MB.")
+            load_busy = [v["with_streams"] for (tt, _), v in mixed_load.items() if tt == t]
+            if load_busy and max(load_busy) >= 90:
                 w(
-                    f"The load generator's CPU was {max(busy):.0f} % busy with the streams open through the {t}: "
+                    f"The load generator's CPU was {max(load_busy):.0f} % busy with the streams open through the {t}: "
                     "its requests/s there are the load side's limit, not the target's."
                 )
             first = next((h["first_error"] for h in hs if h.get("first_error")), None)
