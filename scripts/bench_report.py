@@ -31,6 +31,12 @@ def fmt(x, unit="", digits=0):
     return f"{x:,.{digits}f}{unit}"
 
 
+def wrk_errors(r) -> int:
+    """Failed requests of one wrk run: bad status, connect, read and timeout errors."""
+    e = r["wrk"]
+    return e["errors_status"] + e["errors_connect"] + e["errors_read"] + e["errors_timeout"]
+
+
 def verdict(ok: bool | None) -> str:
     if ok is None:
         return "–"
@@ -156,7 +162,7 @@ def main() -> None:
                 f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
                 f"{fmt(med(r['wrk']['lat_us']['p999'] for r in rs))} | "
                 f"{fmt(med(r['wrk']['rps'] for r in rs))} | "
-                f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for r in rs)} |"
+                f"{sum(wrk_errors(r) for r in rs)} |"
             )
         added = added_over_direct(runs, "hub", ("p50", "p99", "p999"))
         w(
@@ -252,7 +258,7 @@ def main() -> None:
                 f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1) if hubby else ''} | "
                 f"{fmt(med(busy_pct(r) for r in rs), ' %') if hubby else ''} | "
                 f"{fmt(med((r['hub_vmhwm_kb'] or 0) / 1024 for r in rs), ' MB', 1) if hubby else ''} | "
-                f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for r in rs)} |"
+                f"{sum(wrk_errors(r) for r in rs)} |"
             )
         ratio = med(
             runs[k]["hub"]["wrk"]["rps"] / runs[k]["direct"]["wrk"]["rps"]
@@ -501,7 +507,7 @@ def main() -> None:
                     f"{fmt(cpu, '', 1)}{' (net of the streams)' if net else ''} | "
                     f"{fmt(alone, ' % of a core', 1) if net else ''} | "
                     f"{fmt(med(v['with_streams' if net else 'no_streams'] for (tt, _), v in mixed_load.items() if tt == t), ' %', 1)} | "
-                    f"{sum(r['wrk']['errors_status'] + r['wrk']['errors_connect'] + r['wrk']['errors_read'] + r['wrk']['errors_timeout'] for _, r in rs)} |"
+                    f"{sum(wrk_errors(r) for _, r in rs)} |"
                 )
         w("")
         for t in ("hub", "floor"):
