@@ -448,6 +448,45 @@ type DeliveredMark = (usize, Option<Usage>);
 /// Streams whose progress one heartbeat transaction persists (`Hub::ledger_upkeep`).
 pub(crate) const HEARTBEAT_STREAMS: usize = 256;
 
+/// The longest a heartbeat waits between two of its transactions ([`beat_gap`]).
+const BEAT_GAP_MAX: Duration = Duration::from_millis(50);
+
+/// How long a heartbeat of `batches` transactions waits between two of them: its transactions
+/// spread over at most half the interval (`every`), at most [`BEAT_GAP_MAX`] apart.
+///
+/// A beat persists the progress of every open stream that moved, and with 5,000 streams open its
+/// ~20 transactions, back to back, took the hub's one core whole for ~50–100 ms every 2 s (the
+/// streams' text counted, their JSON written, their rows updated): every other call in flight
+/// waited that long, which showed as the tail latency of plain calls served beside the streams
+/// (BENCHMARKS.md, twenty-sixth session). Spread out, the same work comes one transaction at a
+/// time with the core free between, and the beat still ends before the next begins.
+pub(crate) fn beat_gap(batches: usize, every: Duration) -> Duration {
+    match u32::try_from(batches.saturating_sub(1)).unwrap_or(u32::MAX) {
+        0 => Duration::ZERO,
+        gaps => (every / 2 / gaps).min(BEAT_GAP_MAX),
+    }
+}
+
+/// Runs `beat` on `items` in slices of `per` (the last may be shorter), waiting `gap` between two.
+async fn paced<'a, T, F, Fut>(
+    items: &'a [T],
+    per: usize,
+    gap: Duration,
+    mut beat: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    for (i, batch) in items.chunks(per).enumerate() {
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        beat(batch).await?;
+    }
+    Ok(())
+}
+
 /// A stream holding a reservation, as the heartbeat sees it.
 pub(crate) struct InFlight {
     pub(crate) delivered: Arc<parking_lot::Mutex<Delivered>>,
@@ -853,17 +892,21 @@ impl Hub {
         // longer grow with the streams open. With 5,000 streams open, one transaction of every
         // stream's record put the hub's peak RSS at 237 MB, batches at 225 (BENCHMARKS.md,
         // twenty-first session).
+        // The transactions are spread over the first half of the interval (`beat_gap`).
         let streams: Vec<Arc<InFlight>> = self.inner.in_flight.lock().values().cloned().collect();
         if streams.is_empty() {
             store.heartbeat(&self.inner.instance, now, &[]).await?;
         }
-        for batch in streams.chunks(HEARTBEAT_STREAMS) {
+        let gap = beat_gap(streams.len().div_ceil(HEARTBEAT_STREAMS), d.heartbeat);
+        paced(&streams, HEARTBEAT_STREAMS, gap, |batch| async move {
             let (beats, marks) = self.delivered_so_far(batch);
             store.heartbeat(&self.inner.instance, now, &beats).await?;
             for (f, mark) in marks {
                 f.delivered.lock().persisted = Some(mark);
             }
-        }
+            Ok(())
+        })
+        .await?;
         let stale_before = now - 5 * d.heartbeat.as_millis() as i64;
         let older_than = now - d.reconcile_window.as_millis() as i64;
         let rep = store
@@ -889,6 +932,70 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_beat_spreads_over_at_most_half_its_interval() {
+        let every = Duration::from_secs(2);
+        assert_eq!(beat_gap(0, every), Duration::ZERO);
+        assert_eq!(beat_gap(1, every), Duration::ZERO);
+        // Two transactions: as far apart as the cap allows.
+        assert_eq!(beat_gap(2, every), BEAT_GAP_MAX);
+        // 5,000 streams: 20 transactions, 19 gaps of 50 ms (1 s / 19 is more).
+        assert_eq!(
+            beat_gap(5_000usize.div_ceil(HEARTBEAT_STREAMS), every),
+            BEAT_GAP_MAX
+        );
+        // 100,000 streams: 391 transactions within the first second.
+        let n = 100_000usize.div_ceil(HEARTBEAT_STREAMS);
+        let gap = beat_gap(n, every);
+        assert!(gap > Duration::ZERO && gap < BEAT_GAP_MAX, "{gap:?}");
+        assert!(gap * (n as u32 - 1) <= every / 2, "{gap:?} x {n}");
+        // A short interval (tests beat every 100 ms) keeps its beats inside it too.
+        let short = Duration::from_millis(100);
+        assert!(beat_gap(20, short) * 19 <= short / 2);
+        assert_eq!(beat_gap(usize::MAX, every), every / 2 / u32::MAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_beats_transactions_are_gap_apart_and_cover_every_stream() -> Result<(), StoreError> {
+        let items: Vec<usize> = (0..600).collect();
+        let start = tokio::time::Instant::now();
+        let seen = parking_lot::Mutex::new(Vec::new());
+        paced(&items, 256, Duration::from_millis(40), |batch| {
+            let seen = &seen;
+            async move {
+                seen.lock().push((start.elapsed(), batch.len(), batch[0]));
+                Ok(())
+            }
+        })
+        .await?;
+        let ms = Duration::from_millis;
+        assert_eq!(
+            *seen.lock(),
+            vec![(ms(0), 256, 0), (ms(40), 256, 256), (ms(80), 88, 512)]
+        );
+        // No gap: back to back, as before.
+        let t = tokio::time::Instant::now();
+        paced(&items, 256, Duration::ZERO, |_| async { Ok(()) }).await?;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        // A failed transaction ends the beat there.
+        let mut calls = 0;
+        let failed = paced(&items, 256, ms(1), |_| {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n == 2 {
+                    Err(StoreError::Db("disk full".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(calls, 2);
+        Ok(())
+    }
 
     #[test]
     fn env_defaults_parse_and_reject_nonsense() {
