@@ -510,6 +510,27 @@ def main() -> None:
                     f"{sum(wrk_errors(r) for _, r in rs)} |"
                 )
         w("")
+        quiet1, busy1 = wrk.get(("7", "no_streams", 1)), wrk.get(("7", "with_streams", 1))
+        if quiet1 and busy1:
+            # Another call's latency beside the streams, with no queue of calls in front of it.
+            w("The same at concurrency 1 (µs):")
+            w("")
+            w("| | requests/s | p50 | p99 | p99.9 | max | errors |")
+            w("|---|---|---|---|---|---|---|")
+            for t in ("hub", "floor"):
+                for label, runs in (("no streams open", quiet1), ("streams open", busy1)):
+                    rs = [runs[k][t] for k in runs if t in runs[k]]
+                    if not rs:
+                        continue
+
+                    def lat(q, rs=rs):
+                        return fmt(med(r["wrk"]["lat_us"][q] for r in rs))
+
+                    w(
+                        f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for r in rs))} | {lat('p50')} | "
+                        f"{lat('p99')} | {lat('p999')} | {lat('max')} | {sum(wrk_errors(r) for r in rs)} |"
+                    )
+            w("")
         for t in ("hub", "floor"):
             hs = [h for (tt, _), h in mixed_hold.items() if tt == t]
             if not hs:
