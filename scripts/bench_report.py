@@ -37,6 +37,11 @@ def wrk_errors(r) -> int:
     return e["errors_status"] + e["errors_connect"] + e["errors_read"] + e["errors_timeout"]
 
 
+def wrk_lat(rs, q: str) -> str:
+    """The median of one latency figure (`p50`, `p99`, `p999`, `max`) over wrk runs, formatted."""
+    return fmt(med(r["wrk"]["lat_us"][q] for r in rs))
+
+
 def verdict(ok: bool | None) -> str:
     if ok is None:
         return "–"
@@ -158,9 +163,9 @@ def main() -> None:
             if not rs:
                 continue
             w(
-                f"| {t} | {fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
-                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
-                f"{fmt(med(r['wrk']['lat_us']['p999'] for r in rs))} | "
+                f"| {t} | {wrk_lat(rs, 'p50')} | "
+                f"{wrk_lat(rs, 'p99')} | "
+                f"{wrk_lat(rs, 'p999')} | "
                 f"{fmt(med(r['wrk']['rps'] for r in rs))} | "
                 f"{sum(wrk_errors(r) for r in rs)} |"
             )
@@ -253,8 +258,8 @@ def main() -> None:
             hubby = t != "direct"
             w(
                 f"| {t} | {fmt(med(r['wrk']['rps'] for r in rs))} | "
-                f"{fmt(med(r['wrk']['lat_us']['p50'] for r in rs))} | "
-                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
+                f"{wrk_lat(rs, 'p50')} | "
+                f"{wrk_lat(rs, 'p99')} | "
                 f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1) if hubby else ''} | "
                 f"{fmt(med(busy_pct(r) for r in rs), ' %') if hubby else ''} | "
                 f"{fmt(med((r['hub_vmhwm_kb'] or 0) / 1024 for r in rs), ' MB', 1) if hubby else ''} | "
@@ -447,14 +452,14 @@ def main() -> None:
                 base = rps
             w(
                 f"| {label} | {fmt(rps)} | {fmt(rps / base * 100 if base and rps else None, ' %')} | "
-                f"{fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | "
+                f"{wrk_lat(rs, 'p99')} | "
                 f"{fmt(med(cpu_us_per_req(r) for r in rs), '', 1)} | {fmt(med(busy_pct(r) for r in rs), ' %')} | "
                 f"{fmt(med(store_us_per_req(r) for r in rs), '', 1)} |"
             )
         runs = wrk.get(("5", "direct", 64))
         if runs:
             rs = [runs[k]["direct"] for k in runs if "direct" in runs[k]]
-            w(f"| direct to the mock | {fmt(med(r['wrk']['rps'] for r in rs))} | | {fmt(med(r['wrk']['lat_us']['p99'] for r in rs))} | | | |")
+            w(f"| direct to the mock | {fmt(med(r['wrk']['rps'] for r in rs))} | | {wrk_lat(rs, 'p99')} | | | |")
         w("")
         on = rps_of.get("usage_log")
         before = rps_of.get("limits", rps_of.get("auth"))
@@ -493,6 +498,7 @@ def main() -> None:
                 rs = [(k, runs[k][t]) for k in runs if t in runs[k]]
                 if not rs:
                     continue
+                plain = [r for _, r in rs]
                 cpu = med(net_cpu_us_per_req(t, k, r) if net else cpu_us_per_req(r) for k, r in rs)
                 alone = med(
                     a["hub_cpu_ticks"] * TICK_US / a["duration_us"] * 100
@@ -500,14 +506,14 @@ def main() -> None:
                     if tt == t and a["duration_us"]
                 )
                 w(
-                    f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for _, r in rs))} | "
-                    f"{fmt(med(r['wrk']['lat_us']['p50'] for _, r in rs))} | "
-                    f"{fmt(med(r['wrk']['lat_us']['p99'] for _, r in rs))} | "
-                    f"{fmt(med(r['wrk']['lat_us']['p999'] for _, r in rs))} | "
+                    f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for r in plain))} | "
+                    f"{wrk_lat(plain, 'p50')} | "
+                    f"{wrk_lat(plain, 'p99')} | "
+                    f"{wrk_lat(plain, 'p999')} | "
                     f"{fmt(cpu, '', 1)}{' (net of the streams)' if net else ''} | "
                     f"{fmt(alone, ' % of a core', 1) if net else ''} | "
                     f"{fmt(med(v['with_streams' if net else 'no_streams'] for (tt, _), v in mixed_load.items() if tt == t), ' %', 1)} | "
-                    f"{sum(wrk_errors(r) for _, r in rs)} |"
+                    f"{sum(wrk_errors(r) for r in plain)} |"
                 )
         w("")
         quiet1, busy1 = wrk.get(("7", "no_streams", 1)), wrk.get(("7", "with_streams", 1))
@@ -522,13 +528,10 @@ def main() -> None:
                     rs = [runs[k][t] for k in runs if t in runs[k]]
                     if not rs:
                         continue
-
-                    def lat(q, rs=rs):
-                        return fmt(med(r["wrk"]["lat_us"][q] for r in rs))
-
                     w(
-                        f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for r in rs))} | {lat('p50')} | "
-                        f"{lat('p99')} | {lat('p999')} | {lat('max')} | {sum(wrk_errors(r) for r in rs)} |"
+                        f"| {t}, {label} | {fmt(med(r['wrk']['rps'] for r in rs))} | {wrk_lat(rs, 'p50')} | "
+                        f"{wrk_lat(rs, 'p99')} | {wrk_lat(rs, 'p999')} | {wrk_lat(rs, 'max')} | "
+                        f"{sum(wrk_errors(r) for r in rs)} |"
                     )
             w("")
         for t in ("hub", "floor"):
